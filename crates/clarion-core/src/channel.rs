@@ -1,0 +1,155 @@
+//! The seam between the daemon and every delivery adapter.
+
+use crate::{IdempotencyKey, IncidentUpdate};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configured destination (one webhook endpoint, one SMTP relay with its recipient
+/// lists, one SMS gateway, one push app). The daemon owns retries, ordering and
+/// dead-lettering; a channel only tries once and says how that went.
+#[async_trait::async_trait]
+pub trait Channel: Send + Sync + fmt::Debug {
+    /// Tries to deliver `delivery` once. Must not retry internally (the daemon's
+    /// policy decides), must not panic on any reply, and must classify every failure.
+    ///
+    /// Channels with several recipients (email, SMS, push) report one result per
+    /// recipient they tried; `delivery.recipients`, when set, restricts the attempt to
+    /// those recipients (a retry of the ones that failed).
+    async fn send(&self, delivery: &Delivery) -> Outcome;
+
+    /// Checks that the destination is reachable and accepts our credentials, without
+    /// delivering anything. Used by `clarion check-config --connect`.
+    async fn healthcheck(&self) -> Result<(), DeliveryError>;
+}
+
+/// One update on its way to one target.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub update: Arc<IncidentUpdate>,
+    /// The target's name in config.
+    pub target: Arc<str>,
+    /// The audiences of the update that this target serves, in the update's order.
+    pub audiences: Arc<[String]>,
+    pub key: IdempotencyKey,
+    /// 1 on the first try.
+    pub attempt: u32,
+    /// `None`: every recipient the target has for `audiences`. `Some`: only these,
+    /// because the others already succeeded or failed for good.
+    pub recipients: Option<Vec<String>>,
+}
+
+impl Delivery {
+    pub fn new(update: Arc<IncidentUpdate>, target: Arc<str>, audiences: Arc<[String]>) -> Self {
+        let key = IdempotencyKey::new(&update.update_id, &target);
+        Delivery {
+            update,
+            target,
+            audiences,
+            key,
+            attempt: 1,
+            recipients: None,
+        }
+    }
+}
+
+/// What one attempt achieved, per recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub results: Vec<RecipientResult>,
+}
+
+/// The result for one recipient. `recipient` is `None` for channels that have a
+/// single destination (a webhook URL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientResult {
+    pub recipient: Option<String>,
+    pub result: Result<Receipt, DeliveryError>,
+}
+
+impl Outcome {
+    /// The outcome of a channel with a single destination.
+    pub fn single(result: Result<Receipt, DeliveryError>) -> Self {
+        Outcome {
+            results: vec![RecipientResult {
+                recipient: None,
+                result,
+            }],
+        }
+    }
+
+    /// True when nothing failed.
+    pub fn is_delivered(&self) -> bool {
+        self.results.iter().all(|r| r.result.is_ok())
+    }
+}
+
+/// Proof of acceptance by the next hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's id for the message, when it gives one (SMTP queue id, Twilio
+    /// SID, FCM message name, HTTP status for webhooks).
+    pub provider_id: Option<String>,
+}
+
+/// Why an attempt failed, in words a channel owner understands, and what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct DeliveryError {
+    pub class: ErrorClass,
+    pub reason: String,
+    /// The provider's own error code, if any (HTTP status, SMTP reply code, FCM
+    /// `errorCode`), for dashboards and the dead-letter record.
+    pub code: Option<String>,
+}
+
+impl DeliveryError {
+    pub fn retryable(reason: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        DeliveryError {
+            class: ErrorClass::Retryable { retry_after },
+            reason: reason.into(),
+            code: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        DeliveryError {
+            class: ErrorClass::Permanent,
+            reason: reason.into(),
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class, ErrorClass::Retryable { .. })
+    }
+}
+
+/// What the daemon should do with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again later; `retry_after` is the peer's own hint (`Retry-After`), which
+    /// wins over the computed backoff when it is longer.
+    Retryable { retry_after: Option<Duration> },
+    /// Trying again cannot help (bad request, rejected recipient, auth refused).
+    Permanent,
+    /// Permanent, and the recipient itself is dead (unregistered device token,
+    /// opted-out number): whoever owns the address book should prune it.
+    RecipientGone,
+}
+
+impl ErrorClass {
+    /// A short, fixed label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable { .. } => "retryable",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::RecipientGone => "recipient_gone",
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The incident update: the contract ops publish against (see `docs/events.md` and
+//! `docs/event.schema.json`).
+//!
+//! Parsing is strict: an update that is not exactly what the schema says is rejected
+//! with an error that names the field, so the daemon can dead-letter it with a reason
+//! instead of delivering something half-understood.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The only `schema_version` this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const MAX_ID_LEN: usize = 200;
+const MAX_TITLE_LEN: usize = 500;
+const MAX_MESSAGE_LEN: usize = 64 * 1024;
+const MAX_LIST_LEN: usize = 100;
+
+/// One update of one incident, as published by ops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentUpdate {
+    /// Version of this document's shape; always [`SCHEMA_VERSION`] here.
+    pub schema_version: u32,
+    /// Identifies the incident; every update of one incident carries the same id, and
+    /// producers use it as the Kafka record key.
+    pub incident_id: String,
+    /// Unique per update; with the target name it forms the idempotency key.
+    pub update_id: String,
+    /// Monotonic per incident: later updates have higher numbers.
+    pub sequence: u64,
+    pub status: Status,
+    pub impact: Impact,
+    pub title: String,
+    /// Plain text shown to every audience without an override.
+    pub message: String,
+    /// Per-audience replacements for `message` (e.g. a terser text for regulators).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub audience_messages: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Who should hear this update: `customers`, `business`, `employees`,
+    /// `regulators`, or an audience defined in the daemon's config.
+    pub audiences: Vec<String>,
+    /// When the update was written (RFC 3339).
+    pub occurred_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// A link shown with the update (status page, FAQ, post-mortem).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub title: String,
+    pub url: String,
+}
+
+/// Where the incident (or scheduled maintenance) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Investigating,
+    Identified,
+    Monitoring,
+    Resolved,
+    Scheduled,
+    InProgress,
+    Verifying,
+    Completed,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] = [
+        Status::Investigating,
+        Status::Identified,
+        Status::Monitoring,
+        Status::Resolved,
+        Status::Scheduled,
+        Status::InProgress,
+        Status::Verifying,
+        Status::Completed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Investigating => "investigating",
+            Status::Identified => "identified",
+            Status::Monitoring => "monitoring",
+            Status::Resolved => "resolved",
+            Status::Scheduled => "scheduled",
+            Status::InProgress => "in_progress",
+            Status::Verifying => "verifying",
+            Status::Completed => "completed",
+        }
+    }
+
+    /// True for the scheduled-maintenance states.
+    pub fn is_maintenance(self) -> bool {
+        matches!(
+            self,
+            Status::Scheduled | Status::InProgress | Status::Verifying | Status::Completed
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How bad it is. Ordered: `None < Minor < Major < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Impact {
+    None,
+    Minor,
+    Major,
+    Critical,
+}
+
+impl Impact {
+    pub const ALL: [Impact; 4] = [Impact::None, Impact::Minor, Impact::Major, Impact::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impact::None => "none",
+            Impact::Minor => "minor",
+            Impact::Major => "major",
+            Impact::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Impact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an incoming record is not a usable incident update. The `Display` text is what
+/// goes into the dead-letter record, so it is written for the producer's owner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event is {size} bytes, over the {limit}-byte limit")]
+    Oversized { size: usize, limit: usize },
+    #[error("event is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("event has no schema_version (this build reads version {SCHEMA_VERSION})")]
+    MissingVersion,
+    #[error("unsupported schema_version {0} (this build reads version {SCHEMA_VERSION})")]
+    UnsupportedVersion(String),
+    #[error("event does not match schema version {SCHEMA_VERSION}: {0}")]
+    Schema(String),
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl IncidentUpdate {
+    /// Parses and validates one record's value. `max_bytes` bounds what the daemon is
+    /// willing to hold per event.
+    pub fn from_slice(bytes: &[u8], max_bytes: usize) -> Result<Self, EventError> {
+        if bytes.len() > max_bytes {
+            return Err(EventError::Oversized {
+                size: bytes.len(),
+                limit: max_bytes,
+            });
+        }
+        // Look at the version first, so that a v2 document is reported as such rather
+        // than as a pile of unknown fields.
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
+        match value.get("schema_version") {
+            None => return Err(EventError::MissingVersion),
+            Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+            Some(v) => return Err(EventError::UnsupportedVersion(v.to_string())),
+        }
+        let update: IncidentUpdate =
+            serde_json::from_value(value).map_err(|e| EventError::Schema(e.to_string()))?;
+        update.validate()?;
+        Ok(update)
+    }
+
+    /// Checks what the type system cannot: non-empty identifiers, sane lengths.
+    pub fn validate(&self) -> Result<(), EventError> {
+        check_id("incident_id", &self.incident_id)?;
+        check_id("update_id", &self.update_id)?;
+        check_text("title", &self.title, MAX_TITLE_LEN)?;
+        check_text("message", &self.message, MAX_MESSAGE_LEN)?;
+        if self.audiences.is_empty() {
+            return Err(invalid("audiences", "must name at least one audience"));
+        }
+        check_names("audiences", &self.audiences)?;
+        check_names("components", &self.components)?;
+        check_names("regions", &self.regions)?;
+        for (audience, text) in &self.audience_messages {
+            if !self.audiences.contains(audience) {
+                return Err(invalid(
+                    "audience_messages",
+                    format!("has a message for `{audience}`, which is not in `audiences`"),
+                ));
+            }
+            check_text("audience_messages", text, MAX_MESSAGE_LEN)?;
+        }
+        for link in &self.links {
+            check_text("links.title", &link.title, MAX_TITLE_LEN)?;
+            if !(link.url.starts_with("https://") || link.url.starts_with("http://")) {
+                return Err(invalid(
+                    "links.url",
+                    format!("`{}` is not an http(s) URL", link.url),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The text for one audience: its override if the update has one, else `message`.
+    pub fn message_for(&self, audience: &str) -> &str {
+        self.audience_messages
+            .get(audience)
+            .map(String::as_str)
+            .unwrap_or(&self.message)
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> EventError {
+    EventError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_id(field: &'static str, v: &str) -> Result<(), EventError> {
+    if v.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
+    }
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "must not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), EventError> {
+    if v.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if v.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+fn check_names(field: &'static str, names: &[String]) -> Result<(), EventError> {
+    if names.len() > MAX_LIST_LEN {
+        return Err(invalid(field, format!("more than {MAX_LIST_LEN} entries")));
+    }
+    for n in names {
+        check_id(field, n)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "incident_id": "INC-1",
+            "update_id": "INC-1-u1",
+            "sequence": 1,
+            "status": "investigating",
+            "impact": "major",
+            "title": "Mobile data outage",
+            "message": "We are investigating.",
+            "audiences": ["customers", "regulators"],
+            "audience_messages": {"regulators": "Formal notice."},
+            "occurred_at": "2026-11-28T10:00:00Z",
+            "links": [{"title": "Status", "url": "https://status.example.com"}]
+        })
+    }
+
+    fn check(mutate: impl FnOnce(&mut serde_json::Value), expected: &str) {
+        let mut v = good();
+        mutate(&mut v);
+        let bytes = serde_json::to_vec(&v).expect("serialize");
+        let got = match IncidentUpdate::from_slice(&bytes, 1 << 20) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn accepts_a_valid_update() {
+        check(|_| {}, "ok");
+        let u = IncidentUpdate::from_slice(&serde_json::to_vec(&good()).expect("json"), 4096)
+            .expect("valid");
+        assert_eq!(u.message_for("regulators"), "Formal notice.");
+        assert_eq!(u.message_for("customers"), "We are investigating.");
+        assert!(Impact::Critical > Impact::Major);
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        check(
+            |v| v["schema_version"] = 2.into(),
+            "unsupported schema_version 2 (this build reads version 1)",
+        );
+        check(
+            |v| {
+                v.as_object_mut().map(|o| o.remove("schema_version"));
+            },
+            "event has no schema_version (this build reads version 1)",
+        );
+        check(
+            |v| v["status"] = "exploded".into(),
+            "event does not match schema version 1: unknown variant `exploded`, expected one of `investigating`, `identified`, `monitoring`, `resolved`, `scheduled`, `in_progress`, `verifying`, `completed`",
+        );
+        check(
+            |v| {
+                v.as_object_mut().map(|o| o.remove("title"));
+            },
+            "event does not match schema version 1: missing field `title`",
+        );
+        check(
+            |v| v["audiance"] = "x".into(),
+            "event does not match schema version 1: unknown field `audiance`, expected one of `schema_version`, `incident_id`, `update_id`, `sequence`, `status`, `impact`, `title`, `message`, `audience_messages`, `components`, `regions`, `audiences`, `occurred_at`, `links`",
+        );
+        check(
+            |v| v["incident_id"] = "".into(),
+            "invalid field `incident_id`: must not be empty",
+        );
+        check(
+            |v| v["audiences"] = serde_json::json!([]),
+            "invalid field `audiences`: must name at least one audience",
+        );
+        check(
+            |v| v["audience_messages"] = serde_json::json!({"employees": "x"}),
+            "invalid field `audience_messages`: has a message for `employees`, which is not in `audiences`",
+        );
+        check(
+            |v| v["links"][0]["url"] = "javascript:alert(1)".into(),
+            "invalid field `links.url`: `javascript:alert(1)` is not an http(s) URL",
+        );
+        check(
+            |v| v["occurred_at"] = "yesterday".into(),
+            "event does not match schema version 1: failed to parse four digit integer as year: invalid digit, expected 0-9 but got y",
+        );
+    }
+
+    #[test]
+    fn rejects_non_json_and_oversized() {
+        assert!(matches!(
+            IncidentUpdate::from_slice(b"\xff\xfe garbage", 1024),
+            Err(EventError::NotJson(_))
+        ));
+        assert_eq!(
+            IncidentUpdate::from_slice(&[b' '; 2048], 1024),
+            Err(EventError::Oversized {
+                size: 2048,
+                limit: 1024
+            })
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! The vocabulary every part of Clarion shares: the incident update that ops publish,
+//! the [`Channel`] trait every delivery adapter implements, and the outcome and error
+//! classes a delivery ends in.
+//!
+//! This crate must never do I/O and never know about Kafka: it is what lets a channel
+//! crate be written, tested and reasoned about without a broker, and what keeps the
+//! daemon's retry and dead-letter logic independent of any one channel.
+
+mod channel;
+mod event;
+mod key;
+pub mod samples;
+mod secret;
+
+pub use channel::{Channel, Delivery, DeliveryError, ErrorClass, Outcome, Receipt, RecipientResult};
+pub use event::{EventError, Impact, IncidentUpdate, Link, Status, SCHEMA_VERSION};
+pub use key::IdempotencyKey;
+pub use secret::{Secret, SecretRef, SecretResolver};

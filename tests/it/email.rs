@@ -1,0 +1,1 @@
+//! Integration tests: email (filled in by its issue).

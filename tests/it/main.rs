@@ -1,0 +1,9 @@
+//! Clarion's integration tests: one binary, one module per area, each against real
+//! peers (Apache Kafka, SMTP servers, HTTP receivers on loopback, an SMSC simulator,
+//! an HTTP/2 push stand-in). See `tests/support` for how peers are found.
+
+mod email;
+mod kafka;
+mod push;
+mod sms;
+mod webhook;

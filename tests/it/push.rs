@@ -1,0 +1,1 @@
+//! Integration tests: push (filled in by its issue).

@@ -1,0 +1,1 @@
+//! Integration tests: sms (filled in by its issue).

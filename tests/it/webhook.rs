@@ -1,0 +1,1 @@
+//! Integration tests: webhook (filled in by its issue).
