@@ -1,1 +1,17 @@
-//! Daemon library.
+//! The Clarion daemon: consumes incident updates from Kafka and fans each one out to
+//! every target whose audiences it names, with retries, per-incident order, and a
+//! dead-letter topic for what cannot be delivered.
+//!
+//! This is the only crate that knows Kafka. It must never store an offset past an
+//! unresolved update, and never hold unbounded work: see `ARCHITECTURE.md`.
+
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod dispatch;
+pub mod dlq;
+pub mod offsets;
+pub mod telemetry;
+
+pub use daemon::{run, run_with_secrets, Summary};
+pub use dispatch::DeliveryReport;

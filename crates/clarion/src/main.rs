@@ -1,1 +1,137 @@
-fn main() {}
+//! `clarion`: the command line. Parses arguments, sets up logging, and hands over to
+//! the library; errors end here as a message and a non-zero exit code.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use clarion::config::{self, EnvSecrets};
+use clarion::telemetry::{self, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Incident communication daemon: Kafka in, every stakeholder channel out.
+#[derive(Debug, Parser)]
+#[command(name = "clarion", version, about)]
+struct Cli {
+    /// Log format: readable text, or JSON lines for log shippers.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "CLARION_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "config/clarion.toml", env = "CLARION_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file (and the secrets it references) without running.
+    CheckConfig {
+        /// The config file.
+        #[arg(default_value = "config/clarion.toml", env = "CLARION_CONFIG")]
+        config: PathBuf,
+        /// Also connect to every target and check it answers (no message is sent).
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo's output is its table; keep the logs to what went wrong.
+        telemetry::set_default_filter("warn");
+    }
+    telemetry::init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let settings = load(&config)?;
+            if let Some(listen) = &settings.metrics.listen {
+                telemetry::init_metrics(listen)?;
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signals(shutdown.clone()));
+            clarion::run(settings, shutdown, None).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config, connect } => {
+            let settings = load(&config)?;
+            let mut failed = false;
+            for t in &settings.targets {
+                let detail = format!("{} ({}, audiences: {})", t.name, t.kind.as_str(), t.audiences.iter().cloned().collect::<Vec<_>>().join(", "));
+                if connect {
+                    let channel = config::build_channel(t, &EnvSecrets)?;
+                    match channel.healthcheck().await {
+                        Ok(()) => println!("ok      {detail}: reachable"),
+                        Err(e) => {
+                            failed = true;
+                            println!("FAILED  {detail}: {e}");
+                        }
+                    }
+                } else {
+                    println!("ok      {detail}");
+                }
+            }
+            if failed {
+                eprintln!("error: {}: some targets are not reachable", config.display());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}: valid ({} targets)", config.display(), settings.targets.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            clarion::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Settings> {
+    let raw = config::load(path)?;
+    raw.validate(&path.display().to_string(), &EnvSecrets)
+        .context("invalid configuration")
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit now (in-flight updates are
+/// not committed, so they are redelivered on restart).
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL (nothing resolved is lost)");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now; unresolved updates will be redelivered on restart");
+    std::process::exit(130);
+}

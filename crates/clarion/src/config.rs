@@ -1,0 +1,488 @@
+//! Configuration: parse (no I/O beyond reading the file), then validate and resolve
+//! secrets, then build the targets. Every error names the key it is about and the
+//! file it came from, because the person reading it is fixing a config at 3 a.m.
+//!
+//! Layout: one TOML file (see `config/clarion.toml`), overridden by environment
+//! variables `CLARION__SECTION__KEY` (double underscores separate levels). Unknown
+//! keys are errors everywhere, so a typo never silently falls back to a default.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clarion_core::{Channel, Secret, SecretRef, SecretResolver};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The four audiences every deployment has; config may add more.
+pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
+
+/// The whole file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// The default retry policy of every target; a target's own `retry` table
+    /// overrides it key by key.
+    #[serde(default)]
+    pub retry: RetryOverride,
+    /// Audiences beyond the standard four (`customers`, `business`, `employees`,
+    /// `regulators`), e.g. `["partners", "wholesale"]`. An update naming an audience
+    /// that is neither standard nor listed here is dead-lettered.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Named destinations, `[targets.NAME]`. Each has a `type` (`webhook`), the
+    /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
+    #[serde(default)]
+    pub targets: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where updates come from and where failures go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// The topic ops publish incident updates to, keyed by `incident_id`.
+    pub topic: String,
+    /// Consumer group. Every Clarion instance of one deployment shares it.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Where malformed events and failed deliveries go, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// librdkafka properties for both consumer and producer (TLS, SASL, client.id…),
+    /// passed through as written, e.g. `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are secrets, e.g.
+    /// `"sasl.password" = { env = "KAFKA_PASSWORD" }`.
+    #[serde(default)]
+    pub secret_properties: BTreeMap<String, SecretRef>,
+    /// Extra librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the dead-letter producer only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "clarion".into()
+}
+
+/// How much work the daemon holds and how it stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Updates held at once (consumed, not yet resolved). When full, the consumer
+    /// pauses its partitions: this is the backpressure that keeps memory bounded.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Largest event accepted, in bytes; larger ones are dead-lettered.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// On SIGTERM/SIGINT, how long in-flight deliveries may take to finish before
+    /// they are abandoned (not committed, so redelivered after restart).
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// When a rebalance takes partitions away, how long to wait for their in-flight
+    /// updates before handing them over (the new owner redelivers what is left).
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub rebalance_drain: Duration,
+}
+
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_max_event_bytes() -> usize {
+    256 * 1024
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            max_in_flight: default_max_in_flight(),
+            max_event_bytes: default_max_event_bytes(),
+            shutdown_grace: default_grace(),
+            rebalance_drain: default_drain(),
+        }
+    }
+}
+
+/// Prometheus metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on, e.g. `"0.0.0.0:9464"`. Unset: no endpoint.
+    pub listen: Option<String>,
+}
+
+/// A retry policy as written: every key optional, so a target can override one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverride {
+    /// Attempts in all, the first included (default 10).
+    pub max_attempts: Option<u32>,
+    /// Give up once this long has passed since the first attempt (default 1h).
+    #[serde(default, with = "humantime_serde")]
+    pub max_elapsed: Option<Duration>,
+    /// Ceiling of the first backoff (default 1s); each retry doubles it.
+    #[serde(default, with = "humantime_serde")]
+    pub initial_backoff: Option<Duration>,
+    /// Largest backoff ceiling (default 5m). The actual wait is drawn uniformly
+    /// between zero and the ceiling ("full jitter"), or the peer's `Retry-After` if
+    /// that is longer.
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+    /// Most one attempt may take before it counts as a retryable failure (default
+    /// 60s); a safety net over the channel's own timeouts.
+    #[serde(default, with = "humantime_serde")]
+    pub attempt_timeout: Option<Duration>,
+}
+
+/// A complete, checked retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_elapsed: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            max_elapsed: Duration::from_secs(3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            attempt_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn apply(&self, o: &RetryOverride, key: &str) -> Result<RetryPolicy> {
+        let p = RetryPolicy {
+            max_attempts: o.max_attempts.unwrap_or(self.max_attempts),
+            max_elapsed: o.max_elapsed.unwrap_or(self.max_elapsed),
+            initial_backoff: o.initial_backoff.unwrap_or(self.initial_backoff),
+            max_backoff: o.max_backoff.unwrap_or(self.max_backoff),
+            attempt_timeout: o.attempt_timeout.unwrap_or(self.attempt_timeout),
+        };
+        if p.max_attempts == 0 {
+            bail!("{key}.max_attempts: must be at least 1");
+        }
+        if p.initial_backoff.is_zero() || p.initial_backoff > p.max_backoff {
+            bail!("{key}.initial_backoff: must be more than zero and at most max_backoff");
+        }
+        if p.attempt_timeout.is_zero() {
+            bail!("{key}.attempt_timeout: must be more than zero");
+        }
+        Ok(p)
+    }
+}
+
+/// The keys of `[targets.NAME]` that belong to the daemon, not to the channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetCommon {
+    #[serde(rename = "type")]
+    kind: ChannelKind,
+    audiences: Vec<String>,
+    #[serde(default)]
+    retry: RetryOverride,
+    /// Deliveries to this target at once (default 64).
+    #[serde(default)]
+    concurrency: Option<usize>,
+}
+
+const COMMON_KEYS: [&str; 4] = ["type", "audiences", "retry", "concurrency"];
+
+/// The closed set of channel kinds. Adding one means adding a variant here and an
+/// arm in [`build_channel`], nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Webhook,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// A target's channel config, validated as its kind's struct.
+#[derive(Debug, Clone)]
+pub enum ChannelConfig {
+    Webhook(clarion_webhook::WebhookConfig),
+}
+
+/// One validated target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: Arc<str>,
+    pub kind: ChannelKind,
+    pub audiences: BTreeSet<String>,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    pub channel: ChannelConfig,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: String,
+    pub kafka: KafkaConfig,
+    pub daemon: DaemonConfig,
+    pub metrics: MetricsConfig,
+    pub audiences: BTreeSet<String>,
+    pub targets: Vec<TargetConfig>,
+}
+
+/// Reads the file and the `CLARION__…` environment into a [`RawConfig`].
+pub fn load(path: &Path) -> Result<RawConfig> {
+    if !path.exists() {
+        bail!("config file {} does not exist", path.display());
+    }
+    let cfg = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("CLARION")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    cfg.try_deserialize::<RawConfig>()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Parses a TOML string (tests, the demo).
+pub fn parse_str(toml: &str) -> Result<RawConfig> {
+    let cfg = config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .build()?;
+    Ok(cfg.try_deserialize::<RawConfig>()?)
+}
+
+impl RawConfig {
+    /// Checks every value and resolves every secret reference; `source` names the
+    /// file in error messages.
+    pub fn validate(self, source: &str, secrets: &dyn SecretResolver) -> Result<Settings> {
+        let at = |e: anyhow::Error| anyhow!("{source}: {e}");
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(at(anyhow!("kafka.brokers: must not be empty")));
+        }
+        if self.kafka.topic.trim().is_empty() {
+            return Err(at(anyhow!("kafka.topic: must not be empty")));
+        }
+        if self.kafka.dead_letter_topic == self.kafka.topic {
+            return Err(at(anyhow!(
+                "kafka.dead_letter_topic: must differ from kafka.topic, or failures would be consumed again"
+            )));
+        }
+        for (k, r) in &self.kafka.secret_properties {
+            secrets
+                .resolve(r)
+                .map_err(|e| at(anyhow!("kafka.secret_properties.{k}: {e}")))?;
+        }
+        if self.daemon.max_in_flight == 0 {
+            return Err(at(anyhow!("daemon.max_in_flight: must be at least 1")));
+        }
+        let mut audiences: BTreeSet<String> =
+            STANDARD_AUDIENCES.iter().map(|s| s.to_string()).collect();
+        for a in &self.audiences {
+            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(at(anyhow!("audiences: `{a}` is not a valid audience name")));
+            }
+            audiences.insert(a.clone());
+        }
+        let default_retry = RetryPolicy::default()
+            .apply(&self.retry, "retry")
+            .map_err(at)?;
+        if self.targets.is_empty() {
+            return Err(at(anyhow!("targets: no target is configured, nothing would be delivered")));
+        }
+        let mut targets = Vec::new();
+        for (name, value) in self.targets {
+            let t = validate_target(&name, value, &audiences, &default_retry, secrets)
+                .map_err(|e| at(anyhow!("targets.{name}: {e}")))?;
+            targets.push(t);
+        }
+        Ok(Settings {
+            source: source.to_string(),
+            kafka: self.kafka,
+            daemon: self.daemon,
+            metrics: self.metrics,
+            audiences,
+            targets,
+        })
+    }
+}
+
+fn validate_target(
+    name: &str,
+    value: serde_json::Value,
+    audiences: &BTreeSet<String>,
+    default_retry: &RetryPolicy,
+    secrets: &dyn SecretResolver,
+) -> Result<TargetConfig> {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("target names must be non-empty without whitespace");
+    }
+    let serde_json::Value::Object(mut map) = value else {
+        bail!("must be a table");
+    };
+    // Split the daemon's keys from the channel's, so that each side can reject
+    // unknown keys with its own list of what is allowed.
+    let mut common = serde_json::Map::new();
+    for k in COMMON_KEYS {
+        if let Some(v) = map.remove(k) {
+            common.insert(k.to_string(), v);
+        }
+    }
+    if !common.contains_key("type") {
+        bail!("type: missing (one of: webhook)");
+    }
+    let common: TargetCommon = serde_json::from_value(serde_json::Value::Object(common))?;
+    if common.audiences.is_empty() {
+        bail!("audiences: must list at least one audience");
+    }
+    for a in &common.audiences {
+        if !audiences.contains(a) {
+            bail!("audiences: `{a}` is not a standard audience nor listed in the top-level `audiences`");
+        }
+    }
+    let retry = default_retry.apply(&common.retry, "retry")?;
+    let concurrency = common.concurrency.unwrap_or(64);
+    if concurrency == 0 {
+        bail!("concurrency: must be at least 1");
+    }
+    let rest = serde_json::Value::Object(map);
+    let channel = match common.kind {
+        ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest)?),
+    };
+    let target = TargetConfig {
+        name: Arc::from(name),
+        kind: common.kind,
+        audiences: common.audiences.into_iter().collect(),
+        retry,
+        concurrency,
+        channel,
+    };
+    // Building resolves secrets and checks channel-specific values; it does no I/O
+    // beyond that, so check-config can use it.
+    build_channel(&target, secrets)?;
+    Ok(target)
+}
+
+/// Builds a target's channel: the one place that matches on channel kinds.
+pub fn build_channel(target: &TargetConfig, secrets: &dyn SecretResolver) -> Result<Arc<dyn Channel>> {
+    Ok(match &target.channel {
+        ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
+    })
+}
+
+/// Resolves `{ env = … }` from the process environment and `{ file = … }` from disk.
+#[derive(Debug, Default)]
+pub struct EnvSecrets;
+
+impl SecretResolver for EnvSecrets {
+    fn resolve(&self, reference: &SecretRef) -> Result<Secret, String> {
+        match reference {
+            SecretRef::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+                Ok(_) => Err(format!("environment variable {var} is empty")),
+                Err(_) => Err(format!("environment variable {var} is not set")),
+            },
+            SecretRef::File(path) => {
+                let p = PathBuf::from(path);
+                match std::fs::read_to_string(&p) {
+                    Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim_end_matches(['\n', '\r']))),
+                    Ok(_) => Err(format!("secret file {path} is empty")),
+                    Err(e) => Err(format!("cannot read secret file {path}: {e}")),
+                }
+            }
+            SecretRef::Value(s) => Ok(s.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+
+[targets.StatusPage]
+type = "webhook"
+audiences = ["customers"]
+url = "http://127.0.0.1:1/hook"
+secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
+"#;
+
+    fn check(toml: &str, expected: &str) {
+        let got = parse_str(toml)
+            .and_then(|raw| raw.validate("test.toml", &EnvSecrets))
+            .map(|s| format!("ok: {} target(s)", s.targets.len()))
+            .unwrap_or_else(|e| format!("{e:#}"));
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn minimal_config_is_valid_and_keeps_case() {
+        let s = parse_str(MINIMAL)
+            .and_then(|r| r.validate("test.toml", &EnvSecrets))
+            .expect("valid");
+        assert_eq!(&*s.targets[0].name, "StatusPage");
+        assert_eq!(s.targets[0].retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        check(
+            &MINIMAL.replace("brokers", "brokerz"),
+            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `properties`, `secret_properties`, `consumer`, `producer`",
+        );
+        check(
+            &MINIMAL.replace("url =", "uri ="),
+            "test.toml: targets.StatusPage: unknown field `uri`, expected one of `url`, `secrets`, `headers`, `timeout`",
+        );
+        check(
+            &MINIMAL.replace("\"customers\"", "\"customer\""),
+            "test.toml: targets.StatusPage: audiences: `customer` is not a standard audience nor listed in the top-level `audiences`",
+        );
+        check(
+            &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
+            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected `webhook`",
+        );
+        check(
+            &MINIMAL.replace("{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }", "{ env = \"CLARION_TEST_SURELY_UNSET\" }"),
+            "test.toml: targets.StatusPage: secrets[0]: environment variable CLARION_TEST_SURELY_UNSET is not set",
+        );
+        check(
+            &format!("{MINIMAL}\n[targets.StatusPage.retry]\nmax_attempts = 0\n"),
+            "test.toml: targets.StatusPage: retry.max_attempts: must be at least 1",
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! The consumer loop: read updates in order, admit them within the in-flight bound,
+//! hand them to the dispatcher, and store each partition's offset only behind
+//! resolved work. Also rebalances and graceful shutdown.
+//!
+//! This module and `dlq` are the only places that talk to Kafka.
+
+use crate::config::{build_channel, EnvSecrets, KafkaConfig, Settings};
+use crate::dispatch::{DeliveryReport, Dispatcher, Resolution, Target};
+use crate::dlq::{copy_headers, DeadLetterWriter, DlqKind, Source};
+use crate::offsets::{Tp, Tracker};
+use crate::telemetry::{self, EventRejected};
+use anyhow::{anyhow, Context as _, Result};
+use clarion_core::{IncidentUpdate, SecretResolver};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// librdkafka properties Clarion sets itself because at-least-once depends on them.
+const OWNED_PROPERTIES: [&str; 3] = ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
+
+/// Consumer callbacks: rebalances drain revoked partitions before handing them over.
+struct Ctx {
+    tracker: Arc<Tracker>,
+    drain: Duration,
+    stopping: AtomicBool,
+}
+
+impl ClientContext for Ctx {}
+
+fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+fn fmt_tps(tps: &[Tp]) -> String {
+    tps.iter()
+        .map(|(t, p)| format!("{t}/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = tps(tpl);
+        if revoked.is_empty() {
+            return;
+        }
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let timeout = if stopping { Duration::ZERO } else { self.drain };
+        tracing::info!(
+            partitions = %fmt_tps(&revoked),
+            drain_ms = timeout.as_millis() as u64,
+            "partitions revoked; draining their in-flight updates"
+        );
+        // The callback runs inside `recv()` on a runtime worker. Waiting here is the
+        // point (the partitions must not move while their work is unfinished), so
+        // tell tokio to move other tasks off this thread first.
+        let wait = || self.tracker.revoke(&revoked, timeout);
+        let abandoned = match tokio::runtime::Handle::try_current() {
+            Ok(h) if !stopping && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        for ((topic, partition), offsets) in abandoned {
+            if !stopping {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    unresolved = offsets.len(),
+                    from_offset = offsets.first().copied().unwrap_or_default(),
+                    "partition handed over with updates still in flight; its next owner redelivers them"
+                );
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = tps(tpl);
+                self.tracker.assign(&assigned);
+                if !assigned.is_empty() {
+                    tracing::info!(partitions = %fmt_tps(&assigned), "partitions assigned");
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+fn base_client(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    for (k, r) in &kafka.secret_properties {
+        let s = secrets
+            .resolve(r)
+            .map_err(|e| anyhow!("kafka.secret_properties.{k}: {e}"))?;
+        c.set(k, s.expose());
+    }
+    Ok(c)
+}
+
+/// The consumer configuration: at-least-once with offsets stored by us.
+pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
+    for k in kafka.consumer.keys().chain(kafka.properties.keys()) {
+        if OWNED_PROPERTIES.contains(&k.as_str()) {
+            return Err(anyhow!(
+                "kafka.consumer.{k}: Clarion sets this itself (at-least-once depends on it); remove it"
+            ));
+        }
+    }
+    let mut c = base_client(kafka, secrets)?;
+    c.set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in &kafka.consumer {
+        c.set(k, v);
+    }
+    Ok(c)
+}
+
+/// The dead-letter producer: idempotent, acknowledged by all in-sync replicas.
+pub fn producer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
+    let mut c = base_client(kafka, secrets)?;
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5");
+    for (k, v) in &kafka.producer {
+        c.set(k, v);
+    }
+    Ok(c)
+}
+
+/// What a run did, for the last log line.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub consumed: u64,
+    pub abandoned: usize,
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains and commits.
+/// `observer` receives a report per finished delivery (the demo and the benchmark
+/// use it; the daemon proper passes `None`).
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+) -> Result<Summary> {
+    run_with_secrets(settings, &EnvSecrets, shutdown, observer).await
+}
+
+pub async fn run_with_secrets(
+    settings: Settings,
+    secrets: &dyn SecretResolver,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+) -> Result<Summary> {
+    let tracker = Arc::new(Tracker::new());
+    let ctx = Ctx {
+        tracker: tracker.clone(),
+        drain: settings.daemon.rebalance_drain,
+        stopping: AtomicBool::new(false),
+    };
+    let consumer: Arc<StreamConsumer<Ctx>> = Arc::new(
+        consumer_config(&settings.kafka, secrets)?
+            .create_with_context(ctx)
+            .context("cannot create the Kafka consumer")?,
+    );
+    let producer: FutureProducer = producer_config(&settings.kafka, secrets)?
+        .create()
+        .context("cannot create the dead-letter producer")?;
+    let mut targets = Vec::new();
+    for t in &settings.targets {
+        let channel = build_channel(t, secrets).with_context(|| format!("targets.{}", t.name))?;
+        targets.push(Target::new(t.clone(), channel));
+    }
+    let abort = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        targets,
+        settings.audiences.clone(),
+        DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone()),
+        abort.clone(),
+        observer,
+    ));
+    check_topics(&consumer, &settings.kafka).await;
+    consumer
+        .subscribe(&[&settings.kafka.topic])
+        .with_context(|| format!("cannot subscribe to {}", settings.kafka.topic))?;
+    tracing::info!(
+        topic = %settings.kafka.topic,
+        group = %settings.kafka.group_id,
+        dead_letter_topic = %settings.kafka.dead_letter_topic,
+        targets = dispatcher.targets().len(),
+        "clarion started"
+    );
+
+    let capacity = Arc::new(Semaphore::new(settings.daemon.max_in_flight));
+    let tasks = TaskTracker::new();
+    let mut summary = Summary::default();
+    let mut paused = false;
+    let max_bytes = settings.daemon.max_event_bytes;
+    loop {
+        let permit = capacity.clone().try_acquire_owned().ok();
+        if permit.is_some() && paused {
+            set_paused(&consumer, false);
+            paused = false;
+        } else if permit.is_none() && !paused {
+            // Full: stop fetching but keep polling, so rebalances are served and the
+            // group does not evict us (max.poll.interval.ms).
+            tracing::warn!(
+                max_in_flight = settings.daemon.max_in_flight,
+                "at the in-flight limit; pausing consumption until deliveries finish"
+            );
+            set_paused(&consumer, true);
+            paused = true;
+        }
+        let msg = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = capacity.acquire(), if permit.is_none() => continue,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                kafka_error(&e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        summary.consumed += 1;
+        telemetry::consumed();
+        let source = Arc::new(Source {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: copy_headers(msg.headers()),
+        });
+        drop(msg);
+        let ticket = tracker.admit(&source.topic, source.partition, source.offset);
+        telemetry::in_flight(tracker.in_flight());
+        let work = match IncidentUpdate::from_slice(&source.payload, max_bytes) {
+            Err(e) => Err((DlqKind::MalformedEvent, e.to_string())),
+            Ok(update) => {
+                let update = Arc::new(update);
+                dispatcher
+                    .plan(&update)
+                    .map_err(|reason| (DlqKind::UnknownAudience, reason))
+                    .map(|plans| (update, plans))
+            }
+        };
+        let dispatcher = dispatcher.clone();
+        let consumer = consumer.clone();
+        let tracker = tracker.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let resolution = match work {
+                Err((kind, reason)) => {
+                    EventRejected {
+                        topic: &source.topic,
+                        partition: source.partition,
+                        offset: source.offset,
+                        reason: &reason,
+                        kind: kind.as_str(),
+                    }
+                    .emit();
+                    dispatcher.reject(&source, kind, reason).await
+                }
+                Ok((update, plans)) => {
+                    if plans.is_empty() {
+                        tracing::warn!(
+                            incident_id = %update.incident_id,
+                            update_id = %update.update_id,
+                            audiences = ?update.audiences,
+                            "no target serves this update's audiences; nothing to deliver"
+                        );
+                    }
+                    let runs = plans.into_iter().map(|p| dispatcher.run(p, &source));
+                    let results = futures::future::join_all(runs).await;
+                    if results.iter().all(|r| *r == Resolution::Resolved) {
+                        Resolution::Resolved
+                    } else {
+                        Resolution::Abandoned
+                    }
+                }
+            };
+            if resolution == Resolution::Resolved {
+                if let Some(next) = tracker.complete(&ticket) {
+                    store(&consumer, &source.topic, source.partition, next);
+                }
+            }
+            telemetry::in_flight(tracker.in_flight());
+        });
+    }
+
+    // Shutdown: stop taking work, give in-flight deliveries the grace period, then
+    // abandon what is left (its offsets stay uncommitted, so it is redelivered).
+    let in_flight = tracker.in_flight();
+    tracing::info!(
+        in_flight,
+        grace_ms = settings.daemon.shutdown_grace.as_millis() as u64,
+        "shutting down: consumption stopped, finishing in-flight deliveries"
+    );
+    tasks.close();
+    if tokio::time::timeout(settings.daemon.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        summary.abandoned = tracker.in_flight();
+        tracing::warn!(
+            abandoned = summary.abandoned,
+            "grace period over; abandoning the updates still in flight (they will be redelivered)"
+        );
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    }
+    consumer.context().stopping.store(true, Ordering::SeqCst);
+    drop(dispatcher);
+    let flushed = tokio::task::spawn_blocking(move || {
+        let commit = consumer.commit_consumer_state(CommitMode::Sync);
+        let _ = producer_flush(&producer);
+        // Dropping the consumer closes it (leaves the group) on this blocking thread.
+        drop(consumer);
+        commit
+    })
+    .await?;
+    match flushed {
+        Ok(()) => tracing::info!("offsets of resolved updates committed"),
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+            tracing::info!("no new offsets to commit")
+        }
+        Err(e) => tracing::error!(error = %e, "final offset commit failed; resolved updates since the last commit will be redelivered"),
+    }
+    tracing::info!(consumed = summary.consumed, abandoned = summary.abandoned, "clarion stopped");
+    Ok(summary)
+}
+
+fn producer_flush(p: &FutureProducer) -> rdkafka::error::KafkaResult<()> {
+    use rdkafka::producer::Producer;
+    p.flush(rdkafka::util::Timeout::After(Duration::from_secs(10)))
+}
+
+fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, next: i64) {
+    let mut tpl = TopicPartitionList::new();
+    // `store_offsets` stores the offset as given (the next one to read); unlike
+    // `store_offset`, which adds one.
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Expected after a revoke: the partition's next owner redelivers.
+        tracing::debug!(topic, partition, offset = next, error = %e, "offset not stored");
+    }
+}
+
+fn set_paused(consumer: &StreamConsumer<Ctx>, pause: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment to pause/resume it");
+            return;
+        }
+    };
+    let r = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, pause, "pause/resume failed");
+    }
+}
+
+fn kafka_error(e: &KafkaError) {
+    // librdkafka recovers from broker restarts and network errors by itself; these
+    // are reported so an operator can see them, not acted on.
+    tracing::warn!(error = %e, "kafka consumer error");
+}
+
+/// Warns, without failing, when the topics are missing: they may be created later,
+/// and the consumer will pick the source topic up when they are.
+async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) {
+    let c = consumer.clone();
+    let topics = [kafka.topic.clone(), kafka.dead_letter_topic.clone()];
+    let r = tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for t in topics {
+            match c.fetch_metadata(Some(&t), Duration::from_secs(10)) {
+                Ok(md) => {
+                    if md.topics().iter().any(|mt| mt.error().is_some() || mt.partitions().is_empty()) {
+                        missing.push(t);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(missing)
+    })
+    .await;
+    match r {
+        Ok(Ok(missing)) if !missing.is_empty() => tracing::warn!(
+            topics = ?missing,
+            "topics not found on the brokers (yet); create them, or updates and dead letters have nowhere to go"
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, brokers = %kafka.brokers, "cannot reach the Kafka brokers yet; will keep trying"),
+        Err(e) => tracing::warn!(error = %e, "topic check did not run"),
+    }
+}

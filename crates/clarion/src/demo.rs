@@ -1,0 +1,202 @@
+//! `clarion demo`: the whole path on one machine with nothing installed. An embedded
+//! Kafka-protocol broker (librdkafka's mock cluster), three local webhook receivers
+//! (one fails twice per message before accepting, so retries show), the real daemon,
+//! and a sample incident lifecycle; then a table of every delivery.
+
+use crate::config::{self, EnvSecrets};
+use crate::dispatch::DeliveryReport;
+use anyhow::{bail, Context, Result};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use clarion_core::samples;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const TOPIC: &str = "incident-updates";
+const DLQ: &str = "clarion-dead-letters";
+
+/// A webhook receiver that answers 503 to the first `failures` attempts of each
+/// message id, then 200.
+#[derive(Default)]
+struct Receiver {
+    failures: u32,
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, _body: axum::body::Bytes) -> StatusCode {
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut seen = r.attempts.lock().unwrap_or_else(|e| e.into_inner());
+    let n = seen.entry(id).or_insert(0);
+    *n += 1;
+    if *n <= r.failures {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn start_receiver(failures: u32) -> Result<String> {
+    let state = Arc::new(Receiver {
+        failures,
+        ..Receiver::default()
+    });
+    let app = axum::Router::new().route("/hook", post(receive)).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/hook"))
+}
+
+/// Runs the demo and prints the table. Returns an error if any delivery is missing.
+pub async fn run() -> Result<()> {
+    let cluster = MockCluster::new(1).context("cannot start the embedded Kafka broker")?;
+    cluster.create_topic(TOPIC, 4, 1)?;
+    cluster.create_topic(DLQ, 1, 1)?;
+    let brokers = cluster.bootstrap_servers();
+
+    let statuspage = start_receiver(0).await?;
+    let regulator = start_receiver(2).await?;
+    let ops_chat = start_receiver(0).await?;
+    let toml = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topic = "{TOPIC}"
+dead_letter_topic = "{DLQ}"
+group_id = "clarion-demo"
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+
+[retry]
+initial_backoff = "100ms"
+max_backoff = "1s"
+
+[targets.status-page]
+type = "webhook"
+audiences = ["customers", "business"]
+url = "{statuspage}"
+secrets = [{{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }}]
+
+[targets.regulator-portal]
+type = "webhook"
+audiences = ["regulators"]
+url = "{regulator}"
+secrets = [{{ value = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }}]
+
+[targets.ops-chat]
+type = "webhook"
+audiences = ["employees"]
+url = "{ops_chat}"
+"#
+    );
+    let settings = config::parse_str(&toml)?.validate("demo config", &EnvSecrets)?;
+
+    let start = jiff::Timestamp::now();
+    let incidents = [
+        ("INC-1001", "Mobile data outage in the north region", &["customers", "employees", "regulators"][..]),
+        ("INC-1002", "Degraded voice calls for business lines", &["business", "employees"][..]),
+        ("INC-1003", "SMS delivery delays", &["customers", "employees"][..]),
+    ];
+    let mut updates = Vec::new();
+    for (id, title, audiences) in incidents {
+        updates.extend(samples::lifecycle(id, title, audiences, start));
+    }
+    let expected: usize = updates
+        .iter()
+        .map(|u| {
+            settings
+                .targets
+                .iter()
+                .filter(|t| u.audiences.iter().any(|a| t.audiences.contains(a)))
+                .count()
+        })
+        .sum();
+
+    let (tx, mut rx) = mpsc::channel::<DeliveryReport>(1024);
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(crate::run(settings, shutdown.clone(), Some(tx)));
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    println!(
+        "Publishing {} updates of {} incidents to the embedded broker ({brokers}), topic {TOPIC}...\n",
+        updates.len(),
+        incidents.len()
+    );
+    for u in &updates {
+        let body = serde_json::to_vec(u)?;
+        producer
+            .send(
+                FutureRecord::to(TOPIC).key(&u.incident_id).payload(&body),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .context("publishing a sample update")?;
+    }
+
+    let mut reports = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while reports.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(r)) => reports.push(r),
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    shutdown.cancel();
+    daemon.await??;
+    drop(producer);
+    drop(cluster);
+
+    reports.sort_by(|a, b| (&a.incident_id, a.sequence, &a.target).cmp(&(&b.incident_id, b.sequence, &b.target)));
+    print_table(&reports);
+    let retried = reports.iter().filter(|r| r.attempts > 1).count();
+    let dead = reports.iter().filter(|r| r.dead_letter_reason.is_some()).count();
+    println!(
+        "\n{} deliveries of {} expected; {} needed retries; {} dead-lettered.",
+        reports.len(),
+        expected,
+        retried,
+        dead
+    );
+    if reports.len() != expected {
+        bail!("only {} of {expected} deliveries finished within 90 s", reports.len());
+    }
+    Ok(())
+}
+
+fn print_table(reports: &[DeliveryReport]) {
+    println!(
+        "{:<9} {:>3}  {:<13} {:<17} {:>8}  {:<10} {:>10}",
+        "INCIDENT", "SEQ", "STATUS", "TARGET", "ATTEMPTS", "RESULT", "LATENCY"
+    );
+    for r in reports {
+        let result = if r.dead_letter_reason.is_some() { "dead-letter" } else { "delivered" };
+        println!(
+            "{:<9} {:>3}  {:<13} {:<17} {:>8}  {:<10} {:>8}ms",
+            r.incident_id,
+            r.sequence,
+            r.status.as_str(),
+            &*r.target,
+            r.attempts,
+            result,
+            r.latency.as_millis()
+        );
+    }
+}

@@ -1,0 +1,452 @@
+//! Fan-out and retries: one update becomes one delivery per matching target; each
+//! delivery is tried, retried with backoff, and ends delivered or dead-lettered.
+//!
+//! Ordering: deliveries of one incident to one target run strictly one after the
+//! other, in consumption order (a "lane"), so a target never sees `resolved` before
+//! the `investigating` that preceded it. Different incidents, and the same incident
+//! on different targets, run concurrently: one target being down delays nobody else.
+
+use crate::config::{RetryPolicy, TargetConfig};
+use crate::dlq::{DeadLetter, DeadLetterWriter, DlqKind, FailedDelivery, Source};
+use crate::telemetry::{DeliveryAttempted, DeliveryDeadLettered};
+use backon::BackoffBuilder;
+use clarion_core::{Channel, Delivery, DeliveryError, IncidentUpdate, Outcome, Status};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// A configured target with its channel and its concurrency limit.
+#[derive(Debug)]
+pub struct Target {
+    pub config: TargetConfig,
+    pub channel: Arc<dyn Channel>,
+    permits: Semaphore,
+}
+
+impl Target {
+    pub fn new(config: TargetConfig, channel: Arc<dyn Channel>) -> Self {
+        let permits = Semaphore::new(config.concurrency);
+        Target {
+            config,
+            channel,
+            permits,
+        }
+    }
+}
+
+/// How a delivery ended, for the demo's table and the benchmark.
+#[derive(Debug, Clone)]
+pub struct DeliveryReport {
+    pub incident_id: String,
+    pub update_id: String,
+    pub sequence: u64,
+    pub status: Status,
+    pub target: Arc<str>,
+    pub recipient: Option<String>,
+    pub attempts: u32,
+    /// `None` when delivered; the dead-letter reason otherwise.
+    pub dead_letter_reason: Option<String>,
+    /// From the update's Kafka timestamp to the end of the delivery.
+    pub latency: Duration,
+}
+
+/// How a delivery (or a whole event) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Delivered to everyone, or dead-lettered for those it could not reach.
+    Resolved,
+    /// Cut short by shutdown; not resolved, so its offset is not committed.
+    Abandoned,
+}
+
+/// One delivery planned in consumption order, with its place in its lane.
+#[derive(Debug)]
+pub struct Planned {
+    target: usize,
+    delivery: Delivery,
+    after: Option<oneshot::Receiver<()>>,
+    lane: LaneEntry,
+}
+
+/// Holds a lane slot; dropping it lets the next delivery of the lane start and
+/// removes the lane when nobody follows.
+#[derive(Debug)]
+struct LaneEntry {
+    lanes: Arc<Lanes>,
+    key: (String, usize),
+    id: u64,
+    _done: oneshot::Sender<()>,
+}
+
+impl Drop for LaneEntry {
+    fn drop(&mut self) {
+        let mut map = self.lanes.lock();
+        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// The last registered delivery of every busy (incident, target) lane: its id and
+/// the receiver that fires when it is done, which the next delivery takes.
+#[derive(Debug, Default)]
+struct Lanes {
+    map: Mutex<HashMap<(String, usize), (u64, oneshot::Receiver<()>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+type LaneMap = HashMap<(String, usize), (u64, oneshot::Receiver<()>)>;
+
+impl Lanes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneMap> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Turns updates into deliveries and runs them to resolution.
+#[derive(Debug)]
+pub struct Dispatcher {
+    targets: Vec<Target>,
+    audiences: BTreeSet<String>,
+    lanes: Arc<Lanes>,
+    dlq: DeadLetterWriter,
+    abort: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        targets: Vec<Target>,
+        audiences: BTreeSet<String>,
+        dlq: DeadLetterWriter,
+        abort: CancellationToken,
+        observer: Option<mpsc::Sender<DeliveryReport>>,
+    ) -> Self {
+        Dispatcher {
+            targets,
+            audiences,
+            lanes: Arc::default(),
+            dlq,
+            abort,
+            observer,
+        }
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Plans the deliveries of one update. Must be called in consumption order: it
+    /// is what places each delivery behind the previous one of its lane. Fails with
+    /// a reason when the update names an audience the config does not know.
+    pub fn plan(&self, update: &Arc<IncidentUpdate>) -> Result<Vec<Planned>, String> {
+        let unknown: Vec<&str> = update
+            .audiences
+            .iter()
+            .filter(|a| !self.audiences.contains(*a))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown audience(s) {}: not standard and not listed in the config's `audiences`",
+                unknown.join(", ")
+            ));
+        }
+        let mut plans = Vec::new();
+        for (idx, target) in self.targets.iter().enumerate() {
+            let served: Vec<String> = update
+                .audiences
+                .iter()
+                .filter(|a| target.config.audiences.contains(*a))
+                .cloned()
+                .collect();
+            if served.is_empty() {
+                continue;
+            }
+            let key = (update.incident_id.clone(), idx);
+            let (tx, rx) = oneshot::channel();
+            let id = self
+                .lanes
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let after = self.lanes.lock().insert(key.clone(), (id, rx)).map(|(_, prev)| prev);
+            plans.push(Planned {
+                target: idx,
+                delivery: Delivery::new(update.clone(), target.config.name.clone(), served.into()),
+                after,
+                lane: LaneEntry {
+                    lanes: self.lanes.clone(),
+                    key,
+                    id,
+                    _done: tx,
+                },
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Runs one delivery to resolution: waits its turn in the lane, tries, retries
+    /// per the target's policy, and dead-letters what cannot be delivered.
+    pub async fn run(&self, planned: Planned, source: &Source) -> Resolution {
+        let target = &self.targets[planned.target];
+        let update = planned.delivery.update.clone();
+        let span = tracing::info_span!(
+            "delivery",
+            incident_id = %update.incident_id,
+            update_id = %update.update_id,
+            target = %target.config.name,
+            channel = target.config.kind.as_str(),
+        );
+        let resolution = self.run_inner(planned, target, source).instrument(span.clone()).await;
+        if resolution == Resolution::Abandoned {
+            span.in_scope(|| {
+                tracing::warn!("delivery abandoned at shutdown; it will be redelivered after restart");
+            });
+        }
+        resolution
+    }
+
+    async fn run_inner(&self, planned: Planned, target: &Target, source: &Source) -> Resolution {
+        let Planned {
+            mut delivery,
+            after,
+            lane,
+            ..
+        } = planned;
+        // Held until this delivery resolves: dropping it releases the next one.
+        let _lane = lane;
+        if let Some(prev) = after {
+            tokio::select! {
+                _ = prev => {}
+                _ = self.abort.cancelled() => return Resolution::Abandoned,
+            }
+        }
+        let policy = &target.config.retry;
+        let mut ceilings = backoff_ceilings(policy);
+        let first_try = Instant::now();
+        loop {
+            let outcome = {
+                let _permit = tokio::select! {
+                    p = target.permits.acquire() => p,
+                    _ = self.abort.cancelled() => return Resolution::Abandoned,
+                };
+                tokio::select! {
+                    r = tokio::time::timeout(policy.attempt_timeout, target.channel.send(&delivery)) => {
+                        r.unwrap_or_else(|_| Outcome::single(Err(DeliveryError::retryable(
+                            format!("attempt took longer than {}", humantime::format_duration(policy.attempt_timeout)),
+                            None,
+                        ))))
+                    }
+                    _ = self.abort.cancelled() => return Resolution::Abandoned,
+                }
+            };
+            let latency = since_kafka_timestamp(source);
+            let mut retry: Vec<(Option<String>, DeliveryError)> = Vec::new();
+            let mut permanent: Vec<(Option<String>, DeliveryError)> = Vec::new();
+            for r in outcome.results {
+                match r.result {
+                    Ok(receipt) => {
+                        DeliveryAttempted {
+                            channel: target.config.kind.as_str(),
+                            target: &target.config.name,
+                            recipient: r.recipient.as_deref(),
+                            attempt: delivery.attempt,
+                            result: Ok(receipt.provider_id.as_deref()),
+                            latency,
+                            next_retry: None,
+                        }
+                        .emit();
+                        self.report(&delivery, r.recipient, None, latency).await;
+                    }
+                    Err(e) if e.is_retryable() => retry.push((r.recipient, e)),
+                    Err(e) => permanent.push((r.recipient, e)),
+                }
+            }
+            // Decide the wait before logging, so that the log line says when.
+            let wait = if retry.is_empty() {
+                None
+            } else {
+                let hint = retry
+                    .iter()
+                    .filter_map(|(_, e)| match e.class {
+                        clarion_core::ErrorClass::Retryable { retry_after } => retry_after,
+                        _ => None,
+                    })
+                    .max();
+                let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff)).max(hint.unwrap_or_default());
+                let out_of_attempts = delivery.attempt >= policy.max_attempts;
+                let out_of_time = first_try.elapsed() + wait > policy.max_elapsed;
+                if out_of_attempts || out_of_time {
+                    let why = if out_of_attempts {
+                        format!("gave up after {} attempts", delivery.attempt)
+                    } else {
+                        format!(
+                            "gave up after {} attempts: the next retry would pass max_elapsed ({})",
+                            delivery.attempt,
+                            humantime::format_duration(policy.max_elapsed)
+                        )
+                    };
+                    for (recipient, e) in retry.drain(..) {
+                        let reason = format!("{why}; last error: {}", e.reason);
+                        permanent.push((recipient, DeliveryError { reason, ..e }));
+                    }
+                    None
+                } else {
+                    Some(wait)
+                }
+            };
+            for (recipient, e) in &retry {
+                DeliveryAttempted {
+                    channel: target.config.kind.as_str(),
+                    target: &target.config.name,
+                    recipient: recipient.as_deref(),
+                    attempt: delivery.attempt,
+                    result: Err((&e.class, &e.reason)),
+                    latency,
+                    next_retry: wait,
+                }
+                .emit();
+            }
+            for (recipient, e) in permanent {
+                DeliveryAttempted {
+                    channel: target.config.kind.as_str(),
+                    target: &target.config.name,
+                    recipient: recipient.as_deref(),
+                    attempt: delivery.attempt,
+                    result: Err((&e.class, &e.reason)),
+                    latency,
+                    next_retry: None,
+                }
+                .emit();
+                let letter = DeadLetter {
+                    source,
+                    kind: DlqKind::DeliveryFailed,
+                    reason: e.reason.clone(),
+                    delivery: Some(FailedDelivery {
+                        target: &target.config.name,
+                        channel: target.config.kind.as_str(),
+                        recipient: recipient.as_deref(),
+                        attempts: delivery.attempt,
+                        error_class: e.class.as_str(),
+                        error_code: e.code.as_deref(),
+                        idempotency_key: delivery.key.as_str(),
+                    }),
+                };
+                if self.dlq.write(&letter, &self.abort).await.is_err() {
+                    return Resolution::Abandoned;
+                }
+                DeliveryDeadLettered {
+                    channel: target.config.kind.as_str(),
+                    target: &target.config.name,
+                    recipient: recipient.as_deref(),
+                    attempts: delivery.attempt,
+                    reason: &e.reason,
+                }
+                .emit();
+                self.report(&delivery, recipient, Some(e.reason), since_kafka_timestamp(source))
+                    .await;
+            }
+            let Some(wait) = wait else {
+                return Resolution::Resolved;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.abort.cancelled() => return Resolution::Abandoned,
+            }
+            delivery.attempt += 1;
+            delivery.recipients = if retry.iter().any(|(r, _)| r.is_none()) {
+                None
+            } else {
+                Some(retry.into_iter().filter_map(|(r, _)| r).collect())
+            };
+        }
+    }
+
+    async fn report(&self, d: &Delivery, recipient: Option<String>, dead: Option<String>, latency: Duration) {
+        if let Some(tx) = &self.observer {
+            let _ = tx
+                .send(DeliveryReport {
+                    incident_id: d.update.incident_id.clone(),
+                    update_id: d.update.update_id.clone(),
+                    sequence: d.update.sequence,
+                    status: d.update.status,
+                    target: d.target.clone(),
+                    recipient,
+                    attempts: d.attempt,
+                    dead_letter_reason: dead,
+                    latency,
+                })
+                .await;
+        }
+    }
+
+    /// Dead-letters a record that cannot be turned into deliveries.
+    pub async fn reject(&self, source: &Source, kind: DlqKind, reason: String) -> Resolution {
+        let letter = DeadLetter {
+            source,
+            kind,
+            reason,
+            delivery: None,
+        };
+        match self.dlq.write(&letter, &self.abort).await {
+            Ok(()) => {
+                crate::telemetry::malformed_dead_lettered();
+                Resolution::Resolved
+            }
+            Err(_) => Resolution::Abandoned,
+        }
+    }
+}
+
+/// The ceilings of successive backoffs: exponential from `initial_backoff`, doubling,
+/// capped at `max_backoff`, without end (the attempt and time limits end it).
+fn backoff_ceilings(policy: &RetryPolicy) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+/// "Full jitter" (AWS Architecture Blog, "Exponential Backoff and Jitter"): a wait
+/// drawn uniformly from zero to the ceiling, which spreads the retries of many
+/// deliveries that failed together. backon's own jitter only adds on top of the
+/// ceiling, so the draw is done here.
+fn full_jitter(ceiling: Duration) -> Duration {
+    let nanos = ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+fn since_kafka_timestamp(source: &Source) -> Duration {
+    let now = jiff::Timestamp::now().as_millisecond();
+    match source.timestamp_ms {
+        Some(ts) if ts > 0 && now >= ts => Duration::from_millis((now - ts) as u64),
+        _ => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_ceilings_double_and_cap() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            ..RetryPolicy::default()
+        };
+        let got: Vec<u64> = backoff_ceilings(&policy).take(5).map(|d| d.as_secs()).collect();
+        assert_eq!(got, vec![1, 2, 4, 5, 5]);
+        for _ in 0..1000 {
+            assert!(full_jitter(Duration::from_millis(10)) <= Duration::from_millis(10));
+        }
+    }
+}

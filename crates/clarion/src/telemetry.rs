@@ -1,0 +1,203 @@
+//! Logs and metrics. Everything that happens to an update is one typed event whose
+//! `emit` writes the log line and updates the metrics together, so the two never
+//! disagree (the pattern of Vector's `internal_events`).
+//!
+//! Levels: ERROR = an update did not reach someone, or an operator must act; WARN =
+//! degraded but handled (a retry); INFO = lifecycle; DEBUG = per-request detail.
+//! Metric labels are low-cardinality only (channel, target, outcome, class): never an
+//! incident id.
+
+use clarion_core::ErrorClass;
+
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+static DEFAULT_FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Changes the filter used when `RUST_LOG` is unset (the demo uses `warn`).
+pub fn set_default_filter(filter: &str) {
+    let _ = DEFAULT_FILTER.set(filter.to_string());
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`).
+pub fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = DEFAULT_FILTER.get().map(String::as_str).unwrap_or("info");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second init (tests running the daemon twice in one process) is harmless.
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+/// Serves Prometheus metrics on `listen` (e.g. `0.0.0.0:9464`).
+pub fn init_metrics(listen: &str) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("metrics.listen: `{listen}` is not host:port: {e}"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        )?
+        .install()?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("clarion_events_consumed_total", "Incident updates read from Kafka.");
+    describe_counter!(
+        "clarion_events_rejected_total",
+        "Records that were not valid incident updates (dead-lettered), by reason."
+    );
+    describe_counter!(
+        "clarion_delivery_attempts_total",
+        "Delivery attempts per target, by outcome (delivered, retryable, permanent, recipient_gone)."
+    );
+    describe_counter!(
+        "clarion_dead_letters_total",
+        "Records written to the dead-letter topic, by kind and target."
+    );
+    describe_histogram!(
+        "clarion_delivery_latency_seconds",
+        Unit::Seconds,
+        "Time from the update's Kafka timestamp to its delivery, per target."
+    );
+    describe_gauge!("clarion_in_flight_events", "Updates consumed and not yet resolved.");
+}
+
+/// A record that is not a valid incident update.
+#[derive(Debug)]
+pub struct EventRejected<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a str,
+    pub kind: &'static str,
+}
+
+impl EventRejected<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            "rejected a record that is not a valid incident update; it goes to the dead-letter topic"
+        );
+        metrics::counter!("clarion_events_rejected_total", "kind" => self.kind).increment(1);
+    }
+}
+
+/// One attempt's result for one recipient (or the whole target).
+#[derive(Debug)]
+pub struct DeliveryAttempted<'a> {
+    pub channel: &'static str,
+    pub target: &'a str,
+    pub recipient: Option<&'a str>,
+    pub attempt: u32,
+    /// `Ok(provider id)` or the error.
+    pub result: Result<Option<&'a str>, (&'a ErrorClass, &'a str)>,
+    /// Time since the update's Kafka timestamp.
+    pub latency: Duration,
+    /// The retry wait that follows, for retryable failures.
+    pub next_retry: Option<Duration>,
+}
+
+impl DeliveryAttempted<'_> {
+    pub fn emit(&self) {
+        let latency_ms = self.latency.as_millis() as u64;
+        let recipient = self.recipient.unwrap_or("-");
+        match self.result {
+            Ok(provider_id) => {
+                tracing::info!(
+                    attempt = self.attempt,
+                    recipient,
+                    outcome = "delivered",
+                    latency_ms,
+                    provider_id = provider_id.unwrap_or("-"),
+                    "delivered"
+                );
+                metrics::counter!("clarion_delivery_attempts_total", "channel" => self.channel, "target" => self.target.to_string(), "outcome" => "delivered").increment(1);
+                metrics::histogram!("clarion_delivery_latency_seconds", "channel" => self.channel, "target" => self.target.to_string()).record(self.latency.as_secs_f64());
+            }
+            Err((class, reason)) => {
+                let outcome = class.as_str();
+                if let Some(wait) = self.next_retry {
+                    tracing::warn!(
+                        attempt = self.attempt,
+                        recipient,
+                        outcome,
+                        latency_ms,
+                        retry_in_ms = wait.as_millis() as u64,
+                        reason,
+                        "delivery failed, will retry"
+                    );
+                } else {
+                    tracing::warn!(attempt = self.attempt, recipient, outcome, latency_ms, reason, "delivery failed");
+                }
+                metrics::counter!("clarion_delivery_attempts_total", "channel" => self.channel, "target" => self.target.to_string(), "outcome" => outcome).increment(1);
+            }
+        }
+    }
+}
+
+/// A delivery that ended in the dead-letter topic.
+#[derive(Debug)]
+pub struct DeliveryDeadLettered<'a> {
+    pub channel: &'static str,
+    pub target: &'a str,
+    pub recipient: Option<&'a str>,
+    pub attempts: u32,
+    pub reason: &'a str,
+}
+
+impl DeliveryDeadLettered<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            attempt = self.attempts,
+            recipient = self.recipient.unwrap_or("-"),
+            outcome = "dead_lettered",
+            reason = self.reason,
+            "delivery given up; written to the dead-letter topic"
+        );
+        metrics::counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => self.target.to_string(), "channel" => self.channel).increment(1);
+    }
+}
+
+/// Records that a malformed event was dead-lettered (the metric side of
+/// [`EventRejected`], once the record is safely written).
+pub fn malformed_dead_lettered() {
+    metrics::counter!("clarion_dead_letters_total", "kind" => "malformed_event", "target" => "-", "channel" => "-").increment(1);
+}
+
+/// The in-flight gauge.
+pub fn in_flight(n: usize) {
+    metrics::gauge!("clarion_in_flight_events").set(n as f64);
+}
+
+/// Counts a consumed record.
+pub fn consumed() {
+    metrics::counter!("clarion_events_consumed_total").increment(1);
+}
+
