@@ -1,1 +1,440 @@
-//! Integration tests: kafka (filled in by its issue).
+//! End to end through a real Apache Kafka broker: ops publish, the daemon fans out to
+//! webhook receivers on loopback, failures reach the dead-letter topic, offsets
+//! follow finished work, and signals stop it without losing an update.
+
+use clarion_core::{IncidentUpdate, samples};
+use clarion_tests::daemon::{InProcess, Process, Wiring};
+use clarion_tests::kafka::{committed_and_end, producer, publish, read_all};
+use clarion_tests::receiver::{Behaviour, Receiver};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn lifecycles(prefix: &str, incidents: usize, audiences: &[&str]) -> Vec<IncidentUpdate> {
+    (0..incidents)
+        .flat_map(|i| {
+            samples::lifecycle(
+                &format!("{prefix}-{i}"),
+                "Mobile data outage",
+                audiences,
+                jiff::Timestamp::now(),
+            )
+        })
+        .collect()
+}
+
+async fn publish_all(brokers: &str, topic: &str, updates: &[IncidentUpdate]) {
+    let p = producer(brokers);
+    for u in updates {
+        let body = serde_json::to_vec(u).expect("json");
+        publish(&p, topic, &u.incident_id, &body).await;
+    }
+}
+
+fn webhook_target(name: &str, audiences: &str, url: &str) -> String {
+    format!("[targets.{name}]\ntype = \"webhook\"\naudiences = [{audiences}]\nurl = \"{url}\"\n")
+}
+
+/// For each incident, the sequences in the order a receiver first saw them.
+fn first_arrival_order(
+    received: &[clarion_tests::receiver::Received],
+) -> BTreeMap<String, Vec<u64>> {
+    let mut seen = BTreeSet::new();
+    let mut order: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in received.iter().filter(|r| (200..300).contains(&r.answered)) {
+        if seen.insert(r.update_id().to_string()) {
+            order
+                .entry(r.incident_id().to_string())
+                .or_default()
+                .push(r.sequence());
+        }
+    }
+    order
+}
+
+fn assert_in_order(name: &str, received: &[clarion_tests::receiver::Received]) {
+    for (incident, seqs) in first_arrival_order(received) {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            seqs, sorted,
+            "{name}: updates of {incident} arrived out of order"
+        );
+    }
+}
+
+/// True when the group's commit reached the end of every partition that has records.
+fn all_committed(offsets: &[(i64, i64)]) -> bool {
+    offsets.iter().all(|(c, end)| *end == 0 || c == end)
+}
+
+async fn wait_committed(w: &Wiring, partitions: i32) -> Vec<(i64, i64)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let offsets = committed_and_end(&w.brokers, &w.group, &w.topic, partitions);
+        if all_committed(&offsets) || tokio::time::Instant::now() > deadline {
+            return offsets;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_update_reaches_every_matching_target_in_order() {
+    let Some(brokers) = clarion_tests::kafka("every_update_reaches_every_matching_target_in_order")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "fanout", 4).await;
+    let customers = Receiver::start(Behaviour::Jitter(Duration::from_millis(15))).await;
+    let regulators = Receiver::start(Behaviour::Jitter(Duration::from_millis(15))).await;
+    let employees = Receiver::start(Behaviour::Always(200)).await;
+    let targets = [
+        webhook_target("status-page", "\"customers\", \"business\"", &customers.url),
+        webhook_target("regulator", "\"regulators\"", &regulators.url),
+        webhook_target("staff-chat", "\"employees\"", &employees.url),
+    ]
+    .join("\n");
+    let daemon = InProcess::start(&w.config(&targets));
+    let updates = lifecycles("fan", 12, &["customers", "regulators"]);
+    publish_all(&brokers, &w.topic, &updates).await;
+
+    let n = updates.len();
+    assert!(
+        customers.wait_until(WAIT, |r| r.len() >= n).await,
+        "status-page got {} of {n}",
+        customers.received().len()
+    );
+    assert!(
+        regulators.wait_until(WAIT, |r| r.len() >= n).await,
+        "regulator got {} of {n}",
+        regulators.received().len()
+    );
+    let offsets = wait_committed(&w, 4).await;
+    daemon.stop().await;
+
+    for (name, rx) in [("status-page", &customers), ("regulator", &regulators)] {
+        let got = rx.received();
+        let ids: BTreeSet<&str> = got.iter().map(|r| r.update_id()).collect();
+        assert_eq!(ids.len(), n, "{name} must get every update");
+        assert_eq!(got.len(), n, "{name}: no duplicates when nothing failed");
+        assert_in_order(name, &got);
+        for r in &got {
+            assert_eq!(
+                r.headers.get("webhook-id").map(String::len),
+                Some(36),
+                "{name}: webhook-id is the idempotency key"
+            );
+        }
+    }
+    assert!(
+        employees.received().is_empty(),
+        "a target whose audiences are not named gets nothing"
+    );
+    assert!(
+        all_committed(&offsets),
+        "all offsets committed: {offsets:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_until_recovery_and_dead_letters_permanent_failures() {
+    let Some(brokers) =
+        clarion_tests::kafka("retries_until_recovery_and_dead_letters_permanent_failures")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "retry", 2).await;
+    let flaky = Receiver::start(Behaviour::PerMessage(vec![503, 503, 200])).await;
+    let strict = Receiver::start(Behaviour::Always(400)).await;
+    let targets = [
+        webhook_target("flaky", "\"customers\"", &flaky.url),
+        webhook_target("strict", "\"regulators\"", &strict.url),
+    ]
+    .join("\n");
+    let daemon = InProcess::start(&w.config(&targets));
+    let updates: Vec<IncidentUpdate> = lifecycles("rt", 1, &["customers", "regulators"])
+        .into_iter()
+        .take(2)
+        .collect();
+    publish_all(&brokers, &w.topic, &updates).await;
+
+    assert!(
+        flaky
+            .wait_until(WAIT, |r| r.iter().filter(|x| x.answered == 200).count()
+                >= 2)
+            .await
+    );
+    let dead = read_all(&brokers, &w.dlq, 2, WAIT).await;
+    let offsets = wait_committed(&w, 2).await;
+    daemon.stop().await;
+
+    // The flaky receiver saw each update three times, with the same id and body.
+    let got = flaky.received();
+    assert_eq!(got.len(), 6, "503, 503, 200 for each of two updates");
+    for u in &updates {
+        let attempts: Vec<_> = got
+            .iter()
+            .filter(|r| r.update_id() == u.update_id)
+            .collect();
+        assert_eq!(
+            attempts.iter().map(|r| r.answered).collect::<Vec<_>>(),
+            vec![503, 503, 200]
+        );
+        assert!(
+            attempts.windows(2).all(|p| p[0].body == p[1].body
+                && p[0].headers["webhook-id"] == p[1].headers["webhook-id"])
+        );
+    }
+    assert_in_order("flaky", &got);
+
+    // 400 is permanent: tried once, then dead-lettered with the reason.
+    assert_eq!(strict.received().len(), 2, "400 must not be retried");
+    assert_eq!(
+        dead.len(),
+        2,
+        "both updates dead-lettered for the strict target"
+    );
+    for d in &dead {
+        assert_eq!(d.headers["clarion.dlq.kind"], "delivery_failed");
+        assert_eq!(d.headers["clarion.dlq.target"], "strict");
+        assert_eq!(d.headers["clarion.dlq.channel"], "webhook");
+        assert_eq!(d.headers["clarion.dlq.attempts"], "1");
+        assert_eq!(d.headers["clarion.dlq.error.class"], "permanent");
+        assert_eq!(d.headers["clarion.dlq.error.code"], "400");
+        assert!(
+            d.headers["clarion.dlq.reason"].contains("HTTP 400"),
+            "{:?}",
+            d.headers
+        );
+        assert_eq!(d.headers["clarion.dlq.source.topic"], w.topic);
+        let original: IncidentUpdate =
+            serde_json::from_slice(&d.payload).expect("DLQ value is the original update");
+        assert_eq!(d.key.as_deref(), Some(original.incident_id.as_str()));
+    }
+    assert!(
+        all_committed(&offsets),
+        "dead-lettered updates are resolved: {offsets:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_are_dead_lettered_and_the_partition_moves_on() {
+    let Some(brokers) =
+        clarion_tests::kafka("malformed_events_are_dead_lettered_and_the_partition_moves_on")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "malformed", 1).await;
+    let rx = Receiver::start(Behaviour::Always(200)).await;
+    let daemon = InProcess::start(&w.config(&webhook_target("hook", "\"customers\"", &rx.url)));
+
+    let good = lifecycles("mf", 1, &["customers"]);
+    let mut bad_status = serde_json::to_value(&good[0]).expect("json");
+    bad_status["status"] = "exploded".into();
+    let mut martians = serde_json::to_value(&good[1]).expect("json");
+    martians["audiences"] = serde_json::json!(["martians"]);
+    let lines = [
+        "not json at all".to_string(),
+        r#"{"schema_version": 2, "incident_id": "x"}"#.to_string(),
+        serde_json::to_string(&good[0]).expect("json"),
+        bad_status.to_string(),
+        martians.to_string(),
+        serde_json::to_string(&good[1]).expect("json"),
+    ];
+    // Published with kcat, a Kafka client we did not write: one record per line.
+    let mut kcat = std::process::Command::new("kcat")
+        .args(["-P", "-b", &brokers, "-t", &w.topic, "-p", "0"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat must be installed (scripts/test installs it)");
+    {
+        use std::io::Write;
+        let stdin = kcat.stdin.as_mut().expect("kcat stdin");
+        for l in &lines {
+            writeln!(stdin, "{l}").expect("write to kcat");
+        }
+    }
+    assert!(kcat.wait().expect("kcat").success(), "kcat failed");
+
+    assert!(
+        rx.wait_until(WAIT, |r| r.len() >= 2).await,
+        "good events after bad ones still flow"
+    );
+    let dead = read_all(&brokers, &w.dlq, 4, WAIT).await;
+    let offsets = wait_committed(&w, 1).await;
+    daemon.stop().await;
+
+    let got: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.update_id().to_string())
+        .collect();
+    assert_eq!(
+        got,
+        vec![good[0].update_id.clone(), good[1].update_id.clone()]
+    );
+    let summary: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d.headers["clarion.dlq.source.offset"].clone(),
+                d.headers["clarion.dlq.kind"].clone(),
+                d.headers["clarion.dlq.reason"].clone(),
+            )
+        })
+        .collect();
+    let expected_kinds = [
+        ("0", "malformed_event", "not valid JSON"),
+        ("1", "malformed_event", "unsupported schema_version 2"),
+        ("3", "malformed_event", "unknown variant `exploded`"),
+        ("4", "unknown_audience", "martians"),
+    ];
+    assert_eq!(summary.len(), 4, "{summary:?}");
+    for ((off, kind, reason), (eo, ek, er)) in summary.iter().zip(expected_kinds) {
+        assert_eq!((off.as_str(), kind.as_str()), (eo, ek));
+        assert!(
+            reason.contains(er),
+            "reason `{reason}` should mention `{er}`"
+        );
+    }
+    assert_eq!(
+        dead[0].payload,
+        lines[0].as_bytes(),
+        "the original bytes are kept"
+    );
+    assert_eq!(
+        offsets,
+        vec![(6, 6)],
+        "the partition moved past every record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_flight_then_restart_loses_nothing() {
+    let Some(brokers) = clarion_tests::kafka("sigkill_mid_flight_then_restart_loses_nothing")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "sigkill", 4).await;
+    let a = Receiver::start(Behaviour::Jitter(Duration::from_millis(40))).await;
+    let b = Receiver::start(Behaviour::Jitter(Duration::from_millis(40))).await;
+    // Two deliveries at a time per target, so the run lasts long enough to be
+    // killed in the middle of it.
+    let targets = [
+        webhook_target("a", "\"customers\"", &a.url) + "concurrency = 2\n",
+        webhook_target("b", "\"employees\"", &b.url) + "concurrency = 2\n",
+    ]
+    .join("\n");
+    let mut daemon = Process::start(&w.config(&targets), "sigkill");
+    let updates = lifecycles("kill", 60, &["customers", "employees"]);
+    publish_all(&brokers, &w.topic, &updates).await;
+    let n = updates.len();
+
+    // Kill it hard once a third of the work is done.
+    assert!(
+        a.wait_until(WAIT, |r| r.len() >= n / 3).await,
+        "daemon made no progress; log:\n{}",
+        daemon.log_text()
+    );
+    daemon.signal("KILL");
+    daemon.wait(Duration::from_secs(30)).await;
+    let before_restart = a.received().len() + b.received().len();
+    assert!(
+        before_restart < 2 * n,
+        "the kill must land mid-flight (all {before_restart} were already delivered)"
+    );
+
+    let mut again = daemon.restart();
+    let all = |r: &[clarion_tests::receiver::Received]| {
+        r.iter()
+            .map(|x| x.update_id())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= n
+    };
+    let ok_a = a.wait_until(WAIT, all).await;
+    let ok_b = b.wait_until(WAIT, all).await;
+    // Stop the second daemon only once it is up (signal handlers installed).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while again.log_text().matches("clarion started").count() < 2
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    again.signal("TERM");
+    let code = again.wait(Duration::from_secs(60)).await;
+    assert!(
+        ok_a && ok_b,
+        "not every update arrived after restart; log:\n{}",
+        again.log_text()
+    );
+    assert_eq!(code, Some(0), "SIGTERM exits 0");
+
+    let mut duplicates = 0;
+    for (name, rx) in [("a", &a), ("b", &b)] {
+        let got = rx.received();
+        let unique: BTreeSet<&str> = got.iter().map(|r| r.update_id()).collect();
+        assert_eq!(unique.len(), n, "{name} lost updates");
+        duplicates += got.len() - unique.len();
+        assert_in_order(name, &got);
+    }
+    eprintln!(
+        "KILL TEST: {} deliveries expected, {} before SIGKILL, {} duplicates after restart ({:.1}%)",
+        2 * n,
+        before_restart,
+        duplicates,
+        100.0 * duplicates as f64 / (2 * n) as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_deliveries_and_commits() {
+    let Some(brokers) = clarion_tests::kafka("sigterm_drains_in_flight_deliveries_and_commits")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "sigterm", 2).await;
+    let slow = Receiver::start(Behaviour::Slow(Duration::from_secs(3))).await;
+    let mut daemon = Process::start(
+        &w.config(&webhook_target("slow", "\"customers\"", &slow.url)),
+        "sigterm",
+    );
+    let updates: Vec<IncidentUpdate> = (0..6)
+        .flat_map(|i| {
+            lifecycles(&format!("term{i}"), 1, &["customers"])
+                .into_iter()
+                .take(1)
+        })
+        .collect();
+    publish_all(&brokers, &w.topic, &updates).await;
+
+    // Every update is in flight (the receiver holds each for 3 s) when SIGTERM comes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while slow.started() < updates.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries never started; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        slow.delivered().len() < updates.len(),
+        "the deliveries must still be in flight at SIGTERM"
+    );
+    daemon.signal("TERM");
+    let code = daemon.wait(Duration::from_secs(60)).await;
+    assert_eq!(code, Some(0), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        slow.delivered().len(),
+        updates.len(),
+        "in-flight deliveries completed"
+    );
+    let offsets = committed_and_end(&brokers, &w.group, &w.topic, 2);
+    assert!(
+        all_committed(&offsets),
+        "offsets committed at shutdown: {offsets:?}"
+    );
+}

@@ -20,7 +20,9 @@ pub fn peer_env(var: &str, test: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            eprintln!("SKIPPED {test}: {var} is not set (run ./scripts/test to start the real peers)");
+            eprintln!(
+                "SKIPPED {test}: {var} is not set (run ./scripts/test to start the real peers)"
+            );
             None
         }
     }
@@ -76,7 +78,10 @@ impl Drop for ChildGuard {
 pub async fn wait_for_port(port: u16, timeout: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -92,3 +97,7 @@ pub fn unique_topic(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
+
+pub mod daemon;
+pub mod kafka;
+pub mod receiver;

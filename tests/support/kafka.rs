@@ -1,0 +1,136 @@
+//! Talking to the real broker from tests: topics, producing, reading the
+//! dead-letter topic, committed offsets.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Creates a topic with `partitions` partitions and waits until it is usable.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let r = admin
+        .create_topics(
+            [&t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    for res in r {
+        res.expect("topic created");
+    }
+}
+
+/// An idempotent producer keyed like ops' producers (murmur2, as Java's default).
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer")
+}
+
+/// Publishes one record and waits for the broker's acknowledgement.
+pub async fn publish(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    p.send(
+        FutureRecord::to(topic).key(key).payload(payload),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("publish");
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Reads every record of `topic` from the beginning until `want` were read or
+/// `timeout` passed.
+pub async fn read_all(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", crate::unique_topic("g")))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("reader consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < want {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
+            }
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The group's committed offset and the high watermark of each partition.
+pub fn committed_and_end(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i64, i64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    (0..partitions)
+        .map(|p| {
+            let off = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            let (_, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (off, high)
+        })
+        .collect()
+}
