@@ -17,6 +17,9 @@ use std::time::Duration;
 /// The four audiences every deployment has; config may add more.
 pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
 
+/// librdkafka properties Clarion sets itself because at-least-once depends on them.
+pub const OWNED_KAFKA_PROPERTIES: [&str; 3] = ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
+
 /// The whole file, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -296,6 +299,15 @@ impl RawConfig {
             return Err(at(anyhow!(
                 "kafka.dead_letter_topic: must differ from kafka.topic, or failures would be consumed again"
             )));
+        }
+        for (section, map) in [("properties", &self.kafka.properties), ("consumer", &self.kafka.consumer)] {
+            for k in map.keys() {
+                if OWNED_KAFKA_PROPERTIES.contains(&k.as_str()) {
+                    return Err(at(anyhow!(
+                        "kafka.{section}.{k}: Clarion sets this itself (at-least-once delivery depends on it); remove it"
+                    )));
+                }
+            }
         }
         for (k, r) in &self.kafka.secret_properties {
             secrets

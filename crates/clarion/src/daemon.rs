@@ -25,9 +25,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// librdkafka properties Clarion sets itself because at-least-once depends on them.
-const OWNED_PROPERTIES: [&str; 3] = ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
-
 /// Consumer callbacks: rebalances drain revoked partitions before handing them over.
 struct Ctx {
     tracker: Arc<Tracker>,
@@ -122,23 +119,18 @@ fn base_client(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<Clie
 
 /// The consumer configuration: at-least-once with offsets stored by us.
 pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
-    for k in kafka.consumer.keys().chain(kafka.properties.keys()) {
-        if OWNED_PROPERTIES.contains(&k.as_str()) {
-            return Err(anyhow!(
-                "kafka.consumer.{k}: Clarion sets this itself (at-least-once depends on it); remove it"
-            ));
-        }
-    }
+    // Validation already refused overrides of OWNED_KAFKA_PROPERTIES, and they are
+    // set after the pass-through ones anyway.
     let mut c = base_client(kafka, secrets)?;
-    c.set("group.id", &kafka.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
+    c.set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky");
     for (k, v) in &kafka.consumer {
         c.set(k, v);
     }
+    c.set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false");
     Ok(c)
 }
 

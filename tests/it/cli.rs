@@ -1,0 +1,136 @@
+//! The `clarion` binary as a user runs it: the demo (README command one) and
+//! `check-config` on good and broken files.
+
+use clarion_tests::daemon::binary;
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env_remove("STATUSPAGE_WEBHOOK_SECRET")
+        .env_remove("REGULATOR_WEBHOOK_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run clarion");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_delivers_every_update_including_retries() {
+    let (code, stdout, stderr) = run(&["demo"], &[]);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("28 deliveries of 28 expected; 4 needed retries; 0 dead-lettered."),
+        "{stdout}"
+    );
+    // The receiver that fails twice shows three attempts on every row.
+    let regulator_rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("regulator-portal"))
+        .collect();
+    assert_eq!(regulator_rows.len(), 4);
+    assert!(
+        regulator_rows
+            .iter()
+            .all(|l| l.split_whitespace().nth(4) == Some("3")),
+        "{regulator_rows:?}"
+    );
+}
+
+#[test]
+fn shipped_example_config_is_valid_when_its_secrets_are_set() {
+    let secrets = [
+        (
+            "STATUSPAGE_WEBHOOK_SECRET",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ),
+        (
+            "REGULATOR_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+    ];
+    let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &secrets);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("config/clarion.toml: valid (3 targets)"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run(&["check-config", "config/clarion.toml"], &secrets[..1]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("targets.regulator: secrets[0]: environment variable REGULATOR_WEBHOOK_SECRET is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_names_the_file_and_key() {
+    let dir = std::env::temp_dir().join(clarion_tests::unique_topic("check-config"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let check = |name: &str, toml: &str, expected: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, toml).expect("write");
+        let (code, _, stderr) = run(&["check-config", path.to_str().expect("utf-8 path")], &[]);
+        assert_eq!(code, Some(1), "{name} must be rejected");
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(name),
+            "{name}: the file is named in:\n{stderr}"
+        );
+    };
+    let base = "[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ndead_letter_topic = \"d\"\n";
+    let hook = "[targets.h]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"https://example.com/h\"\n";
+    check(
+        "typo.toml",
+        &format!("{base}max_inflight = 3\n{hook}"),
+        "unknown field `max_inflight`",
+    );
+    check(
+        "url.toml",
+        &format!(
+            "{base}{}",
+            hook.replace("https://example.com/h", "ftp://example.com/h")
+        ),
+        "targets.h: url: `ftp://example.com/h` must be an http:// or https:// URL",
+    );
+    check(
+        "secret.toml",
+        &format!("{base}{hook}secrets = [{{ value = \"not-a-secret\" }}]\n"),
+        "targets.h: secrets[0]: must start with `whsec_`",
+    );
+    check(
+        "same-topic.toml",
+        &format!("{}{hook}", base.replace("\"d\"", "\"t\"")),
+        "kafka.dead_letter_topic: must differ from kafka.topic",
+    );
+    check("no-targets.toml", base, "no target is configured");
+    check(
+        "owned.toml",
+        &format!("{base}[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n{hook}"),
+        "Clarion sets this itself",
+    );
+    check(
+        "duration.toml",
+        &format!("{base}[daemon]\nshutdown_grace = \"soon\"\n{hook}"),
+        "shutdown_grace",
+    );
+    let (code, _, stderr) = run(&["check-config", "/nonexistent/clarion.toml"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("/nonexistent/clarion.toml does not exist"),
+        "{stderr}"
+    );
+}
