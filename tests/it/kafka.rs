@@ -275,6 +275,13 @@ async fn malformed_events_are_dead_lettered_and_the_partition_moves_on() {
         got,
         vec![good[0].update_id.clone(), good[1].update_id.clone()]
     );
+    // Events are processed concurrently, so dead letters may be written in any order.
+    let mut dead = dead;
+    dead.sort_by_key(|d| {
+        d.headers["clarion.dlq.source.offset"]
+            .parse::<i64>()
+            .unwrap_or(-1)
+    });
     let summary: Vec<(String, String, String)> = dead
         .iter()
         .map(|d| {

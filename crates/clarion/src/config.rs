@@ -474,7 +474,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
     fn errors_name_the_key() {
         check(
             &MINIMAL.replace("brokers", "brokerz"),
-            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `properties`, `secret_properties`, `consumer`, `producer`",
+            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
         );
         check(
             &MINIMAL.replace("url =", "uri ="),

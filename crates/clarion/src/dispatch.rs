@@ -94,7 +94,7 @@ impl Drop for LaneEntry {
 /// the receiver that fires when it is done, which the next delivery takes.
 #[derive(Debug, Default)]
 struct Lanes {
-    map: Mutex<HashMap<(String, usize), (u64, oneshot::Receiver<()>)>>,
+    map: Mutex<LaneMap>,
     next: std::sync::atomic::AtomicU64,
 }
 
