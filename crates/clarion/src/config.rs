@@ -57,6 +57,12 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Where malformed events and failed deliveries go, with the reason in headers.
     pub dead_letter_topic: String,
+    /// Where recipients that a provider declared dead go (unregistered device
+    /// tokens, opted-out numbers), one JSON record each, keyed by the recipient, so
+    /// the owner of the address book can prune them. Unset: they are only logged and
+    /// dead-lettered.
+    #[serde(default)]
+    pub dead_recipient_topic: Option<String>,
     /// librdkafka properties for both consumer and producer (TLS, SASL, client.id…),
     /// passed through as written, e.g. `"security.protocol" = "SASL_SSL"`.
     #[serde(default)]
@@ -219,12 +225,18 @@ const COMMON_KEYS: [&str; 4] = ["type", "audiences", "retry", "concurrency"];
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Webhook,
+    Fcm,
+    Apns,
 }
 
 impl ChannelKind {
+    pub const ALL: [ChannelKind; 3] = [ChannelKind::Webhook, ChannelKind::Fcm, ChannelKind::Apns];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Webhook => "webhook",
+            ChannelKind::Fcm => "fcm",
+            ChannelKind::Apns => "apns",
         }
     }
 }
@@ -233,6 +245,8 @@ impl ChannelKind {
 #[derive(Debug, Clone)]
 pub enum ChannelConfig {
     Webhook(clarion_webhook::WebhookConfig),
+    Fcm(clarion_push::FcmConfig),
+    Apns(clarion_push::ApnsConfig),
 }
 
 /// One validated target.
@@ -370,7 +384,8 @@ fn validate_target(
         }
     }
     if !common.contains_key("type") {
-        bail!("type: missing (one of: webhook)");
+        let kinds: Vec<&str> = ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
+        bail!("type: missing (one of: {})", kinds.join(", "));
     }
     let common: TargetCommon = serde_json::from_value(serde_json::Value::Object(common))?;
     if common.audiences.is_empty() {
@@ -389,6 +404,8 @@ fn validate_target(
     let rest = serde_json::Value::Object(map);
     let channel = match common.kind {
         ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest)?),
+        ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest)?),
+        ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest)?),
     };
     let target = TargetConfig {
         name: Arc::from(name),
@@ -408,6 +425,8 @@ fn validate_target(
 pub fn build_channel(target: &TargetConfig, secrets: &dyn SecretResolver) -> Result<Arc<dyn Channel>> {
     Ok(match &target.channel {
         ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
+        ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(&target.name, c, secrets)?),
+        ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(&target.name, c, secrets)?),
     })
 }
 
@@ -474,7 +493,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
     fn errors_name_the_key() {
         check(
             &MINIMAL.replace("brokers", "brokerz"),
-            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
+            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `dead_recipient_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
         );
         check(
             &MINIMAL.replace("url =", "uri ="),
@@ -486,7 +505,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
         );
         check(
             &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected `webhook`",
+            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `fcm`, `apns`",
         );
         check(
             &MINIMAL.replace("{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }", "{ env = \"CLARION_TEST_SURELY_UNSET\" }"),

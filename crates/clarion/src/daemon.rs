@@ -195,6 +195,7 @@ pub async fn run_with_secrets(
         targets,
         settings.audiences.clone(),
         DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone()),
+        settings.kafka.dead_recipient_topic.clone(),
         abort.clone(),
         observer,
     ));

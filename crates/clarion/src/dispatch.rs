@@ -7,7 +7,7 @@
 //! on different targets, run concurrently: one target being down delays nobody else.
 
 use crate::config::{RetryPolicy, TargetConfig};
-use crate::dlq::{DeadLetter, DeadLetterWriter, DlqKind, FailedDelivery, Source};
+use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
 use crate::telemetry::{DeliveryAttempted, DeliveryDeadLettered};
 use backon::BackoffBuilder;
 use clarion_core::{Channel, Delivery, DeliveryError, IncidentUpdate, Outcome, Status};
@@ -113,6 +113,7 @@ pub struct Dispatcher {
     audiences: BTreeSet<String>,
     lanes: Arc<Lanes>,
     dlq: DeadLetterWriter,
+    dead_recipient_topic: Option<String>,
     abort: CancellationToken,
     observer: Option<mpsc::Sender<DeliveryReport>>,
 }
@@ -122,6 +123,7 @@ impl Dispatcher {
         targets: Vec<Target>,
         audiences: BTreeSet<String>,
         dlq: DeadLetterWriter,
+        dead_recipient_topic: Option<String>,
         abort: CancellationToken,
         observer: Option<mpsc::Sender<DeliveryReport>>,
     ) -> Self {
@@ -130,6 +132,7 @@ impl Dispatcher {
             audiences,
             lanes: Arc::default(),
             dlq,
+            dead_recipient_topic,
             abort,
             observer,
         }
@@ -337,6 +340,23 @@ impl Dispatcher {
                 };
                 if self.dlq.write(&letter, &self.abort).await.is_err() {
                     return Resolution::Abandoned;
+                }
+                if let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
+                    (e.class, &self.dead_recipient_topic, recipient.as_deref())
+                {
+                    let record = DeadRecipient {
+                        recipient: r,
+                        channel: target.config.kind.as_str(),
+                        target: &target.config.name,
+                        reason: &e.reason,
+                        code: e.code.as_deref(),
+                        incident_id: &delivery.update.incident_id,
+                        update_id: &delivery.update.update_id,
+                        time: jiff::Timestamp::now().to_string(),
+                    };
+                    if self.dlq.write_dead_recipient(topic, &record, &self.abort).await.is_err() {
+                        return Resolution::Abandoned;
+                    }
                 }
                 DeliveryDeadLettered {
                     channel: target.config.kind.as_str(),

@@ -136,13 +136,46 @@ impl DeadLetterWriter {
         for (k, v) in letter.headers() {
             headers = headers.insert(Header { key: &k, value: Some(&v) });
         }
+        self.produce(
+            &self.topic,
+            letter.source.key.as_deref(),
+            &letter.source.payload,
+            headers,
+            abort,
+        )
+        .await
+    }
+
+    /// Publishes a recipient the provider declared dead to `topic` (the
+    /// `kafka.dead_recipient_topic`), keyed by the recipient.
+    pub async fn write_dead_recipient(
+        &self,
+        topic: &str,
+        record: &DeadRecipient<'_>,
+        abort: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        // Serializing a struct of strings cannot fail.
+        let payload = serde_json::to_vec(record).unwrap_or_default();
+        self.produce(topic, Some(record.recipient.as_bytes()), &payload, OwnedHeaders::new(), abort)
+            .await
+    }
+
+    /// Produces one record, retrying until the broker acknowledges it or `abort`.
+    async fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        abort: &CancellationToken,
+    ) -> Result<(), Abandoned> {
         let mut wait = Duration::from_millis(200);
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic)
-                .payload(letter.source.payload.as_slice())
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .payload(payload)
                 .headers(headers.clone());
-            if let Some(k) = &letter.source.key {
-                record = record.key(k.as_slice());
+            if let Some(k) = key {
+                record = record.key(k);
             }
             let send = self.producer.send(record, Timeout::After(Duration::from_secs(30)));
             let result = tokio::select! {
@@ -153,10 +186,10 @@ impl DeadLetterWriter {
                 Ok(_) => return Ok(()),
                 Err((e, _)) => {
                     tracing::error!(
-                        topic = %self.topic,
+                        topic,
                         error = %e,
                         retry_in_ms = wait.as_millis() as u64,
-                        "cannot write to the dead-letter topic; the update stays unresolved until it can"
+                        "cannot write to Kafka; the update stays unresolved until it can"
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -167,6 +200,23 @@ impl DeadLetterWriter {
             }
         }
     }
+}
+
+/// A recipient a provider declared dead (unregistered device token, opted-out
+/// number): the record published to `kafka.dead_recipient_topic`, documented in
+/// `docs/dead-letter.md`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadRecipient<'a> {
+    pub recipient: &'a str,
+    /// The channel kind: `fcm`, `apns`, `sms`, `email`…
+    pub channel: &'static str,
+    pub target: &'a str,
+    pub reason: &'a str,
+    pub code: Option<&'a str>,
+    pub incident_id: &'a str,
+    pub update_id: &'a str,
+    /// RFC 3339.
+    pub time: String,
 }
 
 /// Copies a consumed record's headers.
