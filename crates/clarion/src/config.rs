@@ -6,7 +6,7 @@
 //! variables `CLARION__SECTION__KEY` (double underscores separate levels). Unknown
 //! keys are errors everywhere, so a typo never silently falls back to a default.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use clarion_core::{Channel, Secret, SecretRef, SecretResolver};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +18,8 @@ use std::time::Duration;
 pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
 
 /// librdkafka properties Clarion sets itself because at-least-once depends on them.
-pub const OWNED_KAFKA_PROPERTIES: [&str; 3] = ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
+pub const OWNED_KAFKA_PROPERTIES: [&str; 3] =
+    ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
 
 /// The whole file, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -314,7 +315,10 @@ impl RawConfig {
                 "kafka.dead_letter_topic: must differ from kafka.topic, or failures would be consumed again"
             )));
         }
-        for (section, map) in [("properties", &self.kafka.properties), ("consumer", &self.kafka.consumer)] {
+        for (section, map) in [
+            ("properties", &self.kafka.properties),
+            ("consumer", &self.kafka.consumer),
+        ] {
             for k in map.keys() {
                 if OWNED_KAFKA_PROPERTIES.contains(&k.as_str()) {
                     return Err(at(anyhow!(
@@ -343,7 +347,9 @@ impl RawConfig {
             .apply(&self.retry, "retry")
             .map_err(at)?;
         if self.targets.is_empty() {
-            return Err(at(anyhow!("targets: no target is configured, nothing would be delivered")));
+            return Err(at(anyhow!(
+                "targets: no target is configured, nothing would be delivered"
+            )));
         }
         let mut targets = Vec::new();
         for (name, value) in self.targets {
@@ -393,7 +399,9 @@ fn validate_target(
     }
     for a in &common.audiences {
         if !audiences.contains(a) {
-            bail!("audiences: `{a}` is not a standard audience nor listed in the top-level `audiences`");
+            bail!(
+                "audiences: `{a}` is not a standard audience nor listed in the top-level `audiences`"
+            );
         }
     }
     let retry = default_retry.apply(&common.retry, "retry")?;
@@ -422,7 +430,10 @@ fn validate_target(
 }
 
 /// Builds a target's channel: the one place that matches on channel kinds.
-pub fn build_channel(target: &TargetConfig, secrets: &dyn SecretResolver) -> Result<Arc<dyn Channel>> {
+pub fn build_channel(
+    target: &TargetConfig,
+    secrets: &dyn SecretResolver,
+) -> Result<Arc<dyn Channel>> {
     Ok(match &target.channel {
         ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
         ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(&target.name, c, secrets)?),
@@ -445,7 +456,9 @@ impl SecretResolver for EnvSecrets {
             SecretRef::File(path) => {
                 let p = PathBuf::from(path);
                 match std::fs::read_to_string(&p) {
-                    Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim_end_matches(['\n', '\r']))),
+                    Ok(v) if !v.trim().is_empty() => {
+                        Ok(Secret::new(v.trim_end_matches(['\n', '\r'])))
+                    }
                     Ok(_) => Err(format!("secret file {path} is empty")),
                     Err(e) => Err(format!("cannot read secret file {path}: {e}")),
                 }
@@ -508,7 +521,10 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
             "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `fcm`, `apns`",
         );
         check(
-            &MINIMAL.replace("{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }", "{ env = \"CLARION_TEST_SURELY_UNSET\" }"),
+            &MINIMAL.replace(
+                "{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }",
+                "{ env = \"CLARION_TEST_SURELY_UNSET\" }",
+            ),
             "test.toml: targets.StatusPage: secrets[0]: environment variable CLARION_TEST_SURELY_UNSET is not set",
         );
         check(

@@ -4,24 +4,26 @@
 //!
 //! This module and `dlq` are the only places that talk to Kafka.
 
-use crate::config::{build_channel, EnvSecrets, KafkaConfig, Settings};
+use crate::config::{EnvSecrets, KafkaConfig, Settings, build_channel};
 use crate::dispatch::{DeliveryReport, Dispatcher, Resolution, Target};
-use crate::dlq::{copy_headers, DeadLetterWriter, DlqKind, Source};
+use crate::dlq::{DeadLetterWriter, DlqKind, Source, copy_headers};
 use crate::offsets::{Tp, Tracker};
 use crate::telemetry::{self, EventRejected};
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use clarion_core::{IncidentUpdate, SecretResolver};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -69,7 +71,10 @@ impl ConsumerContext for Ctx {
         // tell tokio to move other tasks off this thread first.
         let wait = || self.tracker.revoke(&revoked, timeout);
         let abandoned = match tokio::runtime::Handle::try_current() {
-            Ok(h) if !stopping && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(h)
+                if !stopping
+                    && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
@@ -349,9 +354,15 @@ pub async fn run_with_secrets(
         Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
             tracing::info!("no new offsets to commit")
         }
-        Err(e) => tracing::error!(error = %e, "final offset commit failed; resolved updates since the last commit will be redelivered"),
+        Err(e) => {
+            tracing::error!(error = %e, "final offset commit failed; resolved updates since the last commit will be redelivered")
+        }
     }
-    tracing::info!(consumed = summary.consumed, abandoned = summary.abandoned, "clarion stopped");
+    tracing::info!(
+        consumed = summary.consumed,
+        abandoned = summary.abandoned,
+        "clarion stopped"
+    );
     Ok(summary)
 }
 
@@ -364,7 +375,10 @@ fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, next: i64)
     let mut tpl = TopicPartitionList::new();
     // `store_offsets` stores the offset as given (the next one to read); unlike
     // `store_offset`, which adds one.
-    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_err() {
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(next))
+        .is_err()
+    {
         return;
     }
     if let Err(e) = consumer.store_offsets(&tpl) {
@@ -407,7 +421,11 @@ async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) 
         for t in topics {
             match c.fetch_metadata(Some(&t), Duration::from_secs(10)) {
                 Ok(md) => {
-                    if md.topics().iter().any(|mt| mt.error().is_some() || mt.partitions().is_empty()) {
+                    if md
+                        .topics()
+                        .iter()
+                        .any(|mt| mt.error().is_some() || mt.partitions().is_empty())
+                    {
                         missing.push(t);
                     }
                 }
@@ -423,7 +441,9 @@ async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) 
             "topics not found on the brokers (yet); create them, or updates and dead letters have nowhere to go"
         ),
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, brokers = %kafka.brokers, "cannot reach the Kafka brokers yet; will keep trying"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, brokers = %kafka.brokers, "cannot reach the Kafka brokers yet; will keep trying")
+        }
         Err(e) => tracing::warn!(error = %e, "topic check did not run"),
     }
 }

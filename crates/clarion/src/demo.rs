@@ -5,14 +5,14 @@
 
 use crate::config::{self, EnvSecrets};
 use crate::dispatch::DeliveryReport;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use clarion_core::samples;
+use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +30,11 @@ struct Receiver {
     attempts: Mutex<HashMap<String, u32>>,
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, _body: axum::body::Bytes) -> StatusCode {
+async fn receive(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> StatusCode {
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -51,7 +55,9 @@ async fn start_receiver(failures: u32) -> Result<String> {
         failures,
         ..Receiver::default()
     });
-    let app = axum::Router::new().route("/hook", post(receive)).with_state(state);
+    let app = axum::Router::new()
+        .route("/hook", post(receive))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -106,16 +112,31 @@ url = "{ops_chat}"
 
     let start = jiff::Timestamp::now();
     let incidents = [
-        ("INC-1001", "Mobile data outage in the north region", &["customers", "employees", "regulators"][..]),
-        ("INC-1002", "Degraded voice calls for business lines", &["business", "employees"][..]),
-        ("INC-1003", "SMS delivery delays", &["customers", "employees"][..]),
+        (
+            "INC-1001",
+            "Mobile data outage in the north region",
+            &["customers", "employees", "regulators"][..],
+        ),
+        (
+            "INC-1002",
+            "Degraded voice calls for business lines",
+            &["business", "employees"][..],
+        ),
+        (
+            "INC-1003",
+            "SMS delivery delays",
+            &["customers", "employees"][..],
+        ),
     ];
     let mut updates = Vec::new();
     for (id, title, audiences) in incidents {
         updates.extend(samples::lifecycle(id, title, audiences, start));
     }
     let settings_targets = settings.targets.clone();
-    let expected: usize = updates.iter().map(|u| expected_for(&settings_targets, u)).sum();
+    let expected: usize = updates
+        .iter()
+        .map(|u| expected_for(&settings_targets, u))
+        .sum();
 
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(1024);
     let shutdown = CancellationToken::new();
@@ -137,7 +158,10 @@ url = "{ops_chat}"
         async move {
             let body = body?;
             producer
-                .send(FutureRecord::to(TOPIC).key(&key).payload(&body), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(TOPIC).key(&key).payload(&body),
+                    Duration::from_secs(10),
+                )
                 .await
                 .map_err(|(e, _)| e)
                 .context("publishing a sample update")?;
@@ -172,10 +196,15 @@ url = "{ops_chat}"
     drop(producer);
     drop(cluster);
 
-    reports.sort_by(|a, b| (&a.incident_id, a.sequence, &a.target).cmp(&(&b.incident_id, b.sequence, &b.target)));
+    reports.sort_by(|a, b| {
+        (&a.incident_id, a.sequence, &a.target).cmp(&(&b.incident_id, b.sequence, &b.target))
+    });
     print_table(&reports);
     let retried = reports.iter().filter(|r| r.attempts > 1).count();
-    let dead = reports.iter().filter(|r| r.dead_letter_reason.is_some()).count();
+    let dead = reports
+        .iter()
+        .filter(|r| r.dead_letter_reason.is_some())
+        .count();
     println!(
         "\n{} deliveries of {} expected; {} needed retries; {} dead-lettered.\n\
          Latency runs from the update's Kafka timestamp to the receiver's 2xx; the first\n\
@@ -186,13 +215,19 @@ url = "{ops_chat}"
         dead
     );
     if reports.len() != expected {
-        bail!("only {} of {expected} deliveries finished within 90 s", reports.len());
+        bail!(
+            "only {} of {expected} deliveries finished within 90 s",
+            reports.len()
+        );
     }
     Ok(())
 }
 
 /// How many targets an update fans out to.
-fn expected_for(targets: &[crate::config::TargetConfig], u: &clarion_core::IncidentUpdate) -> usize {
+fn expected_for(
+    targets: &[crate::config::TargetConfig],
+    u: &clarion_core::IncidentUpdate,
+) -> usize {
     targets
         .iter()
         .filter(|t| u.audiences.iter().any(|a| t.audiences.contains(a)))
@@ -205,7 +240,11 @@ fn print_table(reports: &[DeliveryReport]) {
         "INCIDENT", "SEQ", "STATUS", "TARGET", "ATTEMPTS", "RESULT", "LATENCY"
     );
     for r in reports {
-        let result = if r.dead_letter_reason.is_some() { "dead-letter" } else { "delivered" };
+        let result = if r.dead_letter_reason.is_some() {
+            "dead-letter"
+        } else {
+            "delivered"
+        };
         println!(
             "{:<9} {:>3}  {:<13} {:<17} {:>8}  {:<10} {:>8}ms",
             r.incident_id,

@@ -14,7 +14,7 @@ use clarion_core::{Channel, Delivery, DeliveryError, IncidentUpdate, Outcome, St
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -175,7 +175,11 @@ impl Dispatcher {
                 .lanes
                 .next
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let after = self.lanes.lock().insert(key.clone(), (id, rx)).map(|(_, prev)| prev);
+            let after = self
+                .lanes
+                .lock()
+                .insert(key.clone(), (id, rx))
+                .map(|(_, prev)| prev);
             plans.push(Planned {
                 target: idx,
                 delivery: Delivery::new(update.clone(), target.config.name.clone(), served.into()),
@@ -203,10 +207,15 @@ impl Dispatcher {
             target = %target.config.name,
             channel = target.config.kind.as_str(),
         );
-        let resolution = self.run_inner(planned, target, source).instrument(span.clone()).await;
+        let resolution = self
+            .run_inner(planned, target, source)
+            .instrument(span.clone())
+            .await;
         if resolution == Resolution::Abandoned {
             span.in_scope(|| {
-                tracing::warn!("delivery abandoned at shutdown; it will be redelivered after restart");
+                tracing::warn!(
+                    "delivery abandoned at shutdown; it will be redelivered after restart"
+                );
             });
         }
         resolution
@@ -279,7 +288,8 @@ impl Dispatcher {
                         _ => None,
                     })
                     .max();
-                let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff)).max(hint.unwrap_or_default());
+                let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff))
+                    .max(hint.unwrap_or_default());
                 let out_of_attempts = delivery.attempt >= policy.max_attempts;
                 let out_of_time = first_try.elapsed() + wait > policy.max_elapsed;
                 if out_of_attempts || out_of_time {
@@ -354,7 +364,12 @@ impl Dispatcher {
                         update_id: &delivery.update.update_id,
                         time: jiff::Timestamp::now().to_string(),
                     };
-                    if self.dlq.write_dead_recipient(topic, &record, &self.abort).await.is_err() {
+                    if self
+                        .dlq
+                        .write_dead_recipient(topic, &record, &self.abort)
+                        .await
+                        .is_err()
+                    {
                         return Resolution::Abandoned;
                     }
                 }
@@ -366,8 +381,13 @@ impl Dispatcher {
                     reason: &e.reason,
                 }
                 .emit();
-                self.report(&delivery, recipient, Some(e.reason), since_kafka_timestamp(source))
-                    .await;
+                self.report(
+                    &delivery,
+                    recipient,
+                    Some(e.reason),
+                    since_kafka_timestamp(source),
+                )
+                .await;
             }
             let Some(wait) = wait else {
                 return Resolution::Resolved;
@@ -385,7 +405,13 @@ impl Dispatcher {
         }
     }
 
-    async fn report(&self, d: &Delivery, recipient: Option<String>, dead: Option<String>, latency: Duration) {
+    async fn report(
+        &self,
+        d: &Delivery,
+        recipient: Option<String>,
+        dead: Option<String>,
+        latency: Duration,
+    ) {
         if let Some(tx) = &self.observer {
             let _ = tx
                 .send(DeliveryReport {
@@ -455,6 +481,206 @@ fn since_kafka_timestamp(source: &Source) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ChannelConfig, ChannelKind, TargetConfig};
+    use clarion_core::{Receipt, RecipientResult, samples};
+
+    /// A channel that answers from a script and records what it was asked.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        /// Per call: (recipient, Ok or error class) pairs; the last repeats.
+        script: Vec<Vec<(Option<&'static str>, Result<(), ErrorClassKind>)>>,
+        calls: Mutex<Vec<(String, u32, Option<Vec<String>>)>>,
+        /// Make the first update of each incident slow, to tempt reordering.
+        slow_first: bool,
+        /// Update ids in the order their sends finished.
+        finished: Mutex<Vec<String>>,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum ErrorClassKind {
+        Retry,
+        Permanent,
+    }
+
+    #[async_trait::async_trait]
+    impl Channel for Scripted {
+        async fn send(&self, d: &Delivery) -> Outcome {
+            let n = {
+                let mut calls = self.calls.lock().expect("calls");
+                calls.push((d.update.update_id.clone(), d.attempt, d.recipients.clone()));
+                calls.len() - 1
+            };
+            if self.slow_first && d.update.sequence == 1 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            self.finished
+                .lock()
+                .expect("finished")
+                .push(d.update.update_id.clone());
+            let step = self
+                .script
+                .get(n)
+                .or(self.script.last())
+                .cloned()
+                .unwrap_or_default();
+            Outcome {
+                results: step
+                    .into_iter()
+                    .filter(|(r, _)| match (&d.recipients, r) {
+                        (Some(only), Some(r)) => only.iter().any(|o| o == r),
+                        _ => true,
+                    })
+                    .map(|(r, res)| RecipientResult {
+                        recipient: r.map(str::to_string),
+                        result: match res {
+                            Ok(()) => Ok(Receipt::default()),
+                            Err(ErrorClassKind::Retry) => {
+                                Err(DeliveryError::retryable("busy", None))
+                            }
+                            Err(ErrorClassKind::Permanent) => {
+                                Err(DeliveryError::permanent("no such user"))
+                            }
+                        },
+                    })
+                    .collect(),
+            }
+        }
+        async fn healthcheck(&self) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+    }
+
+    fn dispatcher(
+        channel: Arc<Scripted>,
+        observer: mpsc::Sender<DeliveryReport>,
+    ) -> (
+        Dispatcher,
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    ) {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let webhook: clarion_webhook::WebhookConfig =
+            serde_json::from_value(serde_json::json!({"url": "http://127.0.0.1:1/"}))
+                .expect("config");
+        let config = TargetConfig {
+            name: Arc::from("t"),
+            kind: ChannelKind::Webhook,
+            audiences: ["customers".to_string()].into(),
+            retry: RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(20),
+                ..RetryPolicy::default()
+            },
+            concurrency: 8,
+            channel: ChannelConfig::Webhook(webhook),
+        };
+        let d = Dispatcher::new(
+            vec![Target::new(config, channel)],
+            ["customers".to_string()].into(),
+            DeadLetterWriter::new(producer, "dlq".into()),
+            None,
+            CancellationToken::new(),
+            Some(observer),
+        );
+        (d, cluster)
+    }
+
+    fn source() -> Source {
+        Source {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: None,
+            payload: b"{}".to_vec(),
+            headers: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_goes_only_to_the_recipients_that_failed_transiently() {
+        let channel = Arc::new(Scripted {
+            script: vec![
+                vec![
+                    (Some("a"), Ok(())),
+                    (Some("b"), Err(ErrorClassKind::Retry)),
+                    (Some("c"), Err(ErrorClassKind::Permanent)),
+                ],
+                vec![(Some("b"), Ok(()))],
+            ],
+            ..Scripted::default()
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let (d, _cluster) = dispatcher(channel.clone(), tx);
+        let update = Arc::new(
+            samples::lifecycle("I", "t", &["customers"], jiff::Timestamp::now()).remove(0),
+        );
+        let plans = d.plan(&update).expect("plan");
+        let src = source();
+        let runs: Vec<_> = plans.into_iter().map(|p| d.run(p, &src)).collect();
+        assert_eq!(
+            futures::future::join_all(runs).await,
+            vec![Resolution::Resolved]
+        );
+        let calls = channel.calls.lock().expect("calls").clone();
+        assert_eq!(
+            calls
+                .iter()
+                .map(|(_, a, r)| (*a, r.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, None), (2, Some(vec!["b".to_string()]))]
+        );
+        drop(d);
+        let mut reports = Vec::new();
+        while let Some(r) = rx.recv().await {
+            reports.push((
+                r.recipient.unwrap_or_default(),
+                r.attempts,
+                r.dead_letter_reason.is_some(),
+            ));
+        }
+        reports.sort();
+        assert_eq!(
+            reports,
+            vec![
+                ("a".into(), 1, false),
+                ("b".into(), 2, false),
+                ("c".into(), 1, true)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_incident_reaches_a_target_in_order_even_when_the_first_is_slow() {
+        let channel = Arc::new(Scripted {
+            script: vec![vec![(None, Ok(()))]],
+            slow_first: true,
+            ..Scripted::default()
+        });
+        let (tx, _rx) = mpsc::channel(64);
+        let (d, _cluster) = dispatcher(channel.clone(), tx);
+        let d = Arc::new(d);
+        let src = Arc::new(source());
+        let mut handles = Vec::new();
+        // Plan in consumption order (as the consumer loop does), run concurrently.
+        for u in samples::lifecycle("I", "t", &["customers"], jiff::Timestamp::now()) {
+            let plans = d.plan(&Arc::new(u)).expect("plan");
+            for p in plans {
+                let (d, src) = (d.clone(), src.clone());
+                handles.push(tokio::spawn(async move { d.run(p, &src).await }));
+            }
+        }
+        for h in handles {
+            assert_eq!(h.await.expect("task"), Resolution::Resolved);
+        }
+        // Without lanes, u2..u4 would finish while u1 sleeps.
+        let order = channel.finished.lock().expect("finished").clone();
+        assert_eq!(order, vec!["I-u1", "I-u2", "I-u3", "I-u4"]);
+        assert!(d.lanes.lock().is_empty(), "finished lanes are removed");
+    }
 
     #[test]
     fn backoff_ceilings_double_and_cap() {
@@ -463,7 +689,10 @@ mod tests {
             max_backoff: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let got: Vec<u64> = backoff_ceilings(&policy).take(5).map(|d| d.as_secs()).collect();
+        let got: Vec<u64> = backoff_ceilings(&policy)
+            .take(5)
+            .map(|d| d.as_secs())
+            .collect();
         assert_eq!(got, vec![1, 2, 4, 5, 5]);
         for _ in 0..1000 {
             assert!(full_jitter(Duration::from_millis(10)) <= Duration::from_millis(10));

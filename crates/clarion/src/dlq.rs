@@ -73,12 +73,24 @@ impl DeadLetter<'_> {
     pub fn headers(&self) -> Vec<(String, String)> {
         let s = self.source;
         let mut h = vec![
-            ("clarion.dlq.kind".to_string(), self.kind.as_str().to_string()),
+            (
+                "clarion.dlq.kind".to_string(),
+                self.kind.as_str().to_string(),
+            ),
             ("clarion.dlq.reason".to_string(), self.reason.clone()),
             ("clarion.dlq.source.topic".to_string(), s.topic.clone()),
-            ("clarion.dlq.source.partition".to_string(), s.partition.to_string()),
-            ("clarion.dlq.source.offset".to_string(), s.offset.to_string()),
-            ("clarion.dlq.at".to_string(), jiff::Timestamp::now().to_string()),
+            (
+                "clarion.dlq.source.partition".to_string(),
+                s.partition.to_string(),
+            ),
+            (
+                "clarion.dlq.source.offset".to_string(),
+                s.offset.to_string(),
+            ),
+            (
+                "clarion.dlq.at".to_string(),
+                jiff::Timestamp::now().to_string(),
+            ),
         ];
         if let Some(ts) = s.timestamp_ms {
             h.push(("clarion.dlq.source.timestamp_ms".into(), ts.to_string()));
@@ -94,7 +106,10 @@ impl DeadLetter<'_> {
             if let Some(c) = d.error_code {
                 h.push(("clarion.dlq.error.code".into(), c.to_string()));
             }
-            h.push(("clarion.dlq.idempotency_key".into(), d.idempotency_key.to_string()));
+            h.push((
+                "clarion.dlq.idempotency_key".into(),
+                d.idempotency_key.to_string(),
+            ));
         }
         h
     }
@@ -111,7 +126,9 @@ pub struct DeadLetterWriter {
 
 impl std::fmt::Debug for DeadLetterWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeadLetterWriter").field("topic", &self.topic).finish()
+        f.debug_struct("DeadLetterWriter")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -128,13 +145,23 @@ impl DeadLetterWriter {
         &self.topic
     }
 
-    pub async fn write(&self, letter: &DeadLetter<'_>, abort: &CancellationToken) -> Result<(), Abandoned> {
+    pub async fn write(
+        &self,
+        letter: &DeadLetter<'_>,
+        abort: &CancellationToken,
+    ) -> Result<(), Abandoned> {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &letter.source.headers {
-            headers = headers.insert(Header { key: k, value: Some(v) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         for (k, v) in letter.headers() {
-            headers = headers.insert(Header { key: &k, value: Some(&v) });
+            headers = headers.insert(Header {
+                key: &k,
+                value: Some(&v),
+            });
         }
         self.produce(
             &self.topic,
@@ -156,8 +183,14 @@ impl DeadLetterWriter {
     ) -> Result<(), Abandoned> {
         // Serializing a struct of strings cannot fail.
         let payload = serde_json::to_vec(record).unwrap_or_default();
-        self.produce(topic, Some(record.recipient.as_bytes()), &payload, OwnedHeaders::new(), abort)
-            .await
+        self.produce(
+            topic,
+            Some(record.recipient.as_bytes()),
+            &payload,
+            OwnedHeaders::new(),
+            abort,
+        )
+        .await
     }
 
     /// Produces one record, retrying until the broker acknowledges it or `abort`.
@@ -177,7 +210,9 @@ impl DeadLetterWriter {
             if let Some(k) = key {
                 record = record.key(k);
             }
-            let send = self.producer.send(record, Timeout::After(Duration::from_secs(30)));
+            let send = self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(30)));
             let result = tokio::select! {
                 r = send => r,
                 _ = abort.cancelled() => return Err(Abandoned),
@@ -223,6 +258,11 @@ pub struct DeadRecipient<'a> {
 pub fn copy_headers<H: Headers>(headers: Option<&H>) -> Vec<(String, Vec<u8>)> {
     let Some(h) = headers else { return Vec::new() };
     h.iter()
-        .map(|hd| (hd.key.to_string(), hd.value.map(<[u8]>::to_vec).unwrap_or_default()))
+        .map(|hd| {
+            (
+                hd.key.to_string(),
+                hd.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            )
+        })
         .collect()
 }

@@ -13,5 +13,5 @@ pub mod dlq;
 pub mod offsets;
 pub mod telemetry;
 
-pub use daemon::{run, run_with_secrets, Summary};
+pub use daemon::{Summary, run, run_with_secrets};
 pub use dispatch::DeliveryReport;

@@ -14,7 +14,13 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "clarion", version, about)]
 struct Cli {
     /// Log format: readable text, or JSON lines for log shippers.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "CLARION_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CLARION_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -25,7 +31,12 @@ enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run {
         /// The config file.
-        #[arg(long, short, default_value = "config/clarion.toml", env = "CLARION_CONFIG")]
+        #[arg(
+            long,
+            short,
+            default_value = "config/clarion.toml",
+            env = "CLARION_CONFIG"
+        )]
         config: PathBuf,
     },
     /// Validate a config file (and the secrets it references) without running.
@@ -48,7 +59,10 @@ fn main() -> ExitCode {
         telemetry::set_default_filter("warn");
     }
     telemetry::init_logs(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -80,7 +94,12 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let settings = load(&config)?;
             let mut failed = false;
             for t in &settings.targets {
-                let detail = format!("{} ({}, audiences: {})", t.name, t.kind.as_str(), t.audiences.iter().cloned().collect::<Vec<_>>().join(", "));
+                let detail = format!(
+                    "{} ({}, audiences: {})",
+                    t.name,
+                    t.kind.as_str(),
+                    t.audiences.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
                 if connect {
                     let channel = config::build_channel(t, &EnvSecrets)?;
                     match channel.healthcheck().await {
@@ -95,10 +114,17 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 }
             }
             if failed {
-                eprintln!("error: {}: some targets are not reachable", config.display());
+                eprintln!(
+                    "error: {}: some targets are not reachable",
+                    config.display()
+                );
                 return Ok(ExitCode::FAILURE);
             }
-            println!("{}: valid ({} targets)", config.display(), settings.targets.len());
+            println!(
+                "{}: valid ({} targets)",
+                config.display(),
+                settings.targets.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -117,9 +143,14 @@ fn load(path: &std::path::Path) -> Result<config::Settings> {
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now (in-flight updates are
 /// not committed, so they are redelivered on restart).
 async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL (nothing resolved is lost)");
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot install signal handlers; stop the daemon with SIGKILL (nothing resolved is lost)"
+        );
         return;
     };
     tokio::select! {

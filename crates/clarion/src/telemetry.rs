@@ -56,7 +56,9 @@ pub fn init_metrics(listen: &str) -> anyhow::Result<()> {
         .with_http_listener(addr)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
-            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
         )?
         .install()?;
     describe();
@@ -64,8 +66,11 @@ pub fn init_metrics(listen: &str) -> anyhow::Result<()> {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!("clarion_events_consumed_total", "Incident updates read from Kafka.");
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "clarion_events_consumed_total",
+        "Incident updates read from Kafka."
+    );
     describe_counter!(
         "clarion_events_rejected_total",
         "Records that were not valid incident updates (dead-lettered), by reason."
@@ -83,7 +88,10 @@ fn describe() {
         Unit::Seconds,
         "Time from the update's Kafka timestamp to its delivery, per target."
     );
-    describe_gauge!("clarion_in_flight_events", "Updates consumed and not yet resolved.");
+    describe_gauge!(
+        "clarion_in_flight_events",
+        "Updates consumed and not yet resolved."
+    );
 }
 
 /// A record that is not a valid incident update.
@@ -154,7 +162,14 @@ impl DeliveryAttempted<'_> {
                         "delivery failed, will retry"
                     );
                 } else {
-                    tracing::warn!(attempt = self.attempt, recipient, outcome, latency_ms, reason, "delivery failed");
+                    tracing::warn!(
+                        attempt = self.attempt,
+                        recipient,
+                        outcome,
+                        latency_ms,
+                        reason,
+                        "delivery failed"
+                    );
                 }
                 metrics::counter!("clarion_delivery_attempts_total", "channel" => self.channel, "target" => self.target.to_string(), "outcome" => outcome).increment(1);
             }
@@ -200,4 +215,3 @@ pub fn in_flight(n: usize) {
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
 }
-
