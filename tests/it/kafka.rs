@@ -445,3 +445,41 @@ async fn sigterm_drains_in_flight_deliveries_and_commits() {
         "offsets committed at shutdown: {offsets:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_limit_bounds_work_and_everything_still_arrives() {
+    let Some(brokers) =
+        clarion_tests::kafka("the_in_flight_limit_bounds_work_and_everything_still_arrives")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "backpressure", 4).await;
+    let slow = Receiver::start(Behaviour::Slow(Duration::from_millis(100))).await;
+    // At most 3 updates in flight, whatever the target's own concurrency allows.
+    let toml = w
+        .config(&webhook_target("slow", "\"customers\"", &slow.url))
+        .replace("[daemon]\n", "[daemon]\nmax_in_flight = 3\n");
+    let daemon = InProcess::start(&toml);
+    let updates = lifecycles("bp", 10, &["customers"]);
+    publish_all(&brokers, &w.topic, &updates).await;
+    let n = updates.len();
+    assert!(
+        slow.wait_until(WAIT, |r| r.len() >= n).await,
+        "got {} of {n}",
+        slow.received().len()
+    );
+    let offsets = wait_committed(&w, 4).await;
+    daemon.stop().await;
+    assert!(
+        slow.max_concurrent() <= 3,
+        "{} deliveries ran at once with max_in_flight = 3",
+        slow.max_concurrent()
+    );
+    assert!(
+        slow.max_concurrent() >= 2,
+        "deliveries of different incidents should overlap"
+    );
+    assert_eq!(slow.received().len(), n);
+    assert_in_order("slow", &slow.received());
+    assert!(all_committed(&offsets), "{offsets:?}");
+}

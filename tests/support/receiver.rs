@@ -51,6 +51,9 @@ struct Inner {
     behaviour: Behaviour,
     log: Mutex<Vec<Received>>,
     started: std::sync::atomic::AtomicUsize,
+    /// Requests being handled now, and the most ever at once.
+    busy: std::sync::atomic::AtomicUsize,
+    max_busy: std::sync::atomic::AtomicUsize,
 }
 
 /// A running receiver.
@@ -66,6 +69,8 @@ impl Receiver {
             behaviour,
             log: Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicUsize::new(0),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            max_busy: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .route("/hook", post(handle))
@@ -86,6 +91,13 @@ impl Receiver {
     /// Requests that arrived, including those not answered yet.
     pub fn started(&self) -> usize {
         self.inner.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most requests this receiver was handling at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.inner
+            .max_busy
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Everything received so far, in arrival order.
@@ -121,9 +133,10 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    inner
-        .started
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    use std::sync::atomic::Ordering::SeqCst;
+    inner.started.fetch_add(1, SeqCst);
+    let busy = inner.busy.fetch_add(1, SeqCst) + 1;
+    inner.max_busy.fetch_max(busy, SeqCst);
     let id = headers.get("webhook-id").cloned().unwrap_or_default();
     let status = match &inner.behaviour {
         Behaviour::Always(s) => *s,
@@ -149,6 +162,7 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
             200
         }
     };
+    inner.busy.fetch_sub(1, SeqCst);
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     inner.log.lock().expect("log").push(Received {
         headers,

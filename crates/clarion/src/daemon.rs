@@ -250,6 +250,11 @@ pub async fn run_with_secrets(
                 continue;
             }
         };
+        if permit.is_none() {
+            // A record while paused comes from a partition assigned since the pause
+            // (assignments start unpaused): admit it, and pause that one too.
+            set_paused(&consumer, true);
+        }
         summary.consumed += 1;
         telemetry::consumed();
         let source = Arc::new(Source {
