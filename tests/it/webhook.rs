@@ -79,7 +79,9 @@ async fn signatures_verify_with_the_reference_verifier_across_a_rotation() {
     let rx = Receiver::start(Behaviour::Always(200)).await;
     // Rotation: first only the old secret, then both while receivers switch, then
     // only the new one.
-    let phases: [(&[&str], &[(&str, bool)]); 3] = [
+    // (secrets the channel signs with, [(secret the receiver checks with, verifies?)])
+    type Phase = (&'static [&'static str], &'static [(&'static str, bool)]);
+    let phases: [Phase; 3] = [
         (&[OLD], &[(OLD, true), (NEW, false)]),
         (&[OLD, NEW], &[(OLD, true), (NEW, true)]),
         (&[NEW], &[(OLD, false), (NEW, true)]),

@@ -226,16 +226,23 @@ const COMMON_KEYS: [&str; 4] = ["type", "audiences", "retry", "concurrency"];
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Webhook,
+    Email,
     Fcm,
     Apns,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Webhook, ChannelKind::Fcm, ChannelKind::Apns];
+    pub const ALL: [ChannelKind; 4] = [
+        ChannelKind::Webhook,
+        ChannelKind::Email,
+        ChannelKind::Fcm,
+        ChannelKind::Apns,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelKind::Webhook => "webhook",
+            ChannelKind::Email => "email",
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
         }
@@ -246,6 +253,7 @@ impl ChannelKind {
 #[derive(Debug, Clone)]
 pub enum ChannelConfig {
     Webhook(clarion_webhook::WebhookConfig),
+    Email(clarion_email::EmailConfig),
     Fcm(clarion_push::FcmConfig),
     Apns(clarion_push::ApnsConfig),
 }
@@ -412,6 +420,7 @@ fn validate_target(
     let rest = serde_json::Value::Object(map);
     let channel = match common.kind {
         ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest)?),
+        ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(rest)?),
         ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest)?),
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest)?),
     };
@@ -436,6 +445,7 @@ pub fn build_channel(
 ) -> Result<Arc<dyn Channel>> {
     Ok(match &target.channel {
         ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
+        ChannelConfig::Email(c) => Arc::new(clarion_email::build(&target.name, c, secrets)?),
         ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(&target.name, c, secrets)?),
         ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(&target.name, c, secrets)?),
     })
@@ -518,7 +528,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
         );
         check(
             &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `fcm`, `apns`",
+            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `fcm`, `apns`",
         );
         check(
             &MINIMAL.replace(

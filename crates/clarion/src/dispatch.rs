@@ -484,12 +484,17 @@ mod tests {
     use crate::config::{ChannelConfig, ChannelKind, TargetConfig};
     use clarion_core::{Receipt, RecipientResult, samples};
 
+    /// One scripted answer: per recipient, success or an error class.
+    type Step = Vec<(Option<&'static str>, Result<(), ErrorClassKind>)>;
+    /// What the channel was asked: update id, attempt, recipients restriction.
+    type Call = (String, u32, Option<Vec<String>>);
+
     /// A channel that answers from a script and records what it was asked.
     #[derive(Debug, Default)]
     struct Scripted {
-        /// Per call: (recipient, Ok or error class) pairs; the last repeats.
-        script: Vec<Vec<(Option<&'static str>, Result<(), ErrorClassKind>)>>,
-        calls: Mutex<Vec<(String, u32, Option<Vec<String>>)>>,
+        /// Per call; the last repeats.
+        script: Vec<Step>,
+        calls: Mutex<Vec<Call>>,
         /// Make the first update of each incident slow, to tempt reordering.
         slow_first: bool,
         /// Update ids in the order their sends finished.

@@ -1,0 +1,481 @@
+//! Unit tests: config validation, recipient selection, composition and rendering.
+//! The SMTP side is tested against real servers in `tests/it/email.rs`.
+
+use super::*;
+use clarion_core::{IncidentUpdate, Secret, SecretRef};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Secrets;
+
+impl SecretResolver for Secrets {
+    fn resolve(&self, reference: &SecretRef) -> Result<Secret, String> {
+        match reference {
+            SecretRef::Value(s) => Ok(s.clone()),
+            SecretRef::Env(v) if v == "SMTP_PASSWORD" => Ok(Secret::new("hunter2")),
+            other => Err(format!("{other} is not set")),
+        }
+    }
+}
+
+const EXAMPLE: &str = r#"
+host = "smtp.acme.example"
+tls = "starttls"
+username = "clarion"
+password = { env = "SMTP_PASSWORD" }
+from = "Acme Status <status@acme.example>"
+reply_to = "support@acme.example"
+list_unsubscribe = "<mailto:unsubscribe@acme.example>, <https://acme.example/unsubscribe>"
+send_mode = "bcc"
+bcc_batch_size = 2
+pool_max_size = 3
+connect_timeout = "10s"
+command_timeout = "30s"
+
+[recipients]
+customers = ["a@customers.example", "list:vip", "B@Customers.example"]
+regulators = ["Regulator <reg@gov.example>", "a@customers.example"]
+
+[lists]
+vip = ["vip1@customers.example", "b@customers.example", "vip2@customers.example"]
+"#;
+
+fn config(toml_text: &str) -> EmailConfig {
+    toml::from_str(toml_text).expect("config parses")
+}
+
+fn channel(toml_text: &str) -> EmailChannel {
+    build("status-mail", &config(toml_text), &Secrets).expect("config is valid")
+}
+
+fn update(audiences: &[&str]) -> Arc<IncidentUpdate> {
+    let mut u = clarion_core::samples::lifecycle(
+        "INC-42",
+        "Mobile data outage — Nord & Süd <now>",
+        audiences,
+        jiff::Timestamp::UNIX_EPOCH,
+    )
+    .remove(0);
+    if audiences.contains(&"regulators") {
+        u.audience_messages
+            .insert("regulators".into(), "Formal notice: <b>outage</b>.".into());
+    }
+    Arc::new(u)
+}
+
+fn delivery(audiences: &[&str], recipients: Option<Vec<&str>>) -> Delivery {
+    let mut d = Delivery::new(
+        update(audiences),
+        Arc::from("status-mail"),
+        audiences
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    d.recipients = recipients.map(|r| r.into_iter().map(String::from).collect());
+    d
+}
+
+#[test]
+fn example_config_is_valid() {
+    let ch = channel(EXAMPLE);
+    assert_eq!(ch.settings.connect.port, 587);
+    assert_eq!(ch.settings.bcc_batch_size, 2);
+    let customers: Vec<String> = ch.settings.recipients["customers"]
+        .iter()
+        .map(|r| r.id().to_string())
+        .collect();
+    // The list is expanded in place and `B@Customers.example` is a duplicate of the
+    // list's `b@customers.example`.
+    assert_eq!(
+        customers,
+        [
+            "a@customers.example",
+            "vip1@customers.example",
+            "b@customers.example",
+            "vip2@customers.example"
+        ]
+    );
+    // Credentials never show in Debug output.
+    let dump = format!("{ch:?}");
+    assert!(!dump.contains("hunter2"), "{dump}");
+}
+
+#[test]
+fn rejects_bad_config_with_the_key() {
+    let e = |field: &str, reason: &str| format!("email target `status-mail`: `{field}`: {reason}");
+    let bad_rcpt = EXAMPLE.replace(
+        "\"a@customers.example\", \"list:vip\"",
+        "\"not an address\", \"list:vip\"",
+    );
+    let got = build("status-mail", &config(&bad_rcpt), &Secrets)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    assert!(
+        matches!(&got, Err(m) if m.starts_with("email target `status-mail`: `recipients.customers[0]`: `not an address` is not an email address")),
+        "{got:?}"
+    );
+    let unknown_list = EXAMPLE.replace("list:vip", "list:vipp");
+    assert_eq!(
+        build("status-mail", &config(&unknown_list), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e(
+            "recipients.customers[1]",
+            "`list:vipp` names a list that `lists` does not define"
+        ))
+    );
+    let plaintext = EXAMPLE.replace("tls = \"starttls\"", "tls = \"none\"");
+    assert_eq!(
+        build("status-mail", &config(&plaintext), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e(
+            "tls",
+            "is `none` but credentials are set: the password would cross the network in clear text; use `starttls` or `implicit`"
+        ))
+    );
+    let no_password = EXAMPLE.replace("password = { env = \"SMTP_PASSWORD\" }", "");
+    assert_eq!(
+        build("status-mail", &config(&no_password), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e("password", "is required with `username`"))
+    );
+    let missing_env = EXAMPLE.replace("SMTP_PASSWORD", "NOPE");
+    assert_eq!(
+        build("status-mail", &config(&missing_env), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e("password", "cannot read env:NOPE: env:NOPE is not set"))
+    );
+    let bad_unsub = EXAMPLE.replace("<mailto:unsubscribe@acme.example>, ", "mailto:x@y, ");
+    assert_eq!(
+        build("status-mail", &config(&bad_unsub), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e(
+            "list_unsubscribe",
+            "`mailto:x@y, <https://acme.example/unsubscribe>` must be one or more `<URI>` separated by commas, e.g. `<mailto:unsubscribe@example.com>`"
+        ))
+    );
+    let big_batch = EXAMPLE.replace("bcc_batch_size = 2", "bcc_batch_size = 1000");
+    assert_eq!(
+        build("status-mail", &config(&big_batch), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e("bcc_batch_size", "must be between 1 and 100"))
+    );
+    let no_ca = EXAMPLE.replace(
+        "tls = \"starttls\"",
+        "tls = \"starttls\"\ntls_ca_file = \"/nonexistent/ca.pem\"",
+    );
+    let got = build("status-mail", &config(&no_ca), &Secrets)
+        .map(drop)
+        .map_err(|e| e.to_string());
+    assert!(
+        matches!(&got, Err(m) if m.starts_with("email target `status-mail`: `tls_ca_file`: cannot read /nonexistent/ca.pem")),
+        "{got:?}"
+    );
+    // The daemon's own keys are stripped before this struct sees the table; any
+    // other unknown key is a typo and must not be ignored.
+    let typo = toml::from_str::<EmailConfig>(&format!("replyto = \"x@y.z\"\n{EXAMPLE}")).map(drop);
+    assert!(typo.is_err_and(|e| e.message().starts_with("unknown field `replyto`")));
+}
+
+#[test]
+fn selects_the_union_once_in_audience_order() {
+    let ch = channel(EXAMPLE);
+    let d = delivery(&["regulators", "customers"], None);
+    let (chosen, gone) = ch.select(&d);
+    let got: Vec<(String, String)> = chosen
+        .iter()
+        .map(|(a, r)| (a.to_string(), r.id().to_string()))
+        .collect();
+    let want = [
+        ("regulators", "reg@gov.example"),
+        ("regulators", "a@customers.example"),
+        ("customers", "vip1@customers.example"),
+        ("customers", "b@customers.example"),
+        ("customers", "vip2@customers.example"),
+    ];
+    assert_eq!(got, want.map(|(a, r)| (a.to_string(), r.to_string())));
+    assert!(gone.is_empty());
+}
+
+#[test]
+fn a_retry_is_restricted_to_the_requested_recipients() {
+    let ch = channel(EXAMPLE);
+    let d = delivery(
+        &["customers"],
+        Some(vec!["VIP2@customers.example", "gone@customers.example"]),
+    );
+    let (chosen, gone) = ch.select(&d);
+    let got: Vec<String> = chosen.iter().map(|(_, r)| r.id().to_string()).collect();
+    assert_eq!(got, ["vip2@customers.example"]);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].recipient.as_deref(), Some("gone@customers.example"));
+    assert!(matches!(&gone[0].result, Err(e) if e.class == clarion_core::ErrorClass::Permanent));
+}
+
+#[test]
+fn bcc_batches_per_audience_and_batch_size() {
+    let ch = channel(EXAMPLE);
+    let d = delivery(&["regulators", "customers"], None);
+    let (chosen, _) = ch.select(&d);
+    let contents = EmailChannel::contents(&d.update, &chosen);
+    let jobs = ch.plan(&d, &chosen, &contents);
+    let batches: Vec<Vec<usize>> = jobs.iter().map(|j| j.recipients.clone()).collect();
+    assert_eq!(batches, [vec![0, 1], vec![2, 3], vec![4]]);
+    let first = ch
+        .message(&d, &chosen, &contents, &jobs[0])
+        .as_ref()
+        .clone()
+        .expect("renders");
+    assert!(
+        first.contains("To: undisclosed-recipients:;\r\n"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("reg@gov.example"),
+        "Bcc recipients must not appear in headers"
+    );
+
+    let per = channel(&EXAMPLE.replace("send_mode = \"bcc\"", "send_mode = \"per_recipient\""));
+    let jobs = per.plan(&d, &chosen, &contents);
+    assert_eq!(jobs.len(), 5);
+    let first = per
+        .message(&d, &chosen, &contents, &jobs[0])
+        .as_ref()
+        .clone()
+        .expect("renders");
+    assert!(
+        first.contains("To: Regulator <reg@gov.example>\r\n"),
+        "{first}"
+    );
+}
+
+#[test]
+fn composes_text_and_escaped_html() {
+    let u = update(&["customers", "regulators"]);
+    let c = compose(&u, "regulators");
+    assert_eq!(
+        c.subject,
+        "[Investigating] Mobile data outage — Nord & Süd <now>"
+    );
+    assert!(c.text.starts_with("Mobile data outage — Nord & Süd <now>\n\nFormal notice: <b>outage</b>.\n\nStatus: Investigating\nImpact: major\n"), "{}", c.text);
+    assert!(
+        c.text.ends_with("\nIncident INC-42, update INC-42-u1\n"),
+        "{}",
+        c.text
+    );
+    assert!(
+        c.html
+            .contains("<h1>Mobile data outage — Nord &amp; Süd &lt;now&gt;</h1>"),
+        "{}",
+        c.html
+    );
+    assert!(
+        c.html
+            .contains("<p>Formal notice: &lt;b&gt;outage&lt;/b&gt;.</p>"),
+        "{}",
+        c.html
+    );
+    assert!(
+        c.html
+            .contains("<a href=\"https://status.example.com/incidents/INC-42\">Status page</a>")
+    );
+    let customers = compose(&u, "customers");
+    assert!(customers.text.contains("We are investigating reports"));
+}
+
+#[test]
+fn renders_headers_and_a_deterministic_message_id() {
+    let ch = channel(EXAMPLE);
+    let d = delivery(&["customers"], None);
+    let (chosen, _) = ch.select(&d);
+    let render = || {
+        let contents = EmailChannel::contents(&d.update, &chosen);
+        let jobs = ch.plan(&d, &chosen, &contents);
+        ch.message(&d, &chosen, &contents, &jobs[0])
+            .as_ref()
+            .clone()
+            .expect("renders")
+    };
+    let m = render();
+    let key = d.key.as_str();
+    assert!(
+        m.contains(&format!("Message-ID: <{key}@acme.example>\r\n")),
+        "{m}"
+    );
+    // Only the boundary and Date may differ between two renderings.
+    assert!(render().contains(&format!("Message-ID: <{key}@acme.example>\r\n")));
+    for header in [
+        "From: \"Acme Status\" <status@acme.example>\r\n",
+        "Reply-To: support@acme.example\r\n",
+        "X-Clarion-Incident-Id: INC-42\r\n",
+        "X-Clarion-Update-Id: INC-42-u1\r\n",
+        "X-Clarion-Status: investigating\r\n",
+        "X-Clarion-Audience: customers\r\n",
+        "Auto-Submitted: auto-generated\r\n",
+        "List-Unsubscribe: <mailto:unsubscribe@acme.example>,\r\n <https://acme.example/unsubscribe>\r\n",
+        "Content-Type: multipart/alternative;",
+    ] {
+        assert!(m.contains(header), "missing {header:?} in\n{m}");
+    }
+    // The UTF-8 subject is RFC 2047 encoded (an independent parser decodes it in the
+    // integration tests); the message is 7-bit clean.
+    assert!(
+        m.contains("Subject: [Investigating] Mobile data outage =?utf-8?b?4oCU?="),
+        "{m}"
+    );
+    assert!(m.is_ascii());
+}
+
+#[test]
+fn data_is_dot_stuffed_and_terminated() {
+    let check =
+        |body: &str, wire: &str| assert_eq!(smtp::DataBody(body).to_string(), wire, "{body:?}");
+    check("a\r\nb\r\n", "a\r\nb\r\n.\r\n");
+    check(".a\r\n.\r\n..b", "..a\r\n..\r\n...b\r\n.\r\n");
+    check("", "\r\n.\r\n");
+}
+
+/// What a scripted fake SMTP server does wrong. Unit-level only: the real servers
+/// are in the integration tests.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Accepts the TCP connection and never says a word.
+    SilentGreeting,
+    /// Never answers MAIL FROM.
+    SilentAtMail,
+    /// Reads the whole message, then hangs up without the final reply.
+    DropAfterData,
+}
+
+async fn fake_server(fault: Fault) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                if fault == Fault::SilentGreeting {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let _ = write.write_all(b"220 fake ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-fake\r\n250 8BITMIME\r\n",
+                        "MAIL" if fault == Fault::SilentAtMail => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            b""
+                        }
+                        "DATA" => {
+                            let _ = write.write_all(b"354 go ahead\r\n").await;
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                            }
+                            if fault == Fault::DropAfterData {
+                                return;
+                            }
+                            b"250 2.0.0 Ok: queued as FAKE1\r\n"
+                        }
+                        "QUIT" => return,
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+fn fake_channel(port: u16) -> EmailChannel {
+    channel(&format!(
+        r#"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from = "status@acme.example"
+connect_timeout = "300ms"
+command_timeout = "300ms"
+[recipients]
+customers = ["ann@customers.example"]
+"#
+    ))
+}
+
+#[tokio::test]
+async fn a_silent_server_hits_the_connect_timeout() {
+    let ch = fake_channel(fake_server(Fault::SilentGreeting).await);
+    let err = ch.healthcheck().await.expect_err("no greeting");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.reason.contains("(connect_timeout)"), "{err:?}");
+    assert!(err.reason.contains("status-mail"), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_stuck_command_hits_the_command_timeout() {
+    let ch = fake_channel(fake_server(Fault::SilentAtMail).await);
+    ch.healthcheck().await.expect("greeting and EHLO work");
+    let outcome = ch.send(&delivery(&["customers"], None)).await;
+    let err = outcome.results[0]
+        .result
+        .as_ref()
+        .expect_err("MAIL never answered");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        err.reason
+            .contains("did not answer MAIL FROM within 300ms (command_timeout)"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_final_reply_is_retryable_and_says_it_may_have_arrived() {
+    let ch = fake_channel(fake_server(Fault::DropAfterData).await);
+    let outcome = ch.send(&delivery(&["customers"], None)).await;
+    let err = outcome.results[0]
+        .result
+        .as_ref()
+        .expect_err("no final reply");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        err.reason.contains("may have accepted the message"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_title_cannot_inject_headers() {
+    let ch = channel(EXAMPLE);
+    let mut u = (*update(&["customers"])).clone();
+    u.title = "Outage\r\nBcc: evil@attacker.example\r\n\r\nbody".into();
+    let mut d = delivery(&["customers"], None);
+    d.update = Arc::new(u);
+    let (chosen, _) = ch.select(&d);
+    let contents = EmailChannel::contents(&d.update, &chosen);
+    let jobs = ch.plan(&d, &chosen, &contents);
+    let m = ch
+        .message(&d, &chosen, &contents, &jobs[0])
+        .as_ref()
+        .clone()
+        .expect("renders");
+    let headers = m.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(!headers.contains("\r\nBcc:"), "{headers}");
+    // Line breaks in a title become spaces in the subject.
+    assert_eq!(
+        compose(&d.update, "customers").subject,
+        "[Investigating] Outage Bcc: evil@attacker.example body"
+    );
+}
