@@ -29,7 +29,12 @@ fn demo_delivers_every_update_including_retries() {
     let (code, stdout, stderr) = run(&["demo"], &[]);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("28 deliveries of 28 expected; 4 needed retries; 0 dead-lettered."),
+        stdout.contains("48 deliveries of 48 expected; 4 needed retries; 0 dead-lettered."),
+        "{stdout}"
+    );
+    // Email went through the demo's SMTP capture, one message per recipient.
+    assert!(
+        stdout.contains("The SMTP capture received 20 messages."),
         "{stdout}"
     );
     // The receiver that fails twice shows three attempts on every row.
@@ -41,7 +46,7 @@ fn demo_delivers_every_update_including_retries() {
     assert!(
         regulator_rows
             .iter()
-            .all(|l| l.split_whitespace().nth(4) == Some("3")),
+            .all(|l| l.split_whitespace().nth(5) == Some("3")),
         "{regulator_rows:?}"
     );
 }

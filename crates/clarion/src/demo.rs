@@ -66,6 +66,80 @@ async fn start_receiver(failures: u32) -> Result<String> {
     Ok(format!("http://{addr}/hook"))
 }
 
+/// What the demo's SMTP capture received: one entry per (recipient, message).
+#[derive(Debug, Default)]
+struct Mailbox {
+    messages: Mutex<Vec<(String, String)>>,
+}
+
+/// A minimal SMTP server on loopback that accepts every message and keeps the
+/// recipient and the `Subject:` line, so the demo needs no mail server installed.
+/// It speaks just enough of RFC 5321 for a real client: EHLO/HELO, MAIL, RCPT,
+/// DATA with dot-unstuffing, RSET, NOOP, QUIT.
+async fn start_smtp_capture(mailbox: Arc<Mailbox>) -> Result<u16> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let mut rcpts: Vec<String> = Vec::new();
+                if write
+                    .write_all(b"220 clarion-demo ESMTP\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-clarion-demo\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("MAIL FROM:") || upper.starts_with("RSET") {
+                        rcpts.clear();
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("RCPT TO:") {
+                        rcpts.push(line[8..].trim().trim_matches(['<', '>']).to_string());
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("DATA") {
+                        if write.write_all(b"354 go ahead\r\n").await.is_err() {
+                            return;
+                        }
+                        let mut subject = String::new();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            if l == "." {
+                                break;
+                            }
+                            if subject.is_empty() && l.starts_with("Subject:") {
+                                subject = l["Subject:".len()..].trim().to_string();
+                            }
+                        }
+                        let mut m = mailbox.messages.lock().unwrap_or_else(|e| e.into_inner());
+                        for r in rcpts.drain(..) {
+                            m.push((r, subject.clone()));
+                        }
+                        b"250 OK queued\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"502 not implemented\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
 /// Runs the demo and prints the table. Returns an error if any delivery is missing.
 pub async fn run() -> Result<()> {
     let cluster = MockCluster::new(1).context("cannot start the embedded Kafka broker")?;
@@ -76,6 +150,8 @@ pub async fn run() -> Result<()> {
     let statuspage = start_receiver(0).await?;
     let regulator = start_receiver(2).await?;
     let ops_chat = start_receiver(0).await?;
+    let mailbox = Arc::new(Mailbox::default());
+    let smtp_port = start_smtp_capture(mailbox.clone()).await?;
     let toml = format!(
         r#"
 [kafka]
@@ -106,6 +182,17 @@ secrets = [{{ value = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }}]
 type = "webhook"
 audiences = ["employees"]
 url = "{ops_chat}"
+
+[targets.customer-email]
+type = "email"
+audiences = ["customers", "business"]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+from = "Acme Status <status@acme.example>"
+[targets.customer-email.recipients]
+customers = ["ann@example.com", "bob@example.net"]
+business = ["noc@bigcorp.example"]
 "#
     );
     let settings = config::parse_str(&toml)?.validate("demo config", &EnvSecrets)?;
@@ -196,10 +283,16 @@ url = "{ops_chat}"
     drop(producer);
     drop(cluster);
 
+    let mails = mailbox
+        .messages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
     reports.sort_by(|a, b| {
         (&a.incident_id, a.sequence, &a.target).cmp(&(&b.incident_id, b.sequence, &b.target))
     });
     print_table(&reports);
+    println!("\nThe SMTP capture received {mails} messages.");
     let retried = reports.iter().filter(|r| r.attempts > 1).count();
     let dead = reports
         .iter()
@@ -230,14 +323,31 @@ fn expected_for(
 ) -> usize {
     targets
         .iter()
-        .filter(|t| u.audiences.iter().any(|a| t.audiences.contains(a)))
-        .count()
+        .map(|t| {
+            let served: Vec<&String> = u
+                .audiences
+                .iter()
+                .filter(|a| t.audiences.contains(*a))
+                .collect();
+            match &t.channel {
+                _ if served.is_empty() => 0,
+                // One report per recipient (the demo's lists are plain addresses).
+                crate::config::ChannelConfig::Email(c) => served
+                    .iter()
+                    .filter_map(|a| c.recipients.get(*a))
+                    .flatten()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                _ => 1,
+            }
+        })
+        .sum()
 }
 
 fn print_table(reports: &[DeliveryReport]) {
     println!(
-        "{:<9} {:>3}  {:<13} {:<17} {:>8}  {:<10} {:>10}",
-        "INCIDENT", "SEQ", "STATUS", "TARGET", "ATTEMPTS", "RESULT", "LATENCY"
+        "{:<9} {:>3}  {:<13} {:<17} {:<20} {:>8}  {:<11} {:>9}",
+        "INCIDENT", "SEQ", "STATUS", "TARGET", "RECIPIENT", "ATTEMPTS", "RESULT", "LATENCY"
     );
     for r in reports {
         let result = if r.dead_letter_reason.is_some() {
@@ -246,11 +356,12 @@ fn print_table(reports: &[DeliveryReport]) {
             "delivered"
         };
         println!(
-            "{:<9} {:>3}  {:<13} {:<17} {:>8}  {:<10} {:>8}ms",
+            "{:<9} {:>3}  {:<13} {:<17} {:<20} {:>8}  {:<11} {:>7}ms",
             r.incident_id,
             r.sequence,
             r.status.as_str(),
             &*r.target,
+            r.recipient.as_deref().unwrap_or("-"),
             r.attempts,
             result,
             r.latency.as_millis()
