@@ -4,7 +4,9 @@
 
 mod cli;
 mod email;
+mod email_e2e;
 mod kafka;
 mod push;
+mod push_e2e;
 mod sms;
 mod webhook;

@@ -15,11 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const KEY_ID: &str = "KEY1234567";
-const TEAM_ID: &str = "TEAM123456";
-const TOPIC: &str = "com.example.status";
+pub(crate) const KEY_ID: &str = "KEY1234567";
+pub(crate) const TEAM_ID: &str = "TEAM123456";
+pub(crate) const TOPIC: &str = "com.example.status";
 
-fn device(c: char) -> String {
+pub(crate) fn device(c: char) -> String {
     std::iter::repeat_n(c, 64).collect()
 }
 
@@ -39,7 +39,7 @@ impl SecretResolver for Files {
 }
 
 /// A scratch directory removed when the test ends.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -47,7 +47,7 @@ impl Drop for Scratch {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)
@@ -136,21 +136,21 @@ fn make_keys(dir: &Path) {
     );
 }
 
-struct Peer {
+pub(crate) struct Peer {
     _child: ChildGuard,
     _scratch: Scratch,
-    dir: PathBuf,
-    port: u16,
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Peer {
-    fn stats(&self) -> serde_json::Value {
+    pub(crate) fn stats(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.dir.join("stats.json")).expect("stats file");
         serde_json::from_str(&text).expect("stats JSON")
     }
 }
 
-async fn start_peer(python: PathBuf) -> Peer {
+pub(crate) async fn start_peer(python: PathBuf) -> Peer {
     let dir = std::env::temp_dir().join(unique_topic("clarion-apns"));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let scratch = Scratch(dir.clone());

@@ -243,7 +243,10 @@ fn check_id(field: &'static str, v: &str) -> Result<(), EventError> {
         return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
     }
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(field, "must not contain whitespace or control characters"));
+        return Err(invalid(
+            field,
+            "must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }

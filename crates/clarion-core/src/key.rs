@@ -63,7 +63,10 @@ mod tests {
         let a = IdempotencyKey::new("upd-1", "statuspage");
         assert_eq!(a, IdempotencyKey::new("upd-1", "statuspage"));
         assert_ne!(a, IdempotencyKey::new("upd-1", "slack"));
-        assert_ne!(IdempotencyKey::new("ab", "c"), IdempotencyKey::new("a", "bc"));
+        assert_ne!(
+            IdempotencyKey::new("ab", "c"),
+            IdempotencyKey::new("a", "bc")
+        );
         // A fixed value: changing the derivation would make every receiver see
         // redeliveries after an upgrade as new messages.
         assert_eq!(a.as_str(), "msg_cfdf9438e6d039a522efe9fd3bb8a5cc");

@@ -12,7 +12,9 @@ mod key;
 pub mod samples;
 mod secret;
 
-pub use channel::{Channel, Delivery, DeliveryError, ErrorClass, Outcome, Receipt, RecipientResult};
-pub use event::{EventError, Impact, IncidentUpdate, Link, Status, SCHEMA_VERSION};
+pub use channel::{
+    Channel, Delivery, DeliveryError, ErrorClass, Outcome, Receipt, RecipientResult,
+};
+pub use event::{EventError, Impact, IncidentUpdate, Link, SCHEMA_VERSION, Status};
 pub use key::IdempotencyKey;
 pub use secret::{Secret, SecretRef, SecretResolver};

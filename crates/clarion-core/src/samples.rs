@@ -1,18 +1,39 @@
 //! Built-in sample updates: the demo publishes them, `check-config` renders every
 //! template against them, and tests use them as fixtures.
 
-use crate::{Impact, IncidentUpdate, Link, Status, SCHEMA_VERSION};
+use crate::{Impact, IncidentUpdate, Link, SCHEMA_VERSION, Status};
 use jiff::Timestamp;
 use std::collections::BTreeMap;
 
 /// The four updates of one incident's life, investigating → resolved, with
 /// consecutive sequence numbers starting at 1.
-pub fn lifecycle(incident_id: &str, title: &str, audiences: &[&str], start: Timestamp) -> Vec<IncidentUpdate> {
+pub fn lifecycle(
+    incident_id: &str,
+    title: &str,
+    audiences: &[&str],
+    start: Timestamp,
+) -> Vec<IncidentUpdate> {
     let steps = [
-        (Status::Investigating, Impact::Major, "We are investigating reports of failed calls and mobile data in the affected regions."),
-        (Status::Identified, Impact::Major, "A faulty core-network configuration change has been identified and is being rolled back."),
-        (Status::Monitoring, Impact::Minor, "The rollback is complete and service is recovering. We are monitoring."),
-        (Status::Resolved, Impact::None, "Service has been fully restored. We apologise for the disruption."),
+        (
+            Status::Investigating,
+            Impact::Major,
+            "We are investigating reports of failed calls and mobile data in the affected regions.",
+        ),
+        (
+            Status::Identified,
+            Impact::Major,
+            "A faulty core-network configuration change has been identified and is being rolled back.",
+        ),
+        (
+            Status::Monitoring,
+            Impact::Minor,
+            "The rollback is complete and service is recovering. We are monitoring.",
+        ),
+        (
+            Status::Resolved,
+            Impact::None,
+            "Service has been fully restored. We apologise for the disruption.",
+        ),
     ];
     steps
         .iter()

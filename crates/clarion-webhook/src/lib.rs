@@ -8,13 +8,11 @@
 mod payload;
 mod sign;
 
-pub use payload::{payload, PAYLOAD_VERSION};
+pub use payload::{PAYLOAD_VERSION, payload};
 pub use sign::{SigningError, SigningKey};
 
-use clarion_core::{
-    Channel, Delivery, DeliveryError, Outcome, Receipt, SecretRef, SecretResolver,
-};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use clarion_core::{Channel, Delivery, DeliveryError, Outcome, Receipt, SecretRef, SecretResolver};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,10 +85,11 @@ pub fn build(
         let secret = secrets
             .resolve(reference)
             .map_err(|reason| WebhookConfigError::Secret { index, reason })?;
-        let key = SigningKey::from_whsec(secret.expose()).map_err(|e| WebhookConfigError::Secret {
-            index,
-            reason: e.to_string(),
-        })?;
+        let key =
+            SigningKey::from_whsec(secret.expose()).map_err(|e| WebhookConfigError::Secret {
+                index,
+                reason: e.to_string(),
+            })?;
         keys.push(key);
     }
     let mut headers = HeaderMap::new();
@@ -101,7 +100,9 @@ pub fn build(
         };
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| header_error(e.to_string()))?;
         if n.as_str().starts_with("webhook-") || n == CONTENT_TYPE {
-            return Err(header_error("is set by Clarion and cannot be overridden".into()));
+            return Err(header_error(
+                "is set by Clarion and cannot be overridden".into(),
+            ));
         }
         let v = HeaderValue::from_str(value).map_err(|e| header_error(e.to_string()))?;
         headers.insert(n, v);

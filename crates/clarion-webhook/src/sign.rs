@@ -31,7 +31,10 @@ pub enum SigningError {
 impl SigningKey {
     /// Parses a `whsec_<base64>` secret.
     pub fn from_whsec(secret: &str) -> Result<Self, SigningError> {
-        let encoded = secret.trim().strip_prefix(PREFIX).ok_or(SigningError::Prefix)?;
+        let encoded = secret
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(SigningError::Prefix)?;
         let bytes = STANDARD.decode(encoded).map_err(|_| SigningError::Base64)?;
         if !(24..=64).contains(&bytes.len()) {
             return Err(SigningError::Length(bytes.len()));
@@ -72,8 +75,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_secrets() {
-        assert!(matches!(SigningKey::from_whsec("C2FV"), Err(SigningError::Prefix)));
-        assert!(matches!(SigningKey::from_whsec("whsec_!!!"), Err(SigningError::Base64)));
-        assert!(matches!(SigningKey::from_whsec("whsec_YWJj"), Err(SigningError::Length(3))));
+        assert!(matches!(
+            SigningKey::from_whsec("C2FV"),
+            Err(SigningError::Prefix)
+        ));
+        assert!(matches!(
+            SigningKey::from_whsec("whsec_!!!"),
+            Err(SigningError::Base64)
+        ));
+        assert!(matches!(
+            SigningKey::from_whsec("whsec_YWJj"),
+            Err(SigningError::Length(3))
+        ));
     }
 }

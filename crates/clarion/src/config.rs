@@ -227,14 +227,16 @@ const COMMON_KEYS: [&str; 4] = ["type", "audiences", "retry", "concurrency"];
 pub enum ChannelKind {
     Webhook,
     Email,
+    Sms,
     Fcm,
     Apns,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 4] = [
+    pub const ALL: [ChannelKind; 5] = [
         ChannelKind::Webhook,
         ChannelKind::Email,
+        ChannelKind::Sms,
         ChannelKind::Fcm,
         ChannelKind::Apns,
     ];
@@ -243,6 +245,7 @@ impl ChannelKind {
         match self {
             ChannelKind::Webhook => "webhook",
             ChannelKind::Email => "email",
+            ChannelKind::Sms => "sms",
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
         }
@@ -254,6 +257,7 @@ impl ChannelKind {
 pub enum ChannelConfig {
     Webhook(clarion_webhook::WebhookConfig),
     Email(clarion_email::EmailConfig),
+    Sms(clarion_sms::SmsConfig),
     Fcm(clarion_push::FcmConfig),
     Apns(clarion_push::ApnsConfig),
 }
@@ -421,6 +425,7 @@ fn validate_target(
     let channel = match common.kind {
         ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest)?),
         ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(rest)?),
+        ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(rest)?),
         ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest)?),
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest)?),
     };
@@ -446,6 +451,7 @@ pub fn build_channel(
     Ok(match &target.channel {
         ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
         ChannelConfig::Email(c) => Arc::new(clarion_email::build(&target.name, c, secrets)?),
+        ChannelConfig::Sms(c) => Arc::new(clarion_sms::build(&target.name, c, secrets)?),
         ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(&target.name, c, secrets)?),
         ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(&target.name, c, secrets)?),
     })
@@ -528,7 +534,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
         );
         check(
             &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `fcm`, `apns`",
+            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`",
         );
         check(
             &MINIMAL.replace(
