@@ -93,6 +93,7 @@ fn update(i: u64) -> IncidentUpdate {
         audiences: vec!["customers".into()],
         occurred_at: jiff::Timestamp::now(),
         links: vec![],
+        locales: Default::default(),
     }
 }
 

@@ -11,8 +11,9 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.env_remove("STATUSPAGE_WEBHOOK_SECRET")
-        .env_remove("REGULATOR_WEBHOOK_SECRET");
+    for var in SHIPPED_SECRETS.iter().map(|(k, _)| k) {
+        cmd.env_remove(var);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -51,30 +52,142 @@ fn demo_delivers_every_update_including_retries() {
     );
 }
 
+/// The secrets config/clarion.toml references.
+const SHIPPED_SECRETS: [(&str, &str); 4] = [
+    (
+        "STATUSPAGE_WEBHOOK_SECRET",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    ),
+    (
+        "REGULATOR_WEBHOOK_SECRET",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ),
+    ("SMTP_PASSWORD", "example"),
+    ("TWILIO_AUTH_TOKEN", "example"),
+];
+
 #[test]
 fn shipped_example_config_is_valid_when_its_secrets_are_set() {
-    let secrets = [
-        (
-            "STATUSPAGE_WEBHOOK_SECRET",
-            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
-        ),
-        (
-            "REGULATOR_WEBHOOK_SECRET",
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        ),
-    ];
-    let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &secrets);
+    let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &SHIPPED_SECRETS);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("config/clarion.toml: valid (3 targets)"),
+        stdout.contains("config/clarion.toml: valid (5 targets)"),
         "{stdout}"
     );
 
-    let (code, _, stderr) = run(&["check-config", "config/clarion.toml"], &secrets[..1]);
+    let without_regulator: Vec<(&str, &str)> = SHIPPED_SECRETS
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "REGULATOR_WEBHOOK_SECRET")
+        .collect();
+    let (code, _, stderr) = run(&["check-config", "config/clarion.toml"], &without_regulator);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("targets.regulator: secrets[0]: environment variable REGULATOR_WEBHOOK_SECRET is not set"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn route_and_render_explain_the_sample_incident() {
+    let (code, stdout, stderr) = run(
+        &[
+            "route",
+            "--event",
+            "docs/examples/investigating.json",
+            "--config",
+            "config/clarion.toml",
+        ],
+        &SHIPPED_SECRETS,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        line("regulator-mail").contains("yes")
+            && line("regulator-mail").contains("rule `milestones`"),
+        "{stdout}"
+    );
+    assert!(line("quebec-sms").contains("rule `incidents`"), "{stdout}");
+
+    let (code, stdout, stderr) = run(
+        &[
+            "render",
+            "--event",
+            "docs/examples/investigating.json",
+            "--config",
+            "config/clarion.toml",
+        ],
+        &SHIPPED_SECRETS,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // Each target's own rendering, consistent ids everywhere.
+    assert!(
+        stdout.contains(
+            "Incident notification INC-2026-0142 (initial): Mobile data outage in the north region"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Enquête en cours : Mobile data outage in the north region."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(SMS: Ucs2, "), "{stdout}");
+    assert!(
+        stdout.contains("\"blocks\""),
+        "the Slack preset for ops-chat: {stdout}"
+    );
+    assert!(stdout.contains("[standard payload]"), "{stdout}");
+    assert!(stdout.contains("INC-2026-0142-u1"), "{stdout}");
+}
+
+#[test]
+fn check_config_rejects_broken_templates_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(clarion_tests::unique_topic("templates"));
+    let base = "[kafka]\nbrokers = \"b:9092\"\ntopic = \"t\"\ndead_letter_topic = \"d\"\n[templates]\ndir = \"templates\"\n\n\
+        [targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"https://example.com/h\"\n\n\
+        [targets.text]\ntype = \"sms\"\naudiences = [\"customers\"]\nprovider = \"http\"\nurl = \"https://sms.example.com/send\"\nmax_segments = 1\nrecipients = { customers = [\"+447700900123\"] }\n";
+    let check = |name: &str, file: &str, template: &str, expected: &[&str]| {
+        let case = dir.join(name);
+        let path = case.join("templates").join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(&path, template).expect("template");
+        let config = case.join("clarion.toml");
+        std::fs::write(&config, base).expect("config");
+        let (code, _, stderr) = run(&["check-config", config.to_str().expect("utf-8")], &[]);
+        assert_eq!(code, Some(1), "{name} must be rejected");
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: expected `{e}` in:\n{stderr}");
+        }
+    };
+    check(
+        "syntax",
+        "email/subject.j2",
+        "{{ title ",
+        &["email/subject.j2:1: syntax error"],
+    );
+    check(
+        "unknown-field",
+        "sms/text.j2",
+        "{{ title }}\n{{ no_such_field }}",
+        &["sms/text.j2:2", "no_such_field"],
+    );
+    check(
+        "invalid-json",
+        "targets/hook/body.json.j2",
+        "{\"text\": {{ title }},}",
+        &["body.json.j2", "JSON"],
+    );
+    check(
+        "over-budget",
+        "sms/text.j2",
+        "{{ message }} {{ message }} {{ message }}",
+        &["sms/text.j2", "max_segments = 1"],
     );
 }
 

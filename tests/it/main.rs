@@ -9,4 +9,5 @@ mod kafka;
 mod push;
 mod push_e2e;
 mod sms;
+mod sms_e2e;
 mod webhook;

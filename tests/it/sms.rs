@@ -90,9 +90,9 @@ fn summary(outcome: &Outcome) -> Vec<String> {
 
 /// One request as the stand-in received it.
 #[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
+pub(crate) struct Seen {
+    pub(crate) method: Method,
+    pub(crate) path: String,
     query: String,
     headers: HeaderMap,
     body: String,
@@ -100,12 +100,12 @@ struct Seen {
 }
 
 impl Seen {
-    fn form(&self) -> BTreeMap<String, String> {
+    pub(crate) fn form(&self) -> BTreeMap<String, String> {
         url::form_urlencoded::parse(self.body.as_bytes())
             .into_owned()
             .collect()
     }
-    fn header(&self, name: &str) -> String {
+    pub(crate) fn header(&self, name: &str) -> String {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -116,13 +116,13 @@ impl Seen {
 
 type Answer = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
 
-struct Stub {
-    base: String,
+pub(crate) struct Stub {
+    pub(crate) base: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Stub {
-    async fn start(answer: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Stub {
+    pub(crate) async fn start(answer: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Stub {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let answer: Answer = Arc::new(answer);
         let (log, ans) = (seen.clone(), answer.clone());
@@ -157,12 +157,12 @@ impl Stub {
         }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
     }
 }
 
-fn reply(status: u16, body: Value) -> Response {
+pub(crate) fn reply(status: u16, body: Value) -> Response {
     let status = StatusCode::from_u16(status).expect("status");
     (
         status,
@@ -454,14 +454,14 @@ async fn measure_gateway_throughput() {
 // ---------------------------------------------------------------------------------
 // SMPP against the smpp34 SMSC
 
-struct Smsc {
+pub(crate) struct Smsc {
     _guard: ChildGuard,
-    port: u16,
+    pub(crate) port: u16,
     record: PathBuf,
 }
 
 impl Smsc {
-    async fn start(python: &std::path::Path, extra: &[&str]) -> Smsc {
+    pub(crate) async fn start(python: &std::path::Path, extra: &[&str]) -> Smsc {
         // `free_port` hands back a port that is free now; two tests asking at the same
         // moment can get the same one. Starting one peer at a time, and waiting for
         // the peer's own "ready" line (not just for something on the port), keeps
@@ -510,7 +510,7 @@ impl Smsc {
         }
     }
 
-    fn submits(&self) -> Vec<Value> {
+    pub(crate) fn submits(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.record)
             .unwrap_or_default()
             .lines()
@@ -544,7 +544,7 @@ impl Drop for Smsc {
     }
 }
 
-fn hex(s: &str) -> Vec<u8> {
+pub(crate) fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
         .filter_map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))

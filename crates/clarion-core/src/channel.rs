@@ -1,6 +1,7 @@
 //! The seam between the daemon and every delivery adapter.
 
 use crate::{IdempotencyKey, IncidentUpdate};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,23 @@ pub struct Delivery {
     /// `None`: every recipient the target has for `audiences`. `Some`: only these,
     /// because the others already succeeded or failed for good.
     pub recipients: Option<Vec<String>>,
+    /// The message rendered from the target's templates, per audience. Channels use
+    /// it when present and fall back to their built-in wording otherwise.
+    pub content: Arc<BTreeMap<String, Content>>,
+}
+
+/// Rendered text for one audience, by part: `subject`, `text`, `html` (email), `text`
+/// (SMS), `title`, `body` (push), `body` (webhook: a JSON document replacing the
+/// standard payload).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    pub parts: BTreeMap<String, String>,
+}
+
+impl Content {
+    pub fn get(&self, part: &str) -> Option<&str> {
+        self.parts.get(part).map(String::as_str)
+    }
 }
 
 impl Delivery {
@@ -49,7 +67,13 @@ impl Delivery {
             key,
             attempt: 1,
             recipients: None,
+            content: Arc::default(),
         }
+    }
+
+    /// The rendered part for one audience, if the templates produced it.
+    pub fn part(&self, audience: &str, part: &str) -> Option<&str> {
+        self.content.get(audience).and_then(|c| c.get(part))
     }
 }
 

@@ -50,6 +50,10 @@ pub struct IncidentUpdate {
     pub occurred_at: Timestamp,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// The language to write to each audience in (BCP 47, e.g. `fr-CA`); templates
+    /// fall back from `fr-CA` to `fr` to the configured default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locales: BTreeMap<String, String>,
 }
 
 /// A link shown with the update (status page, FAQ, post-mortem).
@@ -207,6 +211,25 @@ impl IncidentUpdate {
             }
             check_text("audience_messages", text, MAX_MESSAGE_LEN)?;
         }
+        for (audience, locale) in &self.locales {
+            if !self.audiences.contains(audience) {
+                return Err(invalid(
+                    "locales",
+                    format!("has a locale for `{audience}`, which is not in `audiences`"),
+                ));
+            }
+            let ok = !locale.is_empty()
+                && locale.len() <= 35
+                && locale
+                    .split('-')
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+            if !ok {
+                return Err(invalid(
+                    "locales",
+                    format!("`{locale}` is not a language tag like `fr` or `fr-CA`"),
+                ));
+            }
+        }
         for link in &self.links {
             check_text("links.title", &link.title, MAX_TITLE_LEN)?;
             if !(link.url.starts_with("https://") || link.url.starts_with("http://")) {
@@ -217,6 +240,11 @@ impl IncidentUpdate {
             }
         }
         Ok(())
+    }
+
+    /// The locale the update asks for one audience, if any.
+    pub fn locale_for(&self, audience: &str) -> Option<&str> {
+        self.locales.get(audience).map(String::as_str)
     }
 
     /// The text for one audience: its override if the update has one, else `message`.
@@ -337,7 +365,7 @@ mod tests {
         );
         check(
             |v| v["audiance"] = "x".into(),
-            "event does not match schema version 1: unknown field `audiance`, expected one of `schema_version`, `incident_id`, `update_id`, `sequence`, `status`, `impact`, `title`, `message`, `audience_messages`, `components`, `regions`, `audiences`, `occurred_at`, `links`",
+            "event does not match schema version 1: unknown field `audiance`, expected one of `schema_version`, `incident_id`, `update_id`, `sequence`, `status`, `impact`, `title`, `message`, `audience_messages`, `components`, `regions`, `audiences`, `occurred_at`, `links`, `locales`",
         );
         check(
             |v| v["incident_id"] = "".into(),

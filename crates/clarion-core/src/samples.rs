@@ -58,6 +58,7 @@ pub fn lifecycle(
                     title: "Status page".into(),
                     url: format!("https://status.example.com/incidents/{incident_id}"),
                 }],
+                locales: BTreeMap::new(),
             }
         })
         .collect()

@@ -17,9 +17,7 @@ mod smtp;
 pub use compose::{Content, compose};
 pub use config::{AuthMechanism, ConfigError, EmailConfig, SendMode, TlsMode};
 
-use clarion_core::{
-    Channel, Delivery, DeliveryError, IncidentUpdate, Outcome, RecipientResult, SecretResolver,
-};
+use clarion_core::{Channel, Delivery, DeliveryError, Outcome, RecipientResult, SecretResolver};
 use compose::Addressing;
 use config::{Recipient, Settings};
 use futures::stream::{self, StreamExt};
@@ -110,13 +108,27 @@ impl EmailChannel {
         (chosen, gone)
     }
 
-    /// The text of each audience in the selection, composed once per attempt.
-    fn contents<'a>(update: &IncidentUpdate, chosen: &[(&'a str, &Recipient)]) -> Contents<'a> {
+    /// The text of each audience in the selection, once per attempt: the rendered
+    /// templates when the daemon supplied them, else the built-in wording.
+    fn contents<'a>(delivery: &Delivery, chosen: &[(&'a str, &Recipient)]) -> Contents<'a> {
         let mut content = Contents::new();
         for (audience, _) in chosen {
-            content
-                .entry(*audience)
-                .or_insert_with(|| compose(update, audience));
+            content.entry(*audience).or_insert_with(|| {
+                let rendered = (
+                    delivery.part(audience, "subject"),
+                    delivery.part(audience, "text"),
+                    delivery.part(audience, "html"),
+                );
+                match rendered {
+                    (Some(subject), Some(text), Some(html)) => Content {
+                        // A subject is one line, whatever the template produced.
+                        subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
+                        text: text.to_string(),
+                        html: html.to_string(),
+                    },
+                    _ => compose(&delivery.update, audience),
+                }
+            });
         }
         content
     }
@@ -213,7 +225,7 @@ impl Channel for EmailChannel {
                 self.target, delivery.audiences
             ))));
         }
-        let contents = Self::contents(&delivery.update, &chosen);
+        let contents = Self::contents(delivery, &chosen);
         let jobs = self.plan(delivery, &chosen, &contents);
         let from = &self.settings.from.email;
         // Transactions run side by side, as many as the pool has sessions; `buffered`

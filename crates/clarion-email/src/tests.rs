@@ -224,7 +224,7 @@ fn bcc_batches_per_audience_and_batch_size() {
     let ch = channel(EXAMPLE);
     let d = delivery(&["regulators", "customers"], None);
     let (chosen, _) = ch.select(&d);
-    let contents = EmailChannel::contents(&d.update, &chosen);
+    let contents = EmailChannel::contents(&d, &chosen);
     let jobs = ch.plan(&d, &chosen, &contents);
     let batches: Vec<Vec<usize>> = jobs.iter().map(|j| j.recipients.clone()).collect();
     assert_eq!(batches, [vec![0, 1], vec![2, 3], vec![4]]);
@@ -296,7 +296,7 @@ fn renders_headers_and_a_deterministic_message_id() {
     let d = delivery(&["customers"], None);
     let (chosen, _) = ch.select(&d);
     let render = || {
-        let contents = EmailChannel::contents(&d.update, &chosen);
+        let contents = EmailChannel::contents(&d, &chosen);
         let jobs = ch.plan(&d, &chosen, &contents);
         ch.message(&d, &chosen, &contents, &jobs[0])
             .as_ref()
@@ -464,7 +464,7 @@ fn a_title_cannot_inject_headers() {
     let mut d = delivery(&["customers"], None);
     d.update = Arc::new(u);
     let (chosen, _) = ch.select(&d);
-    let contents = EmailChannel::contents(&d.update, &chosen);
+    let contents = EmailChannel::contents(&d, &chosen);
     let jobs = ch.plan(&d, &chosen, &contents);
     let m = ch
         .message(&d, &chosen, &contents, &jobs[0])

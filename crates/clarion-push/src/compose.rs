@@ -36,9 +36,18 @@ pub struct PushMessage {
 /// The notification for `audience` (whose text override, if any, is used).
 pub fn compose(delivery: &Delivery, audience: &str) -> PushMessage {
     let u = &delivery.update;
+    // The rendered templates when the daemon supplied them, else the built-in wording.
+    let title = match delivery.part(audience, "title") {
+        Some(t) => t.to_string(),
+        None => format!("{}: {}", status_label(u.status), u.title),
+    };
+    let body = match delivery.part(audience, "body") {
+        Some(b) => b.to_string(),
+        None => u.message_for(audience).to_string(),
+    };
     PushMessage {
-        title: format!("{}: {}", status_label(u.status), u.title),
-        body: u.message_for(audience).to_string(),
+        title,
+        body,
         incident_id: u.incident_id.clone(),
         update_id: u.update_id.clone(),
         status: u.status,

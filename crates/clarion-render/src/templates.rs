@@ -717,7 +717,7 @@ impl TemplateSet {
     pub fn check(
         &self,
         targets: &[TargetTemplates],
-        limit: &dyn Fn(ChannelKind, &Message) -> Result<(), String>,
+        limit: &dyn Fn(&TargetTemplates, &Message) -> Result<(), String>,
     ) -> Vec<TemplateProblem> {
         let mut problems = Problemset::default();
         self.check_layout(targets, &mut problems);
@@ -804,7 +804,7 @@ impl TemplateSet {
                         if !complete || limit_reported {
                             continue;
                         }
-                        if let Err(reason) = limit(target.kind, &message) {
+                        if let Err(reason) = limit(target, &message) {
                             limit_reported = true;
                             let files: Vec<String> = target
                                 .kind
@@ -880,7 +880,7 @@ impl TemplateSet {
         config: &TemplatesConfig,
         files: Vec<(String, String)>,
         targets: &[TargetTemplates],
-        limit: &dyn Fn(ChannelKind, &Message) -> Result<(), String>,
+        limit: &dyn Fn(&TargetTemplates, &Message) -> Result<(), String>,
     ) -> Result<TemplateSet, Vec<TemplateProblem>> {
         let set = match TemplateSet::build(config, files) {
             Ok(set) => set,

@@ -63,7 +63,7 @@ fn target(name: &str, kind: ChannelKind, audiences: &[&str]) -> TargetTemplates 
     }
 }
 
-fn no_limit(_: ChannelKind, _: &Message) -> Result<(), String> {
+fn no_limit(_: &TargetTemplates, _: &Message) -> Result<(), String> {
     Ok(())
 }
 
@@ -669,7 +669,7 @@ fn check_rejects_a_long_subject() {
 #[test]
 fn check_applies_the_channels_limit_once_per_target() {
     let set = set(&[]);
-    let limit = |kind: ChannelKind, m: &Message| match (kind, m.get(Part::Text)) {
+    let limit = |t: &TargetTemplates, m: &Message| match (t.kind, m.get(Part::Text)) {
         (ChannelKind::Sms, Some(t)) if t.chars().count() > 160 => Err(format!(
             "SMS text is {} characters, over 1 segment",
             t.chars().count()

@@ -36,6 +36,12 @@ pub(crate) struct Common<'a> {
 }
 
 impl SmsConfig {
+    /// The most segments one message may take (`max_segments`): `check-config` holds
+    /// rendered templates to it.
+    pub fn max_segments(&self) -> usize {
+        self.common().max_segments
+    }
+
     pub(crate) fn common(&self) -> Common<'_> {
         macro_rules! common {
             ($c:expr) => {

@@ -241,7 +241,12 @@ impl SmsChannel {
                 recipient: Some(number),
             };
         };
-        let text = compose(&delivery.update, &audience, self.max_segments);
+        // The rendered template when the daemon supplied one, cut to the segment
+        // budget like the built-in wording; else the built-in wording.
+        let text = match delivery.part(&audience, "text") {
+            Some(t) => encoding::truncate_to_segments(t.trim(), self.max_segments),
+            None => compose(&delivery.update, &audience, self.max_segments),
+        };
         let analysis = encoding::analyze(&text);
         // The limit counts segments: wait for one cell per segment, so that a
         // three-part message uses three seconds' worth of a 1/s gateway.

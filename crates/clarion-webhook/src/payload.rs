@@ -11,6 +11,15 @@ pub const PAYLOAD_VERSION: u32 = 1;
 /// the time of the attempt, so every retry sends identical bytes under the same
 /// `webhook-id`.
 pub fn payload(delivery: &Delivery) -> Vec<u8> {
+    // A custom body template (Slack, Teams, an in-house format) replaces the
+    // standard envelope; the daemon has checked it renders valid JSON.
+    if let Some(body) = delivery
+        .audiences
+        .first()
+        .and_then(|a| delivery.part(a, "body"))
+    {
+        return body.as_bytes().to_vec();
+    }
     let u = &delivery.update;
     let body = json!({
         "type": "incident.update",

@@ -39,6 +39,10 @@ pub struct RawConfig {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Message templates (docs/templates.md): a directory of minijinja files, the
+    /// time zone and default locale they render in.
+    #[serde(default)]
+    pub templates: clarion_render::TemplatesConfig,
     /// Named destinations, `[targets.NAME]`. Each has a `type` (`webhook`), the
     /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
     #[serde(default)]
@@ -216,9 +220,24 @@ struct TargetCommon {
     /// Deliveries to this target at once (default 64).
     #[serde(default)]
     concurrency: Option<usize>,
+    /// Routing rules (docs/routing.md); none: every update naming one of
+    /// `audiences`.
+    #[serde(default)]
+    rules: Vec<clarion_render::Rule>,
+    /// The language this target's recipients read (e.g. `fr-CA`); wins over the
+    /// update's per-audience locale.
+    #[serde(default)]
+    locale: Option<String>,
 }
 
-const COMMON_KEYS: [&str; 4] = ["type", "audiences", "retry", "concurrency"];
+const COMMON_KEYS: [&str; 6] = [
+    "type",
+    "audiences",
+    "retry",
+    "concurrency",
+    "rules",
+    "locale",
+];
 
 /// The closed set of channel kinds. Adding one means adding a variant here and an
 /// arm in [`build_channel`], nothing else.
@@ -270,7 +289,21 @@ pub struct TargetConfig {
     pub audiences: BTreeSet<String>,
     pub retry: RetryPolicy,
     pub concurrency: usize,
+    pub rules: Vec<clarion_render::Rule>,
+    pub locale: Option<String>,
     pub channel: ChannelConfig,
+}
+
+impl TargetConfig {
+    /// Which templates this target renders with.
+    pub fn render_kind(&self) -> clarion_render::ChannelKind {
+        match self.kind {
+            ChannelKind::Webhook => clarion_render::ChannelKind::Webhook,
+            ChannelKind::Email => clarion_render::ChannelKind::Email,
+            ChannelKind::Sms => clarion_render::ChannelKind::Sms,
+            ChannelKind::Fcm | ChannelKind::Apns => clarion_render::ChannelKind::Push,
+        }
+    }
 }
 
 /// The validated configuration the daemon runs with.
@@ -282,6 +315,7 @@ pub struct Settings {
     pub metrics: MetricsConfig,
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
+    pub templates: Arc<clarion_render::TemplateSet>,
 }
 
 /// Reads the file and the `CLARION__…` environment into a [`RawConfig`].
@@ -369,6 +403,7 @@ impl RawConfig {
                 .map_err(|e| at(anyhow!("targets.{name}: {e}")))?;
             targets.push(t);
         }
+        let templates = build_templates(source, &self.templates, &targets)?;
         Ok(Settings {
             source: source.to_string(),
             kafka: self.kafka,
@@ -376,8 +411,105 @@ impl RawConfig {
             metrics: self.metrics,
             audiences,
             targets,
+            templates: Arc::new(templates),
         })
     }
+}
+
+/// Reads the template files, compiles them, and renders every one against sample
+/// updates of every status and impact, holding each target to its channel's budget.
+fn build_templates(
+    source: &str,
+    config: &clarion_render::TemplatesConfig,
+    targets: &[TargetConfig],
+) -> Result<clarion_render::TemplateSet> {
+    let files = match &config.dir {
+        None => Vec::new(),
+        Some(dir) => {
+            // A relative directory is relative to the config file.
+            let base = Path::new(source).parent().unwrap_or(Path::new("."));
+            let dir = base.join(dir);
+            read_templates(&dir)
+                .map_err(|e| anyhow!("{source}: templates.dir: {}: {e}", dir.display()))?
+        }
+    };
+    let plan: Vec<clarion_render::TargetTemplates> = targets
+        .iter()
+        .map(|t| clarion_render::TargetTemplates {
+            name: t.name.to_string(),
+            kind: t.render_kind(),
+            audiences: t.audiences.clone(),
+            locales: t.locale.iter().cloned().collect(),
+        })
+        .collect();
+    let limit = |t: &clarion_render::TargetTemplates,
+                 m: &clarion_render::Message|
+     -> Result<(), String> {
+        let Some(target) = targets.iter().find(|x| *x.name == *t.name) else {
+            return Ok(());
+        };
+        match &target.channel {
+            ChannelConfig::Sms(c) => {
+                let text = m.get(clarion_render::Part::Text).unwrap_or("");
+                let a = clarion_sms::encoding::analyze(text.trim());
+                if a.segments > c.max_segments() {
+                    return Err(format!(
+                        "SMS text takes {} {:?} segments, over this target's max_segments = {} (it would be cut)",
+                        a.segments,
+                        a.encoding,
+                        c.max_segments()
+                    ));
+                }
+                Ok(())
+            }
+            ChannelConfig::Fcm(_) | ChannelConfig::Apns(_) => {
+                let bytes = m.get(clarion_render::Part::Title).map_or(0, str::len)
+                    + m.get(clarion_render::Part::Body).map_or(0, str::len);
+                // Providers take 4096 bytes of payload; keep room for the data fields.
+                if bytes > PUSH_TEXT_BUDGET {
+                    return Err(format!(
+                        "push title and body take {bytes} bytes, over the {PUSH_TEXT_BUDGET} that fit a 4 KB payload with its data fields"
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    };
+    clarion_render::TemplateSet::validate(config, files, &plan, &limit).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+        anyhow!(
+            "{source}: templates: {} problem(s):\n{}",
+            problems.len(),
+            list.join("\n")
+        )
+    })
+}
+
+/// Title and body bytes that fit a push payload next to Clarion's data fields.
+const PUSH_TEXT_BUDGET: usize = 3500;
+
+/// Every `*.j2` file under `dir`, as (path relative to `dir` with `/`, contents).
+fn read_templates(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "j2") {
+                let rel = path.strip_prefix(dir).unwrap_or(&path);
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push((rel.join("/"), std::fs::read_to_string(&path)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn validate_target(
@@ -429,12 +561,23 @@ fn validate_target(
         ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest)?),
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest)?),
     };
+    if let Some(l) = &common.locale {
+        if l.is_empty()
+            || !l
+                .split('-')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            bail!("locale: `{l}` is not a language tag like `fr` or `fr-CA`");
+        }
+    }
     let target = TargetConfig {
         name: Arc::from(name),
         kind: common.kind,
         audiences: common.audiences.into_iter().collect(),
         retry,
         concurrency,
+        rules: common.rules,
+        locale: common.locale,
         channel,
     };
     // Building resolves secrets and checks channel-specific values; it does no I/O

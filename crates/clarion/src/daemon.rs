@@ -5,7 +5,7 @@
 //! This module and `dlq` are the only places that talk to Kafka.
 
 use crate::config::{EnvSecrets, KafkaConfig, Settings, build_channel};
-use crate::dispatch::{DeliveryReport, Dispatcher, Resolution, Target};
+use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Resolution, Target};
 use crate::dlq::{DeadLetterWriter, DlqKind, Source, copy_headers};
 use crate::offsets::{Tp, Tracker};
 use crate::telemetry::{self, EventRejected};
@@ -199,10 +199,13 @@ pub async fn run_with_secrets(
     let dispatcher = Arc::new(Dispatcher::new(
         targets,
         settings.audiences.clone(),
-        DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone()),
-        settings.kafka.dead_recipient_topic.clone(),
+        settings.templates.clone(),
+        Outputs {
+            dlq: DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone()),
+            dead_recipient_topic: settings.kafka.dead_recipient_topic.clone(),
+            observer,
+        },
         abort.clone(),
-        observer,
     ));
     check_topics(&consumer, &settings.kafka).await;
     consumer

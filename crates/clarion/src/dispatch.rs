@@ -10,8 +10,8 @@ use crate::config::{RetryPolicy, TargetConfig};
 use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
 use crate::telemetry::{DeliveryAttempted, DeliveryDeadLettered};
 use backon::BackoffBuilder;
-use clarion_core::{Channel, Delivery, DeliveryError, IncidentUpdate, Outcome, Status};
-use std::collections::{BTreeSet, HashMap};
+use clarion_core::{Channel, Content, Delivery, DeliveryError, IncidentUpdate, Outcome, Status};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -114,28 +114,65 @@ pub struct Dispatcher {
     lanes: Arc<Lanes>,
     dlq: DeadLetterWriter,
     dead_recipient_topic: Option<String>,
+    templates: Arc<clarion_render::TemplateSet>,
     abort: CancellationToken,
     observer: Option<mpsc::Sender<DeliveryReport>>,
+}
+
+/// Where a dispatcher's deliveries end up besides the targets.
+#[derive(Debug)]
+pub struct Outputs {
+    pub dlq: DeadLetterWriter,
+    pub dead_recipient_topic: Option<String>,
+    pub observer: Option<mpsc::Sender<DeliveryReport>>,
 }
 
 impl Dispatcher {
     pub fn new(
         targets: Vec<Target>,
         audiences: BTreeSet<String>,
-        dlq: DeadLetterWriter,
-        dead_recipient_topic: Option<String>,
+        templates: Arc<clarion_render::TemplateSet>,
+        outputs: Outputs,
         abort: CancellationToken,
-        observer: Option<mpsc::Sender<DeliveryReport>>,
     ) -> Self {
         Dispatcher {
             targets,
             audiences,
             lanes: Arc::default(),
-            dlq,
-            dead_recipient_topic,
+            dlq: outputs.dlq,
+            dead_recipient_topic: outputs.dead_recipient_topic,
+            templates,
             abort,
-            observer,
+            observer: outputs.observer,
         }
+    }
+
+    /// Renders the target's templates for every audience of the delivery.
+    fn render(&self, target: &Target, d: &Delivery) -> Result<BTreeMap<String, Content>, String> {
+        let mut out = BTreeMap::new();
+        for audience in d.audiences.iter() {
+            let ctx = clarion_render::RenderContext {
+                update: &d.update,
+                audience,
+                locale: target
+                    .config
+                    .locale
+                    .as_deref()
+                    .or(d.update.locale_for(audience)),
+                target: &target.config.name,
+            };
+            let message = self
+                .templates
+                .render_all(target.config.render_kind(), &ctx)
+                .map_err(|e| format!("template rendering failed for audience `{audience}`: {e}"))?;
+            let parts = message
+                .parts
+                .iter()
+                .map(|(part, text)| (part.as_str().to_string(), text.clone()))
+                .collect();
+            out.insert(audience.clone(), Content { parts });
+        }
+        Ok(out)
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -160,15 +197,19 @@ impl Dispatcher {
         }
         let mut plans = Vec::new();
         for (idx, target) in self.targets.iter().enumerate() {
-            let served: Vec<String> = update
-                .audiences
-                .iter()
-                .filter(|a| target.config.audiences.contains(*a))
-                .cloned()
-                .collect();
-            if served.is_empty() {
+            let decision =
+                clarion_render::route(update, &target.config.audiences, &target.config.rules);
+            if !decision.matched {
+                tracing::debug!(
+                    incident_id = %update.incident_id,
+                    update_id = %update.update_id,
+                    target = %target.config.name,
+                    why = %decision.explanation,
+                    "target does not take this update"
+                );
                 continue;
             }
+            let served = decision.audiences;
             let key = (update.incident_id.clone(), idx);
             let (tx, rx) = oneshot::channel();
             let id = self
@@ -230,10 +271,20 @@ impl Dispatcher {
         } = planned;
         // Held until this delivery resolves: dropping it releases the next one.
         let _lane = lane;
+        // Rendering is deterministic: a template that fails now fails on every try,
+        // so it is a permanent failure, dead-lettered with the template's error.
+        let rendered = self.render(target, &delivery);
         if let Some(prev) = after {
             tokio::select! {
                 _ = prev => {}
                 _ = self.abort.cancelled() => return Resolution::Abandoned,
+            }
+        }
+        match rendered {
+            Ok(content) => delivery.content = Arc::new(content),
+            Err(reason) => {
+                let e = DeliveryError::permanent(reason).with_code("template");
+                return self.dead_letter(target, &delivery, source, None, e).await;
             }
         }
         let policy = &target.config.retry;
@@ -334,60 +385,13 @@ impl Dispatcher {
                     next_retry: None,
                 }
                 .emit();
-                let letter = DeadLetter {
-                    source,
-                    kind: DlqKind::DeliveryFailed,
-                    reason: e.reason.clone(),
-                    delivery: Some(FailedDelivery {
-                        target: &target.config.name,
-                        channel: target.config.kind.as_str(),
-                        recipient: recipient.as_deref(),
-                        attempts: delivery.attempt,
-                        error_class: e.class.as_str(),
-                        error_code: e.code.as_deref(),
-                        idempotency_key: delivery.key.as_str(),
-                    }),
-                };
-                if self.dlq.write(&letter, &self.abort).await.is_err() {
+                if self
+                    .dead_letter(target, &delivery, source, recipient, e)
+                    .await
+                    == Resolution::Abandoned
+                {
                     return Resolution::Abandoned;
                 }
-                if let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
-                    (e.class, &self.dead_recipient_topic, recipient.as_deref())
-                {
-                    let record = DeadRecipient {
-                        recipient: r,
-                        channel: target.config.kind.as_str(),
-                        target: &target.config.name,
-                        reason: &e.reason,
-                        code: e.code.as_deref(),
-                        incident_id: &delivery.update.incident_id,
-                        update_id: &delivery.update.update_id,
-                        time: jiff::Timestamp::now().to_string(),
-                    };
-                    if self
-                        .dlq
-                        .write_dead_recipient(topic, &record, &self.abort)
-                        .await
-                        .is_err()
-                    {
-                        return Resolution::Abandoned;
-                    }
-                }
-                DeliveryDeadLettered {
-                    channel: target.config.kind.as_str(),
-                    target: &target.config.name,
-                    recipient: recipient.as_deref(),
-                    attempts: delivery.attempt,
-                    reason: &e.reason,
-                }
-                .emit();
-                self.report(
-                    &delivery,
-                    recipient,
-                    Some(e.reason),
-                    since_kafka_timestamp(source),
-                )
-                .await;
             }
             let Some(wait) = wait else {
                 return Resolution::Resolved;
@@ -403,6 +407,73 @@ impl Dispatcher {
                 Some(retry.into_iter().filter_map(|(r, _)| r).collect())
             };
         }
+    }
+
+    /// Writes one failed delivery (or one recipient of it) to the dead-letter topic,
+    /// and a dead recipient to its topic. `Abandoned` if the daemon stops first.
+    async fn dead_letter(
+        &self,
+        target: &Target,
+        delivery: &Delivery,
+        source: &Source,
+        recipient: Option<String>,
+        e: DeliveryError,
+    ) -> Resolution {
+        let letter = DeadLetter {
+            source,
+            kind: DlqKind::DeliveryFailed,
+            reason: e.reason.clone(),
+            delivery: Some(FailedDelivery {
+                target: &target.config.name,
+                channel: target.config.kind.as_str(),
+                recipient: recipient.as_deref(),
+                attempts: delivery.attempt,
+                error_class: e.class.as_str(),
+                error_code: e.code.as_deref(),
+                idempotency_key: delivery.key.as_str(),
+            }),
+        };
+        if self.dlq.write(&letter, &self.abort).await.is_err() {
+            return Resolution::Abandoned;
+        }
+        if let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
+            (e.class, &self.dead_recipient_topic, recipient.as_deref())
+        {
+            let record = DeadRecipient {
+                recipient: r,
+                channel: target.config.kind.as_str(),
+                target: &target.config.name,
+                reason: &e.reason,
+                code: e.code.as_deref(),
+                incident_id: &delivery.update.incident_id,
+                update_id: &delivery.update.update_id,
+                time: jiff::Timestamp::now().to_string(),
+            };
+            if self
+                .dlq
+                .write_dead_recipient(topic, &record, &self.abort)
+                .await
+                .is_err()
+            {
+                return Resolution::Abandoned;
+            }
+        }
+        DeliveryDeadLettered {
+            channel: target.config.kind.as_str(),
+            target: &target.config.name,
+            recipient: recipient.as_deref(),
+            attempts: delivery.attempt,
+            reason: &e.reason,
+        }
+        .emit();
+        self.report(
+            delivery,
+            recipient,
+            Some(e.reason),
+            since_kafka_timestamp(source),
+        )
+        .await;
+        Resolution::Resolved
     }
 
     async fn report(
@@ -580,15 +651,22 @@ mod tests {
                 ..RetryPolicy::default()
             },
             concurrency: 8,
+            rules: Vec::new(),
+            locale: None,
             channel: ChannelConfig::Webhook(webhook),
         };
+        let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
+            .expect("built-in templates");
         let d = Dispatcher::new(
             vec![Target::new(config, channel)],
             ["customers".to_string()].into(),
-            DeadLetterWriter::new(producer, "dlq".into()),
-            None,
+            Arc::new(templates),
+            Outputs {
+                dlq: DeadLetterWriter::new(producer, "dlq".into()),
+                dead_recipient_topic: None,
+                observer: Some(observer),
+            },
             CancellationToken::new(),
-            Some(observer),
         );
         (d, cluster)
     }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod dlq;
 pub mod offsets;
+pub mod preview;
 pub mod telemetry;
 
 pub use daemon::{Summary, run, run_with_secrets};

@@ -50,6 +50,37 @@ enum Command {
     },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
+    /// Show which targets would take an update, and the rule that decided.
+    Route {
+        /// The update, as JSON (docs/events.md).
+        #[arg(long)]
+        event: PathBuf,
+        /// The config file.
+        #[arg(
+            long,
+            short,
+            default_value = "config/clarion.toml",
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Print exactly what each target would receive for an update, without sending.
+    Render {
+        /// The update, as JSON (docs/events.md).
+        #[arg(long)]
+        event: PathBuf,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// The config file.
+        #[arg(
+            long,
+            short,
+            default_value = "config/clarion.toml",
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,6 +160,25 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Demo => {
             clarion::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route { event, config } => {
+            let settings = load(&config)?;
+            let update = clarion::preview::read_event(&event, &settings)?;
+            print!("{}", clarion::preview::route(&settings, &update));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render {
+            event,
+            target,
+            config,
+        } => {
+            let settings = load(&config)?;
+            let update = clarion::preview::read_event(&event, &settings)?;
+            print!(
+                "{}",
+                clarion::preview::render(&settings, update, target.as_deref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,169 @@
+//! `clarion route` and `clarion render`: what the daemon would do with an update,
+//! without sending anything. Route says which targets take it and which rule decided;
+//! render prints exactly what each target would receive.
+
+use crate::config::{ChannelConfig, ChannelKind, Settings};
+use anyhow::{Result, anyhow};
+use clarion_core::{Delivery, IncidentUpdate};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Reads and validates an update from a file, as the consumer would.
+pub fn read_event(path: &std::path::Path, settings: &Settings) -> Result<IncidentUpdate> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let update = IncidentUpdate::from_slice(&bytes, settings.daemon.max_event_bytes)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let unknown: Vec<&str> = update
+        .audiences
+        .iter()
+        .filter(|a| !settings.audiences.contains(*a))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(anyhow!(
+            "{}: unknown audience(s) {} (the daemon would dead-letter this update)",
+            path.display(),
+            unknown.join(", ")
+        ));
+    }
+    Ok(update)
+}
+
+/// One line per target: does it take the update, for which audiences, and why.
+pub fn route(settings: &Settings, update: &IncidentUpdate) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:<6} {:<28} WHY",
+        "TARGET", "TYPE", "TAKES", "AUDIENCES"
+    );
+    for t in &settings.targets {
+        let d = clarion_render::route(update, &t.audiences, &t.rules);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<6} {:<28} {}",
+            &*t.name,
+            t.kind.as_str(),
+            if d.matched { "yes" } else { "no" },
+            if d.matched {
+                d.audiences.join(",")
+            } else {
+                "-".into()
+            },
+            d.explanation
+        );
+    }
+    out
+}
+
+/// Everything each matching target (or only `only`) would receive.
+pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -> Result<String> {
+    if let Some(name) = only {
+        if !settings.targets.iter().any(|t| &*t.name == name) {
+            return Err(anyhow!("no target named `{name}` in {}", settings.source));
+        }
+    }
+    let update = Arc::new(update);
+    let mut out = String::new();
+    for t in &settings.targets {
+        if only.is_some_and(|n| n != &*t.name) {
+            continue;
+        }
+        let decision = clarion_render::route(&update, &t.audiences, &t.rules);
+        let _ = writeln!(
+            out,
+            "=== {} ({}) — {}",
+            t.name,
+            t.kind.as_str(),
+            decision.explanation
+        );
+        if !decision.matched {
+            let _ = writeln!(out, "    (does not take this update)\n");
+            continue;
+        }
+        let delivery = Delivery::new(
+            update.clone(),
+            t.name.clone(),
+            decision.audiences.clone().into(),
+        );
+        for audience in &decision.audiences {
+            let locale = t.locale.as_deref().or(update.locale_for(audience));
+            let ctx = clarion_render::RenderContext {
+                update: &update,
+                audience,
+                locale,
+                target: &t.name,
+            };
+            let message = settings
+                .templates
+                .render_all(t.render_kind(), &ctx)
+                .map_err(|e| anyhow!("target {}: audience {audience}: {e}", t.name))?;
+            let _ = writeln!(
+                out,
+                "--- audience {audience}, locale {}",
+                locale.unwrap_or("default")
+            );
+            for (part, text) in &message.parts {
+                let _ = writeln!(out, "[{}]\n{}", part.as_str(), text.trim_end());
+            }
+            match (&t.channel, t.kind) {
+                (ChannelConfig::Sms(c), _) => {
+                    let text = message.get(clarion_render::Part::Text).unwrap_or("").trim();
+                    let a = clarion_sms::encoding::analyze(text);
+                    let _ = writeln!(
+                        out,
+                        "(SMS: {:?}, {} {}, {} segment(s); this target allows {})",
+                        a.encoding,
+                        a.units,
+                        if matches!(a.encoding, clarion_sms::encoding::Encoding::Gsm7) {
+                            "septets"
+                        } else {
+                            "UTF-16 units"
+                        },
+                        a.segments,
+                        c.max_segments()
+                    );
+                }
+                (_, ChannelKind::Webhook) => {
+                    let content = clarion_core::Content {
+                        parts: message
+                            .parts
+                            .iter()
+                            .map(|(p, s)| (p.as_str().to_string(), s.clone()))
+                            .collect(),
+                    };
+                    let mut single = delivery.clone();
+                    single.content = Arc::new([(audience.clone(), content)].into_iter().collect());
+                    let body = clarion_webhook::payload(&single);
+                    if message.get(clarion_render::Part::Body).is_none() {
+                        let _ = writeln!(
+                            out,
+                            "[standard payload]\n{}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "(webhook body: {} bytes, webhook-id {})",
+                        body.len(),
+                        delivery.key
+                    );
+                }
+                (_, ChannelKind::Fcm | ChannelKind::Apns) => {
+                    let bytes = message.get(clarion_render::Part::Title).map_or(0, str::len)
+                        + message.get(clarion_render::Part::Body).map_or(0, str::len);
+                    let _ = writeln!(
+                        out,
+                        "(push: {bytes} bytes of title and body; collapse id per incident)"
+                    );
+                }
+                (_, ChannelKind::Email) => {
+                    let _ = writeln!(out, "(email Message-ID <{}@…>)", delivery.key);
+                }
+                _ => {}
+            }
+            let _ = writeln!(out);
+        }
+    }
+    Ok(out)
+}
