@@ -483,3 +483,140 @@ async fn the_in_flight_limit_bounds_work_and_everything_still_arrives() {
     assert_in_order("slow", &slow.received());
     assert!(all_committed(&offsets), "{offsets:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_and_templates_shape_what_each_target_receives() {
+    let Some(brokers) = clarion_tests::kafka("rules_and_templates_shape_what_each_target_receives")
+    else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "routing", 2).await;
+    let templates = std::env::temp_dir().join(clarion_tests::unique_topic("routing-templates"));
+    let body = templates.join("targets/chat/body.json.j2");
+    std::fs::create_dir_all(body.parent().expect("parent")).expect("template dir");
+    std::fs::write(
+        &body,
+        r#"{"text": {{ status_label ~ ": " ~ title }}, "incident": {{ incident_id }}, "update": {{ update_id }}, "audience": {{ audience }}}"#,
+    )
+    .expect("template");
+
+    let receivers = [
+        ("regulator", Receiver::start(Behaviour::Always(200)).await),
+        ("critical", Receiver::start(Behaviour::Always(200)).await),
+        ("chat", Receiver::start(Behaviour::Always(200)).await),
+        ("teams", Receiver::start(Behaviour::Always(200)).await),
+        ("status", Receiver::start(Behaviour::Always(200)).await),
+    ];
+    let url = |name: &str| {
+        receivers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.url.clone())
+            .expect("receiver")
+    };
+    let targets = format!(
+        r#"
+[templates]
+dir = "{dir}"
+[templates.webhook_presets]
+teams = "teams"
+
+{regulator}
+[[targets.regulator.rules]]
+name = "milestones"
+first_and_final = true
+
+{critical}
+[[targets.critical.rules]]
+name = "critical-always"
+min_impact = "critical"
+ignore_audiences = true
+
+{chat}
+{teams}
+{status}
+"#,
+        dir = templates.display(),
+        regulator = webhook_target("regulator", "\"regulators\"", &url("regulator")),
+        critical = webhook_target("critical", "\"regulators\"", &url("critical")),
+        chat = webhook_target("chat", "\"employees\"", &url("chat")),
+        teams = webhook_target("teams", "\"employees\"", &url("teams")),
+        status = webhook_target("status", "\"customers\"", &url("status")),
+    );
+    let daemon = InProcess::start(&w.config(&targets));
+    // Incident A names everyone; incident B is critical but names only customers.
+    let mut updates = lifecycles("route-a", 1, &["customers", "employees", "regulators"]);
+    let mut b = lifecycles("route-b", 1, &["customers"]).remove(0);
+    b.impact = clarion_core::Impact::Critical;
+    updates.push(b.clone());
+    publish_all(&brokers, &w.topic, &updates).await;
+
+    let got = |name: &str| {
+        receivers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| r.clone())
+            .expect("receiver")
+    };
+    assert!(
+        got("status").wait_until(WAIT, |r| r.len() >= 5).await,
+        "status got {:?}",
+        got("status").received().len()
+    );
+    assert!(got("chat").wait_until(WAIT, |r| r.len() >= 4).await);
+    assert!(got("teams").wait_until(WAIT, |r| r.len() >= 4).await);
+    let offsets = wait_committed(&w, 2).await;
+    daemon.stop().await;
+    assert!(all_committed(&offsets), "{offsets:?}");
+
+    let ids = |name: &str| -> Vec<String> {
+        got(name)
+            .received()
+            .iter()
+            .map(|r| r.headers["webhook-id"].clone())
+            .collect()
+    };
+    let key = |u: &IncidentUpdate, target: &str| {
+        clarion_core::IdempotencyKey::new(&u.update_id, target).to_string()
+    };
+    // Rules: regulators hear the first and final updates of A, and B only through
+    // `critical-always` although B does not name them.
+    assert_eq!(
+        ids("regulator"),
+        vec![key(&updates[0], "regulator"), key(&updates[3], "regulator")]
+    );
+    assert_eq!(ids("critical"), vec![key(&b, "critical")]);
+    // Templates: chat got its own JSON body, one per update of A, with consistent ids.
+    let chat: Vec<serde_json::Value> = got("chat")
+        .received()
+        .iter()
+        .map(|r| r.json.clone())
+        .collect();
+    assert_eq!(chat.len(), 4);
+    for (c, u) in chat.iter().zip(&updates[..4]) {
+        assert_eq!(c["update"], u.update_id.as_str(), "{c}");
+        assert_eq!(c["incident"], u.incident_id.as_str());
+        assert_eq!(c["audience"], "employees");
+        assert!(c["text"].as_str().unwrap_or("").ends_with(&u.title), "{c}");
+        assert!(
+            c.get("payload_version").is_none(),
+            "the template replaces the standard payload"
+        );
+    }
+    // Teams preset: a card, not the standard payload, mentioning the update.
+    for r in got("teams").received() {
+        assert!(r.json.get("payload_version").is_none(), "{}", r.json);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(r#"route-a-0"#),
+            "{}",
+            r.json
+        );
+    }
+    // No rules, no template: the standard payload, for A's four and for B.
+    let status: Vec<u64> = got("status")
+        .received()
+        .iter()
+        .map(|r| r.json["payload_version"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(status, vec![1; 5]);
+}
