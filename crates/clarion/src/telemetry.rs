@@ -40,6 +40,7 @@ pub fn init_logs(format: LogFormat) {
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder
+            .with_target(false)
             .json()
             .with_current_span(true)
             .with_span_list(false)
@@ -135,7 +136,8 @@ pub struct DeliveryAttempted<'a> {
 impl DeliveryAttempted<'_> {
     pub fn emit(&self) {
         let latency_ms = self.latency.as_millis() as u64;
-        let recipient = self.recipient.unwrap_or("-");
+        let recipient = mask(self.recipient);
+        let recipient = recipient.as_str();
         match self.result {
             Ok(provider_id) => {
                 tracing::info!(
@@ -191,7 +193,7 @@ impl DeliveryDeadLettered<'_> {
     pub fn emit(&self) {
         tracing::error!(
             attempt = self.attempts,
-            recipient = self.recipient.unwrap_or("-"),
+            recipient = mask(self.recipient).as_str(),
             outcome = "dead_lettered",
             reason = self.reason,
             "delivery given up; written to the dead-letter topic"
@@ -204,6 +206,22 @@ impl DeliveryDeadLettered<'_> {
 /// [`EventRejected`], once the record is safely written).
 pub fn malformed_dead_lettered() {
     metrics::counter!("clarion_dead_letters_total", "kind" => "malformed_event", "target" => "-", "channel" => "-").increment(1);
+}
+
+/// A recipient as logs show it: enough to tell recipients apart and match a dead
+/// letter (which carries the full address), not a list of customers' phone numbers
+/// and addresses in the log store.
+pub fn mask(recipient: Option<&str>) -> String {
+    let Some(r) = recipient else {
+        return "-".to_string();
+    };
+    let chars: Vec<char> = r.chars().collect();
+    if chars.len() <= 6 {
+        return "***".to_string();
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}***{tail}")
 }
 
 /// The in-flight gauge.
