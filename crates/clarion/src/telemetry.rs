@@ -233,3 +233,16 @@ pub fn in_flight(n: usize) {
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn recipients_are_masked_in_logs() {
+        assert_eq!(mask(Some("+447700900123")), "+4***0123");
+        assert_eq!(mask(Some("ann@example.com")), "an***.com");
+        assert_eq!(mask(Some("abc")), "***");
+        assert_eq!(mask(None), "-");
+    }
+}
