@@ -194,7 +194,9 @@ async fn main() -> Result<()> {
             Ok(f) => pending.push(f),
             Err((e, _)) => bail!("produce: {e}"),
         }
-        if pending.len() >= 10_000 || interval.is_some() {
+        // Acknowledgements are awaited in batches, never one by one: waiting for each
+        // would hold the publisher to one update per broker round trip.
+        if pending.len() >= 10_000 {
             for f in pending.drain(..) {
                 let _ = f.await;
             }
