@@ -29,21 +29,6 @@ const ACCEPTED: [(&str, &str); 3] = [
 /// A customer address the server refuses with `550 5.1.1 ... User unknown`.
 const REJECTED: &str = "gone@customers.example";
 
-/// True when the group's commit reached the end of every partition that has records.
-fn all_committed(offsets: &[(i64, i64)]) -> bool {
-    offsets.iter().all(|(c, end)| *end == 0 || c == end)
-}
-
-async fn wait_committed(w: &Wiring, partitions: i32) -> Vec<(i64, i64)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let offsets = committed_and_end(&w.brokers, &w.group, &w.topic, partitions);
-        if all_committed(&offsets) || tokio::time::Instant::now() > deadline {
-            return offsets;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// The `[targets.status-mail]` table as an operator would write it.
 fn email_target(peer: &SmtpPeer) -> String {
@@ -131,7 +116,7 @@ async fn updates_published_to_kafka_arrive_as_mail() {
         arrived = peer.received(want).await.len();
     }
     let dead = read_all(&brokers, &w.dlq, n, WAIT).await;
-    let offsets = wait_committed(&w, PARTITIONS).await;
+    let offsets = w.wait_committed(PARTITIONS).await;
     daemon.stop().await;
     // Everything is resolved and the daemon has stopped: this is all that will arrive.
     let got = peer.received(want).await;
@@ -251,7 +236,7 @@ async fn updates_published_to_kafka_arrive_as_mail() {
     );
 
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "all offsets committed: {offsets:?}"
     );
     let sessions: BTreeSet<&str> = got.iter().filter_map(|m| m["peer"].as_str()).collect();

@@ -64,21 +64,6 @@ fn assert_in_order(name: &str, received: &[clarion_tests::receiver::Received]) {
     }
 }
 
-/// True when the group's commit reached the end of every partition that has records.
-fn all_committed(offsets: &[(i64, i64)]) -> bool {
-    offsets.iter().all(|(c, end)| *end == 0 || c == end)
-}
-
-async fn wait_committed(w: &Wiring, partitions: i32) -> Vec<(i64, i64)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let offsets = committed_and_end(&w.brokers, &w.group, &w.topic, partitions);
-        if all_committed(&offsets) || tokio::time::Instant::now() > deadline {
-            return offsets;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_update_reaches_every_matching_target_in_order() {
@@ -111,7 +96,7 @@ async fn every_update_reaches_every_matching_target_in_order() {
         "regulator got {} of {n}",
         regulators.received().len()
     );
-    let offsets = wait_committed(&w, 4).await;
+    let offsets = w.wait_committed(4).await;
     daemon.stop().await;
 
     for (name, rx) in [("status-page", &customers), ("regulator", &regulators)] {
@@ -133,7 +118,7 @@ async fn every_update_reaches_every_matching_target_in_order() {
         "a target whose audiences are not named gets nothing"
     );
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "all offsets committed: {offsets:?}"
     );
 }
@@ -167,7 +152,7 @@ async fn retries_until_recovery_and_dead_letters_permanent_failures() {
             .await
     );
     let dead = read_all(&brokers, &w.dlq, 2, WAIT).await;
-    let offsets = wait_committed(&w, 2).await;
+    let offsets = w.wait_committed(2).await;
     daemon.stop().await;
 
     // The flaky receiver saw each update three times, with the same id and body.
@@ -214,7 +199,7 @@ async fn retries_until_recovery_and_dead_letters_permanent_failures() {
         assert_eq!(d.key.as_deref(), Some(original.incident_id.as_str()));
     }
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "dead-lettered updates are resolved: {offsets:?}"
     );
 }
@@ -263,7 +248,7 @@ async fn malformed_events_are_dead_lettered_and_the_partition_moves_on() {
         "good events after bad ones still flow"
     );
     let dead = read_all(&brokers, &w.dlq, 4, WAIT).await;
-    let offsets = wait_committed(&w, 1).await;
+    let offsets = w.wait_committed(1).await;
     daemon.stop().await;
 
     let got: Vec<String> = rx
@@ -441,7 +426,7 @@ async fn sigterm_drains_in_flight_deliveries_and_commits() {
     );
     let offsets = committed_and_end(&brokers, &w.group, &w.topic, 2);
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "offsets committed at shutdown: {offsets:?}"
     );
 }
@@ -468,7 +453,7 @@ async fn the_in_flight_limit_bounds_work_and_everything_still_arrives() {
         "got {} of {n}",
         slow.received().len()
     );
-    let offsets = wait_committed(&w, 4).await;
+    let offsets = w.wait_committed(4).await;
     daemon.stop().await;
     assert!(
         slow.max_concurrent() <= 3,
@@ -481,7 +466,7 @@ async fn the_in_flight_limit_bounds_work_and_everything_still_arrives() {
     );
     assert_eq!(slow.received().len(), n);
     assert_in_order("slow", &slow.received());
-    assert!(all_committed(&offsets), "{offsets:?}");
+    assert!(clarion_tests::kafka::all_committed(&offsets), "{offsets:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,9 +550,9 @@ ignore_audiences = true
     );
     assert!(got("chat").wait_until(WAIT, |r| r.len() >= 4).await);
     assert!(got("teams").wait_until(WAIT, |r| r.len() >= 4).await);
-    let offsets = wait_committed(&w, 2).await;
+    let offsets = w.wait_committed(2).await;
     daemon.stop().await;
-    assert!(all_committed(&offsets), "{offsets:?}");
+    assert!(clarion_tests::kafka::all_committed(&offsets), "{offsets:?}");
 
     let ids = |name: &str| -> Vec<String> {
         got(name)

@@ -309,21 +309,6 @@ device_tokens = {{ customers = [{apns_tokens}] }}
     )
 }
 
-/// True when the group's commit reached the end of every partition that has records.
-fn all_committed(offsets: &[(i64, i64)]) -> bool {
-    offsets.iter().all(|(c, end)| *end == 0 || c == end)
-}
-
-async fn wait_committed(w: &Wiring, partitions: i32) -> Vec<(i64, i64)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let offsets = committed_and_end(&w.brokers, &w.group, &w.topic, partitions);
-        if all_committed(&offsets) || tokio::time::Instant::now() > deadline {
-            return offsets;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// The number of records in a one-partition topic.
 fn records_in(brokers: &str, topic: &str) -> i64 {
@@ -449,13 +434,13 @@ async fn kafka_to_fcm_and_apns_with_dead_tokens_reported() {
 
     // An event is resolved (its offset committed) only once every delivery of it has
     // finished and every dead token has been written: after this, nothing is in flight.
-    let offsets = wait_committed(&w, partitions).await;
+    let offsets = w.wait_committed(partitions).await;
     let dead = read_all(&brokers, &dead_topic, 2 * n, WAIT).await;
     let letters = read_all(&brokers, &w.dlq, 2 * n, WAIT).await;
     let summary = daemon.stop().await;
     eprintln!("push e2e: daemon summary {summary:?}");
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "offsets must reach the end: {offsets:?}"
     );
 

@@ -37,21 +37,6 @@ const MAX_SEGMENTS: usize = 3;
 const INCIDENTS: [&str; 2] = ["INC-2026-0101", "INC-2026-0102"];
 const TITLE: &str = "Mobile data outage in the north";
 
-/// True when the group's commit reached the end of every partition that has records.
-fn all_committed(offsets: &[(i64, i64)]) -> bool {
-    offsets.iter().all(|(c, end)| *end == 0 || c == end)
-}
-
-async fn wait_committed(w: &Wiring, partitions: i32) -> Vec<(i64, i64)> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let offsets = committed_and_end(&w.brokers, &w.group, &w.topic, partitions);
-        if all_committed(&offsets) || tokio::time::Instant::now() > deadline {
-            return offsets;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// Twilio as it answers: 201 with a fresh `SM…` sid, or 400 with error 21610 for the
 /// number that opted out; 200 for the health check's account fetch.
@@ -285,7 +270,7 @@ async fn updates_reach_sms_numbers_once_in_order_and_opt_outs_are_reported() {
     // An update's offset is committed only once every delivery of it has finished and
     // every dead letter and dead recipient has been written: after this, nothing is in
     // flight.
-    let offsets = wait_committed(&w, PARTITIONS).await;
+    let offsets = w.wait_committed(PARTITIONS).await;
     let letters = read_all(&brokers, &w.dlq, n, WAIT).await;
     let dead = read_all(&brokers, &dead_topic, n, WAIT).await;
     let summary = daemon.stop().await;
@@ -294,7 +279,7 @@ async fn updates_reach_sms_numbers_once_in_order_and_opt_outs_are_reported() {
     let letters_written = committed_and_end(&w.brokers, &w.group, &w.dlq, 1)[0].1;
     let dead_written = committed_and_end(&w.brokers, &w.group, &dead_topic, 1)[0].1;
     assert!(
-        all_committed(&offsets),
+        clarion_tests::kafka::all_committed(&offsets),
         "all offsets committed: {offsets:?}"
     );
 

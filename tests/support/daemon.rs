@@ -28,6 +28,19 @@ impl Wiring {
         w
     }
 
+    /// Waits (up to two minutes) until the group has committed the end of every
+    /// partition of the topic; returns the last (committed, end) pairs either way.
+    pub async fn wait_committed(&self, partitions: i32) -> Vec<(i64, i64)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let offsets = crate::kafka::committed_and_end(&self.brokers, &self.group, &self.topic, partitions);
+            if crate::kafka::all_committed(&offsets) || tokio::time::Instant::now() > deadline {
+                return offsets;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// A full config: this wiring, fast retries, and the given `[targets…]` TOML.
     pub fn config(&self, targets: &str) -> String {
         format!(

@@ -134,3 +134,9 @@ pub fn committed_and_end(
         })
         .collect()
 }
+
+/// True when a group's commit reached the end of every partition that has records
+/// (`offsets` as from [`committed_and_end`]).
+pub fn all_committed(offsets: &[(i64, i64)]) -> bool {
+    offsets.iter().all(|(c, end)| *end == 0 || c == end)
+}
