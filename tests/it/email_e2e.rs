@@ -29,7 +29,6 @@ const ACCEPTED: [(&str, &str); 3] = [
 /// A customer address the server refuses with `550 5.1.1 ... User unknown`.
 const REJECTED: &str = "gone@customers.example";
 
-
 /// The `[targets.status-mail]` table as an operator would write it.
 fn email_target(peer: &SmtpPeer) -> String {
     format!(

@@ -64,7 +64,6 @@ fn assert_in_order(name: &str, received: &[clarion_tests::receiver::Received]) {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_update_reaches_every_matching_target_in_order() {
     let Some(brokers) = clarion_tests::kafka("every_update_reaches_every_matching_target_in_order")

@@ -309,7 +309,6 @@ device_tokens = {{ customers = [{apns_tokens}] }}
     )
 }
 
-
 /// The number of records in a one-partition topic.
 fn records_in(brokers: &str, topic: &str) -> i64 {
     committed_and_end(brokers, &unique_topic("count"), topic, 1)[0].1

@@ -37,7 +37,6 @@ const MAX_SEGMENTS: usize = 3;
 const INCIDENTS: [&str; 2] = ["INC-2026-0101", "INC-2026-0102"];
 const TITLE: &str = "Mobile data outage in the north";
 
-
 /// Twilio as it answers: 201 with a fresh `SM…` sid, or 400 with error 21610 for the
 /// number that opted out; 200 for the health check's account fetch.
 async fn twilio() -> Stub {

@@ -33,7 +33,12 @@ impl Wiring {
     pub async fn wait_committed(&self, partitions: i32) -> Vec<(i64, i64)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let offsets = crate::kafka::committed_and_end(&self.brokers, &self.group, &self.topic, partitions);
+            let offsets = crate::kafka::committed_and_end(
+                &self.brokers,
+                &self.group,
+                &self.topic,
+                partitions,
+            );
             if crate::kafka::all_committed(&offsets) || tokio::time::Instant::now() > deadline {
                 return offsets;
             }
