@@ -604,3 +604,73 @@ ignore_audiences = true
         .collect();
     assert_eq!(status, vec![1; 5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_joining_takes_partitions_after_the_first_drains_them() {
+    let Some(brokers) = clarion_tests::kafka(
+        "a_second_instance_joining_takes_partitions_after_the_first_drains_them",
+    ) else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "rebalance", 4).await;
+    let slow = Receiver::start(Behaviour::Slow(Duration::from_millis(500))).await;
+    // Few updates in flight, so that most are still unconsumed when the second
+    // instance joins and it has work to take over (about 8 s of work in all).
+    let toml = w
+        .config(&webhook_target("slow", "\"customers\"", &slow.url))
+        .replace(
+            "rebalance_drain = \"5s\"",
+            "rebalance_drain = \"60s\"\nmax_in_flight = 4",
+        );
+    let first = InProcess::start(&toml);
+    let updates = lifecycles("rb", 16, &["customers"]);
+    publish_all(&brokers, &w.topic, &updates).await;
+    let n = updates.len();
+    // The first instance is busy with every partition when the second one joins.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while slow.started() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first instance never started delivering"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = InProcess::start(&toml);
+    let all = |r: &[clarion_tests::receiver::Received]| {
+        r.iter()
+            .map(|x| x.update_id())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= n
+    };
+    assert!(
+        slow.wait_until(WAIT, all).await,
+        "got {} of {n}",
+        slow.received().len()
+    );
+    let offsets = w.wait_committed(4).await;
+    let a = first.stop().await;
+    let b = second.stop().await;
+
+    let got = slow.received();
+    assert_in_order("slow", &got);
+    assert!(clarion_tests::kafka::all_committed(&offsets), "{offsets:?}");
+    // The revoked partitions were drained before the hand-over, so the second
+    // instance started from their committed offsets: nothing was delivered twice.
+    assert_eq!(got.len(), n, "duplicates after a cooperative rebalance");
+    assert_eq!(
+        a.consumed + b.consumed,
+        n as u64,
+        "each update consumed once: first {} + second {}",
+        a.consumed,
+        b.consumed
+    );
+    assert!(
+        b.consumed > 0,
+        "the second instance never got a partition with work left"
+    );
+    eprintln!(
+        "REBALANCE TEST: first instance consumed {}, second {}",
+        a.consumed, b.consumed
+    );
+}
