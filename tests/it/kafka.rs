@@ -613,9 +613,10 @@ async fn a_second_instance_joining_takes_partitions_after_the_first_drains_them(
         return;
     };
     let w = Wiring::new(&brokers, "rebalance", 4).await;
-    let slow = Receiver::start(Behaviour::Slow(Duration::from_millis(500))).await;
+    let slow = Receiver::start(Behaviour::Slow(Duration::from_millis(800))).await;
     // Few updates in flight, so that most are still unconsumed when the second
-    // instance joins and it has work to take over (about 8 s of work in all).
+    // instance joins and it has work to take over (about 13 s of work in all, while
+    // joining a group takes a few seconds).
     let toml = w
         .config(&webhook_target("slow", "\"customers\"", &slow.url))
         .replace(
