@@ -84,6 +84,15 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(toml: &str) -> InProcess {
+        // The daemon's logs go to the test's captured output, which libtest shows
+        // when the test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .try_init();
         let settings = clarion::config::parse_str(toml)
             .and_then(|raw| raw.validate("test config", &clarion::config::EnvSecrets))
             .expect("test config is valid");

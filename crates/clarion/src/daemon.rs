@@ -51,7 +51,7 @@ fn fmt_tps(tps: &[Tp]) -> String {
 }
 
 impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
@@ -66,20 +66,35 @@ impl ConsumerContext for Ctx {
             drain_ms = timeout.as_millis() as u64,
             "partitions revoked; draining their in-flight updates"
         );
-        // The callback runs inside `recv()` on a runtime worker. Waiting here is the
-        // point (the partitions must not move while their work is unfinished), so
-        // tell tokio to move other tasks off this thread first.
-        let wait = || self.tracker.revoke(&revoked, timeout);
-        let abandoned = match tokio::runtime::Handle::try_current() {
+        // Waiting here is the point: the partitions must not move while their work is
+        // unfinished. Drain, then commit what the drain resolved, synchronously, while these
+        // partitions are still ours: left to auto-commit, the commit can race the next
+        // owner's offset fetch, and that owner would redeliver what was delivered.
+        let drain_and_commit = || {
+            let result = self.tracker.revoke(&revoked, timeout);
+            if !result.commit.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for ((topic, partition), next) in &result.commit {
+                    let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    tracing::warn!(error = %e, "commit of revoked partitions failed; their next owner may redeliver some updates");
+                }
+            }
+            result
+        };
+        // The callback runs inside `recv()` on a runtime worker; both the wait and the
+        // commit block, so tell tokio to move other tasks off this thread first.
+        let result = match tokio::runtime::Handle::try_current() {
             Ok(h)
                 if !stopping
                     && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
             {
-                tokio::task::block_in_place(wait)
+                tokio::task::block_in_place(drain_and_commit)
             }
-            _ => wait(),
+            _ => drain_and_commit(),
         };
-        for ((topic, partition), offsets) in abandoned {
+        for ((topic, partition), offsets) in result.abandoned {
             if !stopping {
                 tracing::warn!(
                     topic,
@@ -224,6 +239,8 @@ pub async fn run_with_secrets(
     let mut summary = Summary::default();
     let mut paused = false;
     let max_bytes = settings.daemon.max_event_bytes;
+    let mut restore = tokio::time::interval(Duration::from_secs(1));
+    restore.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let permit = capacity.clone().try_acquire_owned().ok();
         if permit.is_some() && paused {
@@ -242,6 +259,15 @@ pub async fn run_with_secrets(
         let msg = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = restore.tick() => {
+                // Store again what was released: a store can fail transiently (and
+                // is only logged where it happens), and the commit must not stay
+                // behind finished work because of it.
+                for ((topic, partition), next) in tracker.released() {
+                    store(&consumer, &topic, partition, next);
+                }
+                continue;
+            }
             _ = capacity.acquire(), if permit.is_none() => continue,
             m = consumer.recv() => m,
         };

@@ -30,12 +30,17 @@ struct Partition {
     generation: u64,
     /// Admitted offsets in order, with whether each is resolved.
     pending: VecDeque<(i64, bool)>,
+    /// The last offset [`Tracker::complete`] released for storing, if any.
+    released: Option<i64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     partitions: HashMap<Tp, Partition>,
     next_generation: u64,
+    /// Admitted and not yet resolved, over all partitions (kept, not counted: it is
+    /// read on every admission and completion).
+    unresolved: usize,
 }
 
 /// Offset bookkeeping for every partition this consumer owns.
@@ -67,6 +72,7 @@ impl Tracker {
             .or_insert_with(|| Partition {
                 generation: next,
                 pending: VecDeque::new(),
+                released: None,
             });
         let generation = p.generation;
         if generation == next {
@@ -77,6 +83,7 @@ impl Tracker {
             .get_mut(&(topic.to_string(), partition))
             .expect("just inserted");
         p.pending.push_back((offset, false));
+        st.unresolved += 1;
         Ticket {
             topic: topic.to_string(),
             partition,
@@ -100,24 +107,39 @@ impl Tracker {
             .pending
             .binary_search_by_key(&ticket.offset, |(o, _)| *o)
             .ok()?;
+        if p.pending[idx].1 {
+            return None;
+        }
         p.pending[idx].1 = true;
         let mut last = None;
         while let Some(&(o, true)) = p.pending.front() {
             last = Some(o);
             p.pending.pop_front();
         }
+        let next = last.map(|o| o + 1);
+        if next.is_some() {
+            p.released = next;
+        }
+        st.unresolved -= 1;
         drop(st);
         self.changed.notify_all();
-        last.map(|o| o + 1)
+        next
     }
 
     /// Events admitted and not yet resolved, over all partitions.
     pub fn in_flight(&self) -> usize {
+        self.lock().unresolved
+    }
+
+    /// The offset released for storing of every tracked partition, so a store that
+    /// failed (or raced an assignment) can be made again: storing the same offset
+    /// twice is harmless.
+    pub fn released(&self) -> Vec<(Tp, i64)> {
         self.lock()
             .partitions
-            .values()
-            .map(|p| p.pending.iter().filter(|(_, done)| !done).count())
-            .sum()
+            .iter()
+            .filter_map(|(tp, p)| p.released.map(|o| (tp.clone(), o)))
+            .collect()
     }
 
     /// Forgets freshly assigned partitions' old state, if any: after an assign,
@@ -125,14 +147,15 @@ impl Tracker {
     pub fn assign(&self, tps: &[Tp]) {
         let mut st = self.lock();
         for tp in tps {
-            st.partitions.remove(tp);
+            forget(&mut st, tp);
         }
     }
 
     /// Waits (blocking the calling thread) until the given partitions have nothing in
-    /// flight or `timeout` passes, then forgets them. Returns, per partition, the
-    /// offsets abandoned (they will be redelivered to the partition's next owner).
-    pub fn revoke(&self, tps: &[Tp], timeout: Duration) -> Vec<(Tp, Vec<i64>)> {
+    /// flight or `timeout` passes, then forgets them. Returns what to commit before
+    /// handing them over, and, per partition, the offsets abandoned (they will be
+    /// redelivered to the partition's next owner).
+    pub fn revoke(&self, tps: &[Tp], timeout: Duration) -> Revoked {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         loop {
@@ -151,22 +174,44 @@ impl Tracker {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
-        let mut abandoned = Vec::new();
+        let mut revoked = Revoked::default();
         for tp in tps {
-            if let Some(p) = st.partitions.remove(tp) {
-                let left: Vec<i64> = p
-                    .pending
-                    .iter()
-                    .filter(|(_, done)| !done)
-                    .map(|(o, _)| *o)
-                    .collect();
-                if !left.is_empty() {
-                    abandoned.push((tp.clone(), left));
-                }
+            if let Some(o) = st.partitions.get(tp).and_then(|p| p.released) {
+                revoked.commit.push((tp.clone(), o));
+            }
+            let left = forget(&mut st, tp);
+            if !left.is_empty() {
+                revoked.abandoned.push((tp.clone(), left));
             }
         }
-        abandoned
+        revoked
     }
+}
+
+/// What a revoke leaves to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// The next offset to read of each partition that resolved anything: commit
+    /// these before the hand-over.
+    pub commit: Vec<(Tp, i64)>,
+    /// Offsets still unresolved when the drain ended.
+    pub abandoned: Vec<(Tp, Vec<i64>)>,
+}
+
+/// Drops a partition's state; returns its unresolved offsets, which no longer count
+/// as in flight (their completions will be ignored).
+fn forget(st: &mut State, tp: &Tp) -> Vec<i64> {
+    let Some(p) = st.partitions.remove(tp) else {
+        return Vec::new();
+    };
+    let left: Vec<i64> = p
+        .pending
+        .iter()
+        .filter(|(_, done)| !done)
+        .map(|(o, _)| *o)
+        .collect();
+    st.unresolved -= left.len();
+    left
 }
 
 #[cfg(test)]
@@ -201,8 +246,9 @@ mod tests {
     fn stale_completion_after_revoke_and_reassign_is_ignored() {
         let t = Tracker::new();
         let old = t.admit("t", 0, 3);
-        let abandoned = t.revoke(&[("t".into(), 0)], Duration::ZERO);
-        assert_eq!(abandoned, vec![(("t".to_string(), 0), vec![3])]);
+        let revoked = t.revoke(&[("t".into(), 0)], Duration::ZERO);
+        assert_eq!(revoked.abandoned, vec![(("t".to_string(), 0), vec![3])]);
+        assert!(revoked.commit.is_empty());
         t.assign(&[("t".into(), 0)]);
         let new = t.admit("t", 0, 3);
         // The old in-flight copy finishing must not resolve the new one.
@@ -220,8 +266,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             t2.complete(&a)
         });
-        let abandoned = t.revoke(&[("t".into(), 0)], Duration::from_secs(30));
-        assert!(abandoned.is_empty());
+        let revoked = t.revoke(&[("t".into(), 0)], Duration::from_secs(30));
+        assert!(revoked.abandoned.is_empty());
+        // What the drain resolved is handed back for a commit before the hand-over.
+        assert_eq!(revoked.commit, vec![(("t".to_string(), 0), 2)]);
         // The completion may land before or after the revoke forgot the partition;
         // either way nothing was abandoned.
         let _ = h.join();
