@@ -675,3 +675,129 @@ async fn a_second_instance_joining_takes_partitions_after_the_first_drains_them(
         a.consumed, b.consumed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_happened() {
+    let Some(brokers) = clarion_tests::kafka("prometheus_metrics_count_what_happened") else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "metrics", 1).await;
+    let ok = Receiver::start(Behaviour::Always(200)).await;
+    let bad = Receiver::start(Behaviour::Always(400)).await;
+    let port = clarion_tests::free_port();
+    let targets = [
+        webhook_target("ok", "\"customers\"", &ok.url),
+        webhook_target("bad", "\"regulators\"", &bad.url),
+    ]
+    .join("\n");
+    let toml = w.config(&targets).replace(
+        "[daemon]\n",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[daemon]\n"),
+    );
+    let mut daemon = Process::start(&toml, "metrics");
+    let updates = lifecycles("met", 1, &["customers", "regulators"]);
+    publish_all(&brokers, &w.topic, &updates).await;
+    publish(&producer(&brokers), &w.topic, "junk", b"not json").await;
+    assert!(
+        ok.wait_until(WAIT, |r| r.len() >= 4).await,
+        "log:\n{}",
+        daemon.log_text()
+    );
+    let dead = read_all(&brokers, &w.dlq, 5, WAIT).await;
+    assert_eq!(dead.len(), 5, "4 refused deliveries and 1 malformed record");
+
+    // Scrape the endpoint the way Prometheus does.
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    let value = |text: &str, name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    // The counters are updated just before the dead letter is acknowledged; poll a
+    // little rather than race them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = scrape();
+        if value(&text, "clarion_dead_letters_total", &[]) >= 5.0
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(60)).await;
+
+    assert_eq!(
+        value(&text, "clarion_events_consumed_total", &[]),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_delivery_attempts_total",
+            &["target=\"ok\"", "outcome=\"delivered\""]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_delivery_attempts_total",
+            &["target=\"bad\"", "outcome=\"permanent\""]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_dead_letters_total",
+            &["kind=\"delivery_failed\"", "target=\"bad\""]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_dead_letters_total",
+            &["kind=\"malformed_event\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_events_rejected_total",
+            &["kind=\"malformed_event\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "clarion_delivery_latency_seconds_count",
+            &["target=\"ok\""]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert!(!text.contains("met-0"), "no incident id in any label");
+}
