@@ -698,13 +698,20 @@ async fn prometheus_metrics_count_what_happened() {
     let updates = lifecycles("met", 1, &["customers", "regulators"]);
     publish_all(&brokers, &w.topic, &updates).await;
     publish(&producer(&brokers), &w.topic, "junk", b"not json").await;
+    let mut martians = lifecycles("met-x", 1, &["customers"]).remove(0);
+    martians.audiences = vec!["martians".into()];
+    publish_all(&brokers, &w.topic, &[martians]).await;
     assert!(
         ok.wait_until(WAIT, |r| r.len() >= 4).await,
         "log:\n{}",
         daemon.log_text()
     );
-    let dead = read_all(&brokers, &w.dlq, 5, WAIT).await;
-    assert_eq!(dead.len(), 5, "4 refused deliveries and 1 malformed record");
+    let dead = read_all(&brokers, &w.dlq, 6, WAIT).await;
+    assert_eq!(
+        dead.len(),
+        6,
+        "4 refused deliveries, 1 malformed record, 1 unknown audience"
+    );
 
     // Scrape the endpoint the way Prometheus does.
     let scrape = || {
@@ -730,7 +737,7 @@ async fn prometheus_metrics_count_what_happened() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = scrape();
-        if value(&text, "clarion_dead_letters_total", &[]) >= 5.0
+        if value(&text, "clarion_dead_letters_total", &[]) >= 6.0
             || tokio::time::Instant::now() > deadline
         {
             break text;
@@ -742,7 +749,7 @@ async fn prometheus_metrics_count_what_happened() {
 
     assert_eq!(
         value(&text, "clarion_events_consumed_total", &[]),
-        5.0,
+        6.0,
         "{text}"
     );
     assert_eq!(
@@ -790,6 +797,16 @@ async fn prometheus_metrics_count_what_happened() {
         1.0,
         "{text}"
     );
+    for metric in [
+        "clarion_dead_letters_total",
+        "clarion_events_rejected_total",
+    ] {
+        assert_eq!(
+            value(&text, metric, &["kind=\"unknown_audience\""]),
+            1.0,
+            "{metric}: {text}"
+        );
+    }
     assert_eq!(
         value(
             &text,

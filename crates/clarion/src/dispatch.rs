@@ -510,7 +510,7 @@ impl Dispatcher {
         };
         match self.dlq.write(&letter, &self.abort).await {
             Ok(()) => {
-                crate::telemetry::malformed_dead_lettered();
+                crate::telemetry::record_dead_lettered(kind.as_str());
                 Resolution::Resolved
             }
             Err(_) => Resolution::Abandoned,

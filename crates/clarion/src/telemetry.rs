@@ -202,10 +202,11 @@ impl DeliveryDeadLettered<'_> {
     }
 }
 
-/// Records that a malformed event was dead-lettered (the metric side of
-/// [`EventRejected`], once the record is safely written).
-pub fn malformed_dead_lettered() {
-    metrics::counter!("clarion_dead_letters_total", "kind" => "malformed_event", "target" => "-", "channel" => "-").increment(1);
+/// Records that a rejected record was dead-lettered (the metric side of
+/// [`EventRejected`], once the record is safely written); `kind` is the dead-letter
+/// kind (`malformed_event`, `unknown_audience`).
+pub fn record_dead_lettered(kind: &'static str) {
+    metrics::counter!("clarion_dead_letters_total", "kind" => kind, "target" => "-", "channel" => "-").increment(1);
 }
 
 /// A recipient as logs show it: enough to tell recipients apart and match a dead
