@@ -295,6 +295,33 @@ pub struct TargetConfig {
 }
 
 impl TargetConfig {
+    /// The locale this target writes to `audience` in: its own `locale`, else the
+    /// one the update asks for that audience.
+    pub fn locale_for<'a>(
+        &'a self,
+        update: &'a clarion_core::IncidentUpdate,
+        audience: &str,
+    ) -> Option<&'a str> {
+        self.locale.as_deref().or(update.locale_for(audience))
+    }
+
+    /// This target's message for one audience of an update: the one rendering the
+    /// daemon delivers and `clarion render` shows.
+    pub fn render(
+        &self,
+        templates: &clarion_render::TemplateSet,
+        update: &clarion_core::IncidentUpdate,
+        audience: &str,
+    ) -> Result<clarion_render::Message, clarion_render::TemplateError> {
+        let ctx = clarion_render::RenderContext {
+            update,
+            audience,
+            locale: self.locale_for(update, audience),
+            target: &self.name,
+        };
+        templates.render_all(self.render_kind(), &ctx)
+    }
+
     /// Which templates this target renders with.
     pub fn render_kind(&self) -> clarion_render::ChannelKind {
         match self.kind {
@@ -316,6 +343,17 @@ pub struct Settings {
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
     pub templates: Arc<clarion_render::TemplateSet>,
+}
+
+/// A rendered message as the channels receive it (`Delivery.content`), by part name.
+pub fn content_of(message: &clarion_render::Message) -> clarion_core::Content {
+    clarion_core::Content {
+        parts: message
+            .parts
+            .iter()
+            .map(|(part, text)| (part.as_str().to_string(), text.clone()))
+            .collect(),
+    }
 }
 
 /// Reads the file and the `CLARION__…` environment into a [`RawConfig`].

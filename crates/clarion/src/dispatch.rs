@@ -151,26 +151,11 @@ impl Dispatcher {
     fn render(&self, target: &Target, d: &Delivery) -> Result<BTreeMap<String, Content>, String> {
         let mut out = BTreeMap::new();
         for audience in d.audiences.iter() {
-            let ctx = clarion_render::RenderContext {
-                update: &d.update,
-                audience,
-                locale: target
-                    .config
-                    .locale
-                    .as_deref()
-                    .or(d.update.locale_for(audience)),
-                target: &target.config.name,
-            };
-            let message = self
-                .templates
-                .render_all(target.config.render_kind(), &ctx)
+            let message = target
+                .config
+                .render(&self.templates, &d.update, audience)
                 .map_err(|e| format!("template rendering failed for audience `{audience}`: {e}"))?;
-            let parts = message
-                .parts
-                .iter()
-                .map(|(part, text)| (part.as_str().to_string(), text.clone()))
-                .collect();
-            out.insert(audience.clone(), Content { parts });
+            out.insert(audience.clone(), crate::config::content_of(&message));
         }
         Ok(out)
     }

@@ -87,16 +87,9 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
             decision.audiences.clone().into(),
         );
         for audience in &decision.audiences {
-            let locale = t.locale.as_deref().or(update.locale_for(audience));
-            let ctx = clarion_render::RenderContext {
-                update: &update,
-                audience,
-                locale,
-                target: &t.name,
-            };
-            let message = settings
-                .templates
-                .render_all(t.render_kind(), &ctx)
+            let locale = t.locale_for(&update, audience);
+            let message = t
+                .render(&settings.templates, &update, audience)
                 .map_err(|e| anyhow!("target {}: audience {audience}: {e}", t.name))?;
             let _ = writeln!(
                 out,
@@ -125,13 +118,7 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
                     );
                 }
                 (_, ChannelKind::Webhook) => {
-                    let content = clarion_core::Content {
-                        parts: message
-                            .parts
-                            .iter()
-                            .map(|(p, s)| (p.as_str().to_string(), s.clone()))
-                            .collect(),
-                    };
+                    let content = crate::config::content_of(&message);
                     let mut single = delivery.clone();
                     single.content = Arc::new([(audience.clone(), content)].into_iter().collect());
                     let body = clarion_webhook::payload(&single);
