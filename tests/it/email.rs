@@ -37,7 +37,24 @@ pub(crate) struct SmtpPeer {
     _child: ChildGuard,
 }
 
+/// Peer arguments for STARTTLS with a generated test CA and AUTH as `clarion` /
+/// `s3cret` (what [`tls_auth`] configures on the client side).
+const SECURED: [&str; 6] = [
+    "--certs",
+    "{dir}/certs",
+    "--user",
+    "clarion",
+    "--password",
+    "s3cret",
+];
+
 impl SmtpPeer {
+    /// A peer with STARTTLS and AUTH, plus `extra` arguments.
+    pub(crate) async fn start_secured(python: &Path, extra: &[&str]) -> SmtpPeer {
+        let args: Vec<&str> = SECURED.iter().chain(extra).copied().collect();
+        SmtpPeer::start(python, &args).await
+    }
+
     pub(crate) async fn start(python: &Path, args: &[&str]) -> SmtpPeer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("clarion-email-{}-{port}", std::process::id()));
@@ -207,18 +224,7 @@ async fn delivers_multipart_mail_over_starttls_with_auth() {
     let Some(py) = python(module_path!()) else {
         return;
     };
-    let peer = SmtpPeer::start(
-        &py,
-        &[
-            "--certs",
-            "{dir}/certs",
-            "--user",
-            "clarion",
-            "--password",
-            "s3cret",
-        ],
-    )
-    .await;
+    let peer = SmtpPeer::start_secured(&py, &[]).await;
     let ch = channel(&config(peer.port, tls_auth(&peer, "s3cret")));
     ch.healthcheck().await.expect("healthcheck passes");
 
@@ -323,19 +329,7 @@ async fn delivers_over_implicit_tls() {
     let Some(py) = python(module_path!()) else {
         return;
     };
-    let peer = SmtpPeer::start(
-        &py,
-        &[
-            "--certs",
-            "{dir}/certs",
-            "--implicit-tls",
-            "--user",
-            "clarion",
-            "--password",
-            "s3cret",
-        ],
-    )
-    .await;
+    let peer = SmtpPeer::start_secured(&py, &["--implicit-tls"]).await;
     let mut overrides = tls_auth(&peer, "s3cret");
     overrides["tls"] = json!("implicit");
     let ch = channel(&config(peer.port, overrides));
@@ -522,18 +516,7 @@ async fn the_pool_reuses_a_handful_of_sessions() {
     let Some(py) = python(module_path!()) else {
         return;
     };
-    let peer = SmtpPeer::start(
-        &py,
-        &[
-            "--certs",
-            "{dir}/certs",
-            "--user",
-            "clarion",
-            "--password",
-            "s3cret",
-        ],
-    )
-    .await;
+    let peer = SmtpPeer::start_secured(&py, &[]).await;
     let mut overrides = tls_auth(&peer, "s3cret");
     overrides["pool_max_size"] = json!(3);
     let ch = Arc::new(channel(&config(peer.port, overrides)));
@@ -563,18 +546,7 @@ async fn setup_errors_are_clear_and_name_the_target() {
     let Some(py) = python(module_path!()) else {
         return;
     };
-    let peer = SmtpPeer::start(
-        &py,
-        &[
-            "--certs",
-            "{dir}/certs",
-            "--user",
-            "clarion",
-            "--password",
-            "s3cret",
-        ],
-    )
-    .await;
+    let peer = SmtpPeer::start_secured(&py, &[]).await;
 
     let wrong = channel(&config(peer.port, tls_auth(&peer, "wrong")));
     let err = wrong.healthcheck().await.expect_err("wrong password");

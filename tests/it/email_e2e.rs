@@ -71,20 +71,7 @@ async fn updates_published_to_kafka_arrive_as_mail() {
     let Some(py) = clarion_tests::python(module_path!()) else {
         return;
     };
-    let peer = SmtpPeer::start(
-        &py,
-        &[
-            "--certs",
-            "{dir}/certs",
-            "--user",
-            "clarion",
-            "--password",
-            "s3cret",
-            "--reject",
-            REJECTED,
-        ],
-    )
-    .await;
+    let peer = SmtpPeer::start_secured(&py, &["--reject", REJECTED]).await;
     let w = Wiring::new(&brokers, "email-e2e", PARTITIONS).await;
     let daemon = InProcess::start(&w.config(&email_target(&peer)));
 
@@ -206,21 +193,22 @@ async fn updates_published_to_kafka_arrive_as_mail() {
     let mut dead_updates = BTreeSet::new();
     for d in &dead {
         let h = &d.headers;
-        assert_eq!(h["clarion.dlq.kind"], "delivery_failed", "{h:?}");
-        assert_eq!(h["clarion.dlq.target"], TARGET, "{h:?}");
-        assert_eq!(h["clarion.dlq.channel"], "email", "{h:?}");
-        assert_eq!(h["clarion.dlq.recipient"], REJECTED, "{h:?}");
-        assert_eq!(h["clarion.dlq.error.class"], "permanent", "{h:?}");
-        assert_eq!(h["clarion.dlq.error.code"], "550", "{h:?}");
-        assert_eq!(h["clarion.dlq.attempts"], "1", "550 is not retried: {h:?}");
+        // attempts 1: a 550 is not retried.
+        d.assert_dlq_headers(&[
+            ("kind", "delivery_failed"),
+            ("target", TARGET),
+            ("channel", "email"),
+            ("recipient", REJECTED),
+            ("error.class", "permanent"),
+            ("error.code", "550"),
+            ("attempts", "1"),
+            ("source.topic", &w.topic),
+        ]);
         assert!(
             h["clarion.dlq.reason"].contains("User unknown"),
             "the server's words: {h:?}"
         );
-        assert_eq!(h["clarion.dlq.source.topic"], w.topic);
-        let original: IncidentUpdate =
-            serde_json::from_slice(&d.payload).expect("the DLQ value is the original update");
-        assert_eq!(d.key.as_deref(), Some(original.incident_id.as_str()));
+        let original = d.original_update();
         assert_eq!(
             h["clarion.dlq.idempotency_key"],
             IdempotencyKey::new(&original.update_id, TARGET).as_str(),

@@ -181,21 +181,21 @@ async fn retries_until_recovery_and_dead_letters_permanent_failures() {
         "both updates dead-lettered for the strict target"
     );
     for d in &dead {
-        assert_eq!(d.headers["clarion.dlq.kind"], "delivery_failed");
-        assert_eq!(d.headers["clarion.dlq.target"], "strict");
-        assert_eq!(d.headers["clarion.dlq.channel"], "webhook");
-        assert_eq!(d.headers["clarion.dlq.attempts"], "1");
-        assert_eq!(d.headers["clarion.dlq.error.class"], "permanent");
-        assert_eq!(d.headers["clarion.dlq.error.code"], "400");
+        d.assert_dlq_headers(&[
+            ("kind", "delivery_failed"),
+            ("target", "strict"),
+            ("channel", "webhook"),
+            ("attempts", "1"),
+            ("error.class", "permanent"),
+            ("error.code", "400"),
+            ("source.topic", &w.topic),
+        ]);
         assert!(
             d.headers["clarion.dlq.reason"].contains("HTTP 400"),
             "{:?}",
             d.headers
         );
-        assert_eq!(d.headers["clarion.dlq.source.topic"], w.topic);
-        let original: IncidentUpdate =
-            serde_json::from_slice(&d.payload).expect("DLQ value is the original update");
-        assert_eq!(d.key.as_deref(), Some(original.incident_id.as_str()));
+        d.original_update();
     }
     assert!(
         clarion_tests::kafka::all_committed(&offsets),

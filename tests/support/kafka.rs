@@ -62,6 +62,35 @@ pub struct Record {
     pub offset: i64,
 }
 
+impl Record {
+    /// Asserts the `clarion.dlq.*` headers named here (without that prefix) have
+    /// these values.
+    pub fn assert_dlq_headers(&self, expected: &[(&str, &str)]) {
+        for (name, value) in expected {
+            let key = format!("clarion.dlq.{name}");
+            assert_eq!(
+                self.headers.get(&key).map(String::as_str),
+                Some(*value),
+                "header {key} of {:?}",
+                self.headers
+            );
+        }
+    }
+
+    /// The original update a dead letter carries as its value, checked to be keyed
+    /// by its incident, as the source record was.
+    pub fn original_update(&self) -> clarion_core::IncidentUpdate {
+        let original: clarion_core::IncidentUpdate =
+            serde_json::from_slice(&self.payload).expect("the DLQ value is the original update");
+        assert_eq!(
+            self.key.as_deref(),
+            Some(original.incident_id.as_str()),
+            "dead letter keyed by incident"
+        );
+        original
+    }
+}
+
 /// Reads every record of `topic` from the beginning until `want` were read or
 /// `timeout` passed.
 pub async fn read_all(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
