@@ -12,7 +12,7 @@
 use crate::email::SmtpPeer;
 use clarion_core::{IdempotencyKey, IncidentUpdate, samples};
 use clarion_tests::daemon::{InProcess, Wiring};
-use clarion_tests::kafka::{committed_and_end, producer, publish, read_all};
+use clarion_tests::kafka::{committed_and_end, publish_updates, read_all};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -85,11 +85,7 @@ async fn updates_published_to_kafka_arrive_as_mail() {
             )
         })
         .collect();
-    let p = producer(&brokers);
-    for u in &updates {
-        let body = serde_json::to_vec(u).expect("json");
-        publish(&p, &w.topic, &u.incident_id, &body).await;
-    }
+    publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
     let by_id: BTreeMap<&str, &IncidentUpdate> =
         updates.iter().map(|u| (u.update_id.as_str(), u)).collect();

@@ -24,14 +24,6 @@ fn lifecycles(prefix: &str, incidents: usize, audiences: &[&str]) -> Vec<Inciden
         .collect()
 }
 
-async fn publish_all(brokers: &str, topic: &str, updates: &[IncidentUpdate]) {
-    let p = producer(brokers);
-    for u in updates {
-        let body = serde_json::to_vec(u).expect("json");
-        publish(&p, topic, &u.incident_id, &body).await;
-    }
-}
-
 fn webhook_target(name: &str, audiences: &str, url: &str) -> String {
     format!("[targets.{name}]\ntype = \"webhook\"\naudiences = [{audiences}]\nurl = \"{url}\"\n")
 }
@@ -82,7 +74,7 @@ async fn every_update_reaches_every_matching_target_in_order() {
     .join("\n");
     let daemon = InProcess::start(&w.config(&targets));
     let updates = lifecycles("fan", 12, &["customers", "regulators"]);
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
 
     let n = updates.len();
     assert!(
@@ -142,7 +134,7 @@ async fn retries_until_recovery_and_dead_letters_permanent_failures() {
         .into_iter()
         .take(2)
         .collect();
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
 
     assert!(
         flaky
@@ -320,7 +312,7 @@ async fn sigkill_mid_flight_then_restart_loses_nothing() {
     .join("\n");
     let mut daemon = Process::start(&w.config(&targets), "sigkill");
     let updates = lifecycles("kill", 60, &["customers", "employees"]);
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
 
     // Kill it hard once a third of the work is done.
@@ -399,7 +391,7 @@ async fn sigterm_drains_in_flight_deliveries_and_commits() {
                 .take(1)
         })
         .collect();
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
 
     // Every update is in flight (the receiver holds each for 3 s) when SIGTERM comes.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -445,7 +437,7 @@ async fn the_in_flight_limit_bounds_work_and_everything_still_arrives() {
         .replace("[daemon]\n", "[daemon]\nmax_in_flight = 3\n");
     let daemon = InProcess::start(&toml);
     let updates = lifecycles("bp", 10, &["customers"]);
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
     assert!(
         slow.wait_until(WAIT, |r| r.len() >= n).await,
@@ -533,7 +525,7 @@ ignore_audiences = true
     let mut b = lifecycles("route-b", 1, &["customers"]).remove(0);
     b.impact = clarion_core::Impact::Critical;
     updates.push(b.clone());
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
 
     let got = |name: &str| {
         receivers
@@ -625,7 +617,7 @@ async fn a_second_instance_joining_takes_partitions_after_the_first_drains_them(
         );
     let first = InProcess::start(&toml);
     let updates = lifecycles("rb", 16, &["customers"]);
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
     // The first instance is busy with every partition when the second one joins.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -696,11 +688,11 @@ async fn prometheus_metrics_count_what_happened() {
     );
     let mut daemon = Process::start(&toml, "metrics");
     let updates = lifecycles("met", 1, &["customers", "regulators"]);
-    publish_all(&brokers, &w.topic, &updates).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
     publish(&producer(&brokers), &w.topic, "junk", b"not json").await;
     let mut martians = lifecycles("met-x", 1, &["customers"]).remove(0);
     martians.audiences = vec!["martians".into()];
-    publish_all(&brokers, &w.topic, &[martians]).await;
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &[martians]).await;
     assert!(
         ok.wait_until(WAIT, |r| r.len() >= 4).await,
         "log:\n{}",

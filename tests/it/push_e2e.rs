@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use clarion_core::{Impact, IncidentUpdate, samples};
 use clarion_tests::daemon::{InProcess, Wiring};
-use clarion_tests::kafka::{committed_and_end, create_topic, producer, publish, read_all};
+use clarion_tests::kafka::{committed_and_end, create_topic, publish_updates, read_all};
 use clarion_tests::unique_topic;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -422,11 +422,7 @@ async fn kafka_to_fcm_and_apns_with_dead_tokens_reported() {
             )
         })
         .collect();
-    let p = producer(&brokers);
-    for u in &updates {
-        let body = serde_json::to_vec(u).expect("json");
-        publish(&p, &w.topic, &u.incident_id, &body).await;
-    }
+    publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
     let by_update: BTreeMap<&str, &IncidentUpdate> =
         updates.iter().map(|u| (u.update_id.as_str(), u)).collect();

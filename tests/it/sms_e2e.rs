@@ -13,7 +13,7 @@ use crate::sms::{Seen, Smsc, Stub, hex, reply};
 use clarion_core::{IdempotencyKey, IncidentUpdate, samples};
 use clarion_sms::compose;
 use clarion_tests::daemon::{InProcess, Wiring};
-use clarion_tests::kafka::{committed_and_end, create_topic, producer, publish, read_all};
+use clarion_tests::kafka::{committed_and_end, create_topic, publish_updates, read_all};
 use clarion_tests::unique_topic;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -256,11 +256,7 @@ async fn updates_reach_sms_numbers_once_in_order_and_opt_outs_are_reported() {
             )
         })
         .collect();
-    let p = producer(&brokers);
-    for u in &updates {
-        let body = serde_json::to_vec(u).expect("json");
-        publish(&p, &w.topic, &u.incident_id, &body).await;
-    }
+    publish_updates(&brokers, &w.topic, &updates).await;
     let n = updates.len();
     let by_id: BTreeMap<&str, &IncidentUpdate> =
         updates.iter().map(|u| (u.update_id.as_str(), u)).collect();

@@ -52,6 +52,15 @@ pub async fn publish(p: &FutureProducer, topic: &str, key: &str, payload: &[u8])
     .expect("publish");
 }
 
+/// Publishes updates as ops do: JSON, keyed by incident, in order.
+pub async fn publish_updates(brokers: &str, topic: &str, updates: &[clarion_core::IncidentUpdate]) {
+    let p = producer(brokers);
+    for u in updates {
+        let body = serde_json::to_vec(u).expect("json");
+        publish(&p, topic, &u.incident_id, &body).await;
+    }
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
