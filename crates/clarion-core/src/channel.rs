@@ -15,8 +15,11 @@ pub trait Channel: Send + Sync + fmt::Debug {
     /// policy decides), must not panic on any reply, and must classify every failure.
     ///
     /// Channels with several recipients (email, SMS, push) report one result per
-    /// recipient they tried; `delivery.recipients`, when set, restricts the attempt to
-    /// those recipients (a retry of the ones that failed).
+    /// recipient they tried, and try only the recipients for which
+    /// [`Delivery::wants`] is true (a retry of the ones that failed). They also hand
+    /// each recipient's result to [`Delivery::progress`] the moment it is known, so
+    /// that an attempt cut short by the daemon's `attempt_timeout` keeps what it
+    /// achieved: the recipients already reached are not sent to again.
     async fn send(&self, delivery: &Delivery) -> Outcome;
 
     /// Checks that the destination is reachable and accepts our credentials, without
@@ -38,6 +41,12 @@ pub struct Delivery {
     /// `None`: every recipient the target has for `audiences`. `Some`: only these,
     /// because the others already succeeded or failed for good.
     pub recipients: Option<Vec<String>>,
+    /// Recipients that already ended (delivered, or failed for good) in an earlier
+    /// attempt that timed out before it could report them all. Never tried again.
+    pub skip: Arc<std::collections::BTreeSet<String>>,
+    /// Where the channel records each recipient's result as soon as it is known.
+    /// The daemon reads it when an attempt times out. A fresh one per attempt.
+    pub progress: Arc<Progress>,
     /// The message rendered from the target's templates, per audience. Channels use
     /// it when present and fall back to their built-in wording otherwise.
     pub content: Arc<BTreeMap<String, Content>>,
@@ -67,13 +76,68 @@ impl Delivery {
             key,
             attempt: 1,
             recipients: None,
+            skip: Arc::default(),
+            progress: Arc::default(),
             content: Arc::default(),
         }
+    }
+
+    /// True when this attempt should try `recipient`: it is among the requested
+    /// recipients (all, on a first try) and did not already end in an earlier attempt.
+    pub fn wants(&self, recipient: &str) -> bool {
+        self.recipients
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|r| r == recipient))
+            && !self.skip.contains(recipient)
+    }
+
+    /// Records one recipient's result in [`Delivery::progress`] and returns it, for
+    /// channels that collect their outcome as they go.
+    pub fn finish(&self, result: RecipientResult) -> RecipientResult {
+        self.progress.record(&result);
+        result
     }
 
     /// The rendered part for one audience, if the templates produced it.
     pub fn part(&self, audience: &str, part: &str) -> Option<&str> {
         self.content.get(audience).and_then(|c| c.get(part))
+    }
+}
+
+/// The results an attempt has produced so far, shared between the channel (which
+/// records them) and the daemon (which reads them if the attempt times out).
+#[derive(Debug, Default)]
+pub struct Progress {
+    done: std::sync::Mutex<Vec<RecipientResult>>,
+}
+
+impl Progress {
+    /// Records one recipient's result. Results for a recipient-less channel (a
+    /// webhook) are not kept: a single destination has no partial progress.
+    pub fn record(&self, result: &RecipientResult) {
+        if result.recipient.is_some() {
+            self.lock().push(result.clone());
+        }
+    }
+
+    /// How many results have been recorded: the daemon's sign that an attempt is
+    /// still moving.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every result recorded so far.
+    pub fn take(&self) -> Vec<RecipientResult> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RecipientResult>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
+        self.done.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -13,7 +13,8 @@ pub mod samples;
 mod secret;
 
 pub use channel::{
-    Channel, Content, Delivery, DeliveryError, ErrorClass, Outcome, Receipt, RecipientResult,
+    Channel, Content, Delivery, DeliveryError, ErrorClass, Outcome, Progress, Receipt,
+    RecipientResult,
 };
 pub use event::{EventError, Impact, IncidentUpdate, Link, SCHEMA_VERSION, Status};
 pub use key::IdempotencyKey;
