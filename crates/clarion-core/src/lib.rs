@@ -9,6 +9,7 @@
 mod channel;
 mod event;
 mod key;
+pub mod retry_after;
 pub mod samples;
 mod secret;
 
