@@ -13,13 +13,7 @@ use tokio::sync::Semaphore;
 /// A date in the past means "now"; anything unreadable is ignored (the daemon's own
 /// backoff applies).
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let when = SystemTime::try_from(when).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    clarion_core::retry_after::parse(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
 }
 
 /// A request that got no HTTP answer (refused, reset, timed out, TLS failed). Only a

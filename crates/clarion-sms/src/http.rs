@@ -34,7 +34,7 @@ impl Reply {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+            .and_then(|v| clarion_core::retry_after::parse(v, std::time::SystemTime::now()));
         let mut body = Vec::new();
         loop {
             match resp.chunk().await {
@@ -76,17 +76,6 @@ impl Reply {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date.
-pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
-    }
-    let when = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-    let secs = when.duration_since(jiff::Timestamp::now()).as_secs();
-    Some(Duration::from_secs(secs.clamp(0, 24 * 3600) as u64))
-}
-
 /// A request that got no HTTP reply. Connect failures and timeouts are retryable (a
 /// timeout may mean the gateway took the message: SMS APIs have no idempotency key,
 /// so a retry can duplicate it, which beats losing it); a request we could not even
@@ -121,20 +110,4 @@ pub(crate) fn form<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> S
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after(" 3 "), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 }

@@ -192,7 +192,7 @@ async fn classify(response: reqwest::Response) -> Result<Receipt, DeliveryError>
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(|v| clarion_core::retry_after::parse(v, std::time::SystemTime::now()));
     let location = response
         .headers()
         .get(reqwest::header::LOCATION)
@@ -262,30 +262,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
-}
-
-/// `Retry-After` is either delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let delta = when.duration_since(jiff::Timestamp::now());
-    Some(Duration::try_from(delta).unwrap_or(Duration::ZERO))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
 }
