@@ -200,17 +200,14 @@ pub(crate) trait Provider: Send + Sync + fmt::Debug {
 impl SmsChannel {
     /// The numbers this delivery goes to, each with the audience whose text it gets
     /// (the first of the delivery's audiences that lists it), de-duplicated, in
-    /// config order; restricted to `delivery.recipients` when set.
+    /// config order; only those [`Delivery::wants`] (the requested ones, minus those
+    /// that already ended in an earlier, timed-out attempt).
     fn plan(&self, delivery: &Delivery) -> Vec<(String, Option<String>)> {
         let mut seen = HashSet::new();
         let mut plan = Vec::new();
         for audience in delivery.audiences.iter() {
             for number in self.recipients.get(audience).into_iter().flatten() {
-                let wanted = match &delivery.recipients {
-                    None => true,
-                    Some(only) => only.contains(number),
-                };
-                if wanted && seen.insert(number.clone()) {
+                if delivery.wants(number) && seen.insert(number.clone()) {
                     plan.push((number.clone(), Some(audience.clone())));
                 }
             }
@@ -218,14 +215,26 @@ impl SmsChannel {
         // A retry may name a number that a config reload removed since: it gets a
         // result too, so the daemon is never left waiting for it.
         for number in delivery.recipients.iter().flatten() {
-            if seen.insert(number.clone()) {
+            if delivery.wants(number) && seen.insert(number.clone()) {
                 plan.push((number.clone(), None));
             }
         }
         plan
     }
 
+    /// Sends to one number and records the result in the delivery's progress the
+    /// moment it is known, so that an attempt the daemon cuts short keeps it.
     async fn send_one(
+        &self,
+        delivery: &Delivery,
+        number: String,
+        audience: Option<String>,
+    ) -> RecipientResult {
+        let result = self.try_one(delivery, number, audience).await;
+        delivery.finish(result)
+    }
+
+    async fn try_one(
         &self,
         delivery: &Delivery,
         number: String,

@@ -383,3 +383,106 @@ fn masks_numbers_in_logs() {
     assert_eq!(mask("+447700900123"), "+44*******123");
     assert_eq!(mask("+1234"), "*****");
 }
+
+/// A provider that accepts the first `answered` messages and never answers the rest,
+/// like a gateway that stalls mid-attempt; it tells the test when it has stalled.
+#[derive(Debug, Default)]
+struct Stalls {
+    answered: usize,
+    sent: Mutex<Vec<String>>,
+    stalled: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Provider for Arc<Stalls> {
+    async fn submit(&self, sms: &Sms<'_>) -> Result<Receipt, DeliveryError> {
+        let n = {
+            let mut sent = self
+                .sent
+                .lock()
+                .map_err(|_| DeliveryError::permanent("poisoned"))?;
+            sent.push(sms.to.to_string());
+            sent.len()
+        };
+        if n > self.answered {
+            self.stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(Receipt {
+            provider_id: Some(format!("id-{}", sms.to)),
+        })
+    }
+    async fn healthcheck(&self) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+}
+
+fn stalling_channel(answered: usize) -> (SmsChannel, Arc<Stalls>) {
+    let stalls = Arc::new(Stalls {
+        answered,
+        ..Stalls::default()
+    });
+    let mut ch = channel_with(Arc::new(Recorder::default()));
+    ch.provider = Box::new(Arc::clone(&stalls));
+    // One at a time, so "the first N" is well defined.
+    ch.max_in_flight = 1;
+    (ch, stalls)
+}
+
+#[tokio::test]
+async fn a_number_that_ended_in_a_timed_out_attempt_is_not_sent_again() {
+    let (ch, stalls) = stalling_channel(usize::MAX);
+    let mut d = delivery(&["customers", "employees"], None);
+    d.skip = Arc::new(["+447700900124".to_string()].into());
+    let outcome = ch.send(&d).await;
+    assert_eq!(
+        summary(&outcome),
+        [
+            "+447700900123 ok id-+447700900123",
+            "+12025550123 ok id-+12025550123",
+        ]
+    );
+    // What the gateway received: the skipped number is not among them.
+    assert_eq!(
+        *stalls.sent.lock().expect("lock"),
+        ["+447700900123", "+12025550123"]
+    );
+    // Also when the daemon names it in a retry's subset.
+    let mut d = delivery(
+        &["customers", "employees"],
+        Some(vec!["+447700900124", "+12025550123"]),
+    );
+    d.skip = Arc::new(["+447700900124".to_string()].into());
+    let outcome = ch.send(&d).await;
+    assert_eq!(summary(&outcome), ["+12025550123 ok id-+12025550123"]);
+}
+
+#[tokio::test]
+async fn progress_keeps_the_numbers_that_ended_when_the_attempt_is_dropped() {
+    let (ch, stalls) = stalling_channel(2);
+    let d = delivery(&["customers", "employees"], None);
+    let send = ch.send(&d);
+    // The daemon's attempt_timeout, in effect: the send is dropped while the third
+    // number hangs. The outer timeout only guards against a broken test.
+    let raced = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            _ = send => panic!("the third number never gets an answer"),
+            _ = stalls.stalled.notified() => {}
+        }
+    })
+    .await;
+    assert!(raced.is_ok(), "the provider never stalled");
+    let done: Vec<(String, bool)> = d
+        .progress
+        .take()
+        .into_iter()
+        .map(|r| (r.recipient.unwrap_or_default(), r.result.is_ok()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("+447700900123".to_string(), true),
+            ("+447700900124".to_string(), true),
+        ]
+    );
+}
