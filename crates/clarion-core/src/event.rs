@@ -13,10 +13,21 @@ use std::fmt;
 /// The only `schema_version` this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Lengths are counted in characters (Unicode scalar values), as JSON Schema's
+// `maxLength` counts them, so that docs/event.schema.json and this parser agree on
+// every event; the daemon's `max_event_bytes` bounds the bytes.
 const MAX_ID_LEN: usize = 200;
 const MAX_TITLE_LEN: usize = 500;
 const MAX_MESSAGE_LEN: usize = 64 * 1024;
 const MAX_LIST_LEN: usize = 100;
+
+/// The first update of an incident has sequence 1: `first_and_final` routing and the
+/// `is_first` template variable depend on it, so 0 is refused rather than silently
+/// never treated as the first notice.
+pub const MIN_SEQUENCE: u64 = 1;
+/// The largest sequence accepted: 2^53 - 1, the largest integer every JSON producer
+/// (JavaScript included) represents exactly; the schema states the same maximum.
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
 
 /// One update of one incident, as published by ops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +40,8 @@ pub struct IncidentUpdate {
     pub incident_id: String,
     /// Unique per update; with the target name it forms the idempotency key.
     pub update_id: String,
-    /// Monotonic per incident: later updates have higher numbers.
+    /// Monotonic per incident: later updates have higher numbers. The first update
+    /// is 1 ([`MIN_SEQUENCE`]).
     pub sequence: u64,
     pub status: Status,
     pub impact: Impact,
@@ -177,8 +189,9 @@ impl IncidentUpdate {
         }
         // Look at the version first, so that a v2 document is reported as such rather
         // than as a pile of unknown fields.
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
+        integral_floats_as_integers(&mut value);
         match value.get("schema_version") {
             None => return Err(EventError::MissingVersion),
             Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
@@ -192,6 +205,15 @@ impl IncidentUpdate {
 
     /// Checks what the type system cannot: non-empty identifiers, sane lengths.
     pub fn validate(&self) -> Result<(), EventError> {
+        if !(MIN_SEQUENCE..=MAX_SEQUENCE).contains(&self.sequence) {
+            return Err(invalid(
+                "sequence",
+                format!(
+                    "{} is out of range: the first update of an incident is {MIN_SEQUENCE}, and the largest is {MAX_SEQUENCE}",
+                    self.sequence
+                ),
+            ));
+        }
         check_id("incident_id", &self.incident_id)?;
         check_id("update_id", &self.update_id)?;
         check_text("title", &self.title, MAX_TITLE_LEN)?;
@@ -263,14 +285,39 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> EventError {
     }
 }
 
+/// JSON has one number type: `1.0` and `1` are the same number to a JSON Schema
+/// validator (`"type": "integer"` and `"const": 1` both accept `1.0`), while serde
+/// reads `1.0` as a float and refuses it for a `u64`. The two integer fields are
+/// therefore turned into integers when their value is integral and in range, so the
+/// schema and this parser agree; a fractional or out-of-range value is left alone
+/// and rejected as before.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    let Some(object) = value.as_object_mut() else {
+        return;
+    };
+    for field in ["schema_version", "sequence"] {
+        if let Some(v) = object.get_mut(field) {
+            if let Some(f) = v.as_f64().filter(|_| v.is_f64()) {
+                // 2^53 is exact in an f64; above it the conversion could round.
+                if f.fract() == 0.0 && (0.0..=MAX_SEQUENCE as f64).contains(&f) {
+                    *v = serde_json::Value::from(f as u64);
+                }
+            }
+        }
+    }
+}
+
 fn check_id(field: &'static str, v: &str) -> Result<(), EventError> {
     if v.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
-    if v.len() > MAX_ID_LEN {
-        return Err(invalid(field, format!("longer than {MAX_ID_LEN} bytes")));
+    if v.chars().count() > MAX_ID_LEN {
+        return Err(invalid(
+            field,
+            format!("longer than {MAX_ID_LEN} characters"),
+        ));
     }
-    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if v.chars().any(|c| c.is_control() || is_space(c)) {
         return Err(invalid(
             field,
             "must not contain whitespace or control characters",
@@ -280,13 +327,22 @@ fn check_id(field: &'static str, v: &str) -> Result<(), EventError> {
 }
 
 fn check_text(field: &'static str, v: &str, max: usize) -> Result<(), EventError> {
-    if v.trim().is_empty() {
-        return Err(invalid(field, "must not be empty"));
+    if v.chars().all(is_space) {
+        return Err(invalid(field, "must not be empty or only whitespace"));
     }
-    if v.len() > max {
-        return Err(invalid(field, format!("longer than {max} bytes")));
+    if v.chars().count() > max {
+        return Err(invalid(field, format!("longer than {max} characters")));
     }
     Ok(())
+}
+
+/// Whitespace, as both this parser and docs/event.schema.json define it: Unicode
+/// White_Space (what `char::is_whitespace` and Rust's regex `\s` mean) plus U+FEFF
+/// (which ECMAScript's `\s`, the regex dialect of JSON Schema, adds). The schema
+/// spells the same set out as a character class, so that every validator agrees
+/// whatever its regex engine's idea of `\s`.
+fn is_space(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
 }
 
 fn check_names(field: &'static str, names: &[String]) -> Result<(), EventError> {
@@ -387,6 +443,111 @@ mod tests {
             |v| v["occurred_at"] = "yesterday".into(),
             "event does not match schema version 1: failed to parse four digit integer as year: invalid digit, expected 0-9 but got y",
         );
+    }
+
+    #[test]
+    fn sequences_start_at_one() {
+        check(
+            |v| v["sequence"] = 0.into(),
+            "invalid field `sequence`: 0 is out of range: the first update of an incident is 1, and the largest is 9007199254740991",
+        );
+        check(|v| v["sequence"] = 1.into(), "ok");
+        check(|v| v["sequence"] = MAX_SEQUENCE.into(), "ok");
+        check(
+            |v| v["sequence"] = (MAX_SEQUENCE + 1).into(),
+            "invalid field `sequence`: 9007199254740992 is out of range: the first update of an incident is 1, and the largest is 9007199254740991",
+        );
+    }
+
+    #[test]
+    fn lengths_count_characters_and_blank_text_is_refused() {
+        // 500 two-byte characters: 1000 bytes, but within the 500-character limit.
+        check(|v| v["title"] = "é".repeat(500).into(), "ok");
+        check(
+            |v| v["title"] = "é".repeat(501).into(),
+            "invalid field `title`: longer than 500 characters",
+        );
+        check(
+            |v| v["title"] = "\u{a0}\u{3000}\u{feff}".into(),
+            "invalid field `title`: must not be empty or only whitespace",
+        );
+        check(
+            |v| v["update_id"] = "u\u{feff}".into(),
+            "invalid field `update_id`: must not contain whitespace or control characters",
+        );
+    }
+
+    #[test]
+    fn integral_floats_are_integers_as_in_json_schema() {
+        let text = serde_json::to_string(&good()).expect("json");
+        let text = text
+            .replace("\"schema_version\":1", "\"schema_version\":1.0")
+            .replace("\"sequence\":1", "\"sequence\":2.0");
+        let u = IncidentUpdate::from_slice(text.as_bytes(), 1 << 20).expect("valid");
+        assert_eq!(u.sequence, 2);
+        let fractional = text.replace("\"sequence\":2.0", "\"sequence\":1.5");
+        assert_eq!(
+            IncidentUpdate::from_slice(fractional.as_bytes(), 1 << 20)
+                .map_err(|e| e.to_string())
+                .err()
+                .as_deref(),
+            Some(
+                "event does not match schema version 1: invalid type: floating point `1.5`, expected u64"
+            )
+        );
+    }
+
+    /// One corpus, two judges: `from_slice` and an independent JSON Schema validator
+    /// running docs/event.schema.json must give the same verdict on every file in
+    /// `tests/corpus/valid` and `tests/corpus/invalid`. `tests/corpus/beyond-schema`
+    /// holds the cross-field rules JSON Schema cannot state: the parser rejects those
+    /// and the schema accepts them.
+    #[test]
+    fn schema_and_parser_agree_on_the_corpus() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let schema_text = std::fs::read_to_string(root.join("../../docs/event.schema.json"))
+            .expect("read docs/event.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&schema_text).expect("schema is JSON");
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("schema compiles");
+        let mut disagreements = Vec::new();
+        let mut seen = 0;
+        for (dir, rust_ok, schema_ok) in [
+            ("valid", true, true),
+            ("invalid", false, false),
+            ("beyond-schema", false, true),
+        ] {
+            let mut files: Vec<_> = std::fs::read_dir(root.join("tests/corpus").join(dir))
+                .expect("read corpus dir")
+                .map(|e| e.expect("dir entry").path())
+                .collect();
+            files.sort();
+            for path in files {
+                let bytes = std::fs::read(&path).expect("read corpus file");
+                let rust = IncidentUpdate::from_slice(&bytes, 1 << 20);
+                let instance: serde_json::Value =
+                    serde_json::from_slice(&bytes).expect("corpus files are JSON");
+                let by_schema = validator.is_valid(&instance);
+                seen += 1;
+                if rust.is_ok() != rust_ok || by_schema != schema_ok {
+                    disagreements.push(format!(
+                        "{dir}/{}: parser {}, schema {}",
+                        path.file_name()
+                            .map(|n| n.to_string_lossy())
+                            .unwrap_or_default(),
+                        match &rust {
+                            Ok(_) => "accepts".to_string(),
+                            Err(e) => format!("rejects ({e})"),
+                        },
+                        if by_schema { "accepts" } else { "rejects" },
+                    ));
+                }
+            }
+        }
+        assert!(seen >= 60, "corpus not found: only {seen} files");
+        assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
     }
 
     #[test]
