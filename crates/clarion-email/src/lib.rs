@@ -75,10 +75,19 @@ impl EmailChannel {
         &'a self,
         delivery: &Delivery,
     ) -> (Vec<(&'a str, &'a Recipient)>, Vec<RecipientResult>) {
+        // `Delivery::wants` compares exactly; addresses compare without regard to
+        // case (see `Recipient::key`), so a requested or skipped address written
+        // differently must still match. The first test is `wants` itself, the
+        // lower-cased sets only catch the spellings it would miss.
         let wanted: Option<HashSet<String>> = delivery
             .recipients
             .as_ref()
             .map(|list| list.iter().map(|w| w.to_lowercase()).collect());
+        let skipped: HashSet<String> = delivery.skip.iter().map(|s| s.to_lowercase()).collect();
+        let wants = |r: &Recipient| {
+            !skipped.contains(r.key())
+                && (delivery.wants(r.id()) || wanted.as_ref().is_none_or(|w| w.contains(r.key())))
+        };
         let mut seen: HashSet<&str> = HashSet::new();
         let mut chosen: Vec<(&str, &Recipient)> = Vec::new();
         for audience in delivery.audiences.iter() {
@@ -87,22 +96,23 @@ impl EmailChannel {
                 continue;
             };
             for r in list {
-                let requested = wanted.as_ref().is_none_or(|w| w.contains(r.key()));
-                if requested && seen.insert(r.key()) {
+                if wants(r) && seen.insert(r.key()) {
                     chosen.push((name.as_str(), r));
                 }
             }
         }
         let mut gone = Vec::new();
         for w in delivery.recipients.iter().flatten() {
-            if !seen.contains(w.to_lowercase().as_str()) {
-                gone.push(RecipientResult {
+            let key = w.to_lowercase();
+            // A skipped recipient already ended in an earlier attempt: no result.
+            if !seen.contains(key.as_str()) && !skipped.contains(&key) {
+                gone.push(delivery.finish(RecipientResult {
                     recipient: Some(w.clone()),
                     result: Err(DeliveryError::permanent(format!(
                         "email target `{}`: `{w}` is no longer a recipient of audiences {:?}",
                         self.target, delivery.audiences
                     ))),
-                });
+                }));
             }
         }
         (chosen, gone)
@@ -219,6 +229,12 @@ impl EmailChannel {
 impl Channel for EmailChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
         let (chosen, mut results) = self.select(delivery);
+        // Everyone already ended in an earlier attempt: nothing left to do.
+        if chosen.is_empty() && results.is_empty() && !delivery.skip.is_empty() {
+            return Outcome {
+                results: Vec::new(),
+            };
+        }
         if chosen.is_empty() && results.is_empty() {
             return Outcome::single(Err(DeliveryError::permanent(format!(
                 "email target `{}` has no recipients for audiences {:?}",
@@ -230,7 +246,7 @@ impl Channel for EmailChannel {
         let from = &self.settings.from.email;
         // Transactions run side by side, as many as the pool has sessions; `buffered`
         // keeps the results in recipient order.
-        let done: Vec<(Vec<usize>, Vec<Result<_, DeliveryError>>)> = stream::iter(jobs)
+        let done: Vec<Vec<RecipientResult>> = stream::iter(jobs)
             .map(|job| {
                 let chosen = &chosen;
                 let contents = &contents;
@@ -251,22 +267,27 @@ impl Channel for EmailChannel {
                             recipients.iter().map(|_| Err(err.clone())).collect()
                         }
                     };
-                    (job.recipients, outcome)
+                    // Recorded the moment the transaction ends (for a Bcc batch:
+                    // all its recipients at once), not when the whole attempt does,
+                    // so an attempt cut short by the daemon's timeout keeps them.
+                    job.recipients
+                        .into_iter()
+                        .zip(outcome)
+                        .filter_map(|(i, result)| {
+                            chosen.get(i).map(|(_, r)| {
+                                delivery.finish(RecipientResult {
+                                    recipient: Some(r.id().to_string()),
+                                    result,
+                                })
+                            })
+                        })
+                        .collect::<Vec<_>>()
                 }
             })
             .buffered(self.settings.pool_max_size)
             .collect()
             .await;
-        for (indexes, outcomes) in done {
-            for (i, result) in indexes.into_iter().zip(outcomes) {
-                if let Some((_, r)) = chosen.get(i) {
-                    results.push(RecipientResult {
-                        recipient: Some(r.id().to_string()),
-                        result,
-                    });
-                }
-            }
-        }
+        results.extend(done.into_iter().flatten());
         tracing::debug!(
             target_name = %self.target,
             recipients = results.len(),

@@ -352,16 +352,35 @@ enum Fault {
     SilentAtMail,
     /// Reads the whole message, then hangs up without the final reply.
     DropAfterData,
+    /// Accepts this many messages (across all sessions), then never answers the end
+    /// of a message again.
+    StallAfter(usize),
+}
+
+/// What a fake server saw, and a signal for the moment it stalled.
+#[derive(Default)]
+struct Seen {
+    rcpt: std::sync::Mutex<Vec<String>>,
+    accepted: std::sync::atomic::AtomicUsize,
+    stalled: tokio::sync::Notify,
 }
 
 async fn fake_server(fault: Fault) -> u16 {
+    fake_server_seen(fault).await.0
+}
+
+async fn fake_server_seen(fault: Fault) -> (u16, Arc<Seen>) {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let shared = Arc::clone(&seen);
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
+            let seen = Arc::clone(&shared);
             tokio::spawn(async move {
                 let (read, mut write) = socket.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -387,7 +406,19 @@ async fn fake_server(fault: Fault) -> u16 {
                             if fault == Fault::DropAfterData {
                                 return;
                             }
+                            if let Fault::StallAfter(n) = fault {
+                                if seen.accepted.fetch_add(1, Ordering::SeqCst) >= n {
+                                    seen.stalled.notify_one();
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                }
+                            }
                             b"250 2.0.0 Ok: queued as FAKE1\r\n"
+                        }
+                        "RCPT" => {
+                            if let Ok(mut rcpt) = seen.rcpt.lock() {
+                                rcpt.push(line.clone());
+                            }
+                            b"250 ok\r\n"
                         }
                         "QUIT" => return,
                         _ => b"250 ok\r\n",
@@ -397,7 +428,7 @@ async fn fake_server(fault: Fault) -> u16 {
             });
         }
     });
-    port
+    (port, seen)
 }
 
 fn fake_channel(port: u16) -> EmailChannel {
@@ -477,5 +508,112 @@ fn a_title_cannot_inject_headers() {
     assert_eq!(
         compose(&d.update, "customers").subject,
         "[Investigating] Outage Bcc: evil@attacker.example body"
+    );
+}
+
+/// A channel on the fake server with three customers, one session at a time (so
+/// "the first N transactions" is well defined) and timeouts long enough never to fire.
+fn three_recipient_channel(port: u16, mode: &str) -> EmailChannel {
+    channel(&format!(
+        r#"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from = "status@acme.example"
+send_mode = "{mode}"
+bcc_batch_size = 2
+pool_max_size = 1
+command_timeout = "1h"
+[recipients]
+customers = ["ann@customers.example", "bob@customers.example", "cy@customers.example"]
+"#
+    ))
+}
+
+#[tokio::test]
+async fn a_recipient_that_ended_in_a_timed_out_attempt_is_not_mailed_again() {
+    for mode in ["per_recipient", "bcc"] {
+        let (port, seen) = fake_server_seen(Fault::StallAfter(usize::MAX)).await;
+        let ch = three_recipient_channel(port, mode);
+        let mut d = delivery(&["customers"], None);
+        // Written in another case: addresses compare without regard to it.
+        d.skip = Arc::new(["Bob@Customers.example".to_string()].into());
+        let outcome = ch.send(&d).await;
+        let got: Vec<&str> = outcome
+            .results
+            .iter()
+            .filter(|r| r.result.is_ok())
+            .filter_map(|r| r.recipient.as_deref())
+            .collect();
+        assert_eq!(
+            got,
+            ["ann@customers.example", "cy@customers.example"],
+            "{mode}"
+        );
+        // What the server was asked to deliver to: not the skipped recipient.
+        assert_eq!(
+            *seen.rcpt.lock().expect("lock"),
+            [
+                "RCPT TO:<ann@customers.example>",
+                "RCPT TO:<cy@customers.example>"
+            ],
+            "{mode}"
+        );
+    }
+}
+
+/// Drops `send` (as the daemon's attempt_timeout does) as soon as the server stalls.
+/// The outer timeout only guards against a broken test.
+async fn drop_when_stalled(send: impl std::future::Future<Output = Outcome>, seen: &Seen) {
+    let raced = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            _ = send => panic!("the stalled transaction never ends"),
+            _ = seen.stalled.notified() => {}
+        }
+    })
+    .await;
+    assert!(raced.is_ok(), "the server never stalled");
+}
+
+#[tokio::test]
+async fn progress_keeps_the_recipients_mailed_before_the_attempt_was_dropped() {
+    let (port, seen) = fake_server_seen(Fault::StallAfter(2)).await;
+    let ch = three_recipient_channel(port, "per_recipient");
+    let d = delivery(&["customers"], None);
+    drop_when_stalled(ch.send(&d), &seen).await;
+    let done: Vec<(String, bool)> = d
+        .progress
+        .take()
+        .into_iter()
+        .map(|r| (r.recipient.unwrap_or_default(), r.result.is_ok()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("ann@customers.example".to_string(), true),
+            ("bob@customers.example".to_string(), true),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn progress_keeps_a_whole_bcc_batch_once_its_transaction_ended() {
+    // Batches of two: the first transaction ends, the second stalls.
+    let (port, seen) = fake_server_seen(Fault::StallAfter(1)).await;
+    let ch = three_recipient_channel(port, "bcc");
+    let d = delivery(&["customers"], None);
+    drop_when_stalled(ch.send(&d), &seen).await;
+    let done: Vec<(String, bool)> = d
+        .progress
+        .take()
+        .into_iter()
+        .map(|r| (r.recipient.unwrap_or_default(), r.result.is_ok()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("ann@customers.example".to_string(), true),
+            ("bob@customers.example".to_string(), true),
+        ]
     );
 }
