@@ -1,7 +1,11 @@
 //! The webhook body: a versioned envelope around the update (documented in
-//! `docs/webhook-payload.md`).
+//! `docs/webhooks.md`).
+//!
+//! A target hears only what is meant for the audiences it serves: the envelope's
+//! `data` carries the update scoped to those audiences, so a customers-only status
+//! page never receives the wording written for regulators.
 
-use clarion_core::Delivery;
+use clarion_core::{Delivery, IncidentUpdate};
 use serde_json::json;
 
 /// Bumped when the envelope changes incompatibly.
@@ -32,8 +36,96 @@ pub fn payload(delivery: &Delivery) -> Vec<u8> {
         "sequence": u.sequence,
         "status": u.status,
         "impact": u.impact,
-        "data": &**u,
+        "data": scoped(u, &delivery.audiences),
     });
     // Serializing a Value built from strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The update as this target may see it: `audiences`, `audience_messages` and
+/// `locales` keep only the audiences the target serves. Everything else (title,
+/// the general `message`, links) is meant for every audience and stays. The result
+/// is still a valid event (every `audience_messages` key is in `audiences`), so a
+/// receiver can validate `data` against docs/event.schema.json.
+fn scoped(update: &IncidentUpdate, served: &[String]) -> IncidentUpdate {
+    let serves = |audience: &String| served.contains(audience);
+    let mut u = update.clone();
+    u.audiences.retain(serves);
+    u.audience_messages.retain(|audience, _| serves(audience));
+    u.locales.retain(|audience, _| serves(audience));
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// An update for customers and regulators, each with their own wording.
+    fn update() -> IncidentUpdate {
+        let start = "2026-11-28T09:00:00Z".parse().expect("timestamp");
+        let mut u = clarion_core::samples::lifecycle(
+            "INC-7",
+            "Mobile data outage",
+            &["customers", "regulators"],
+            start,
+        )
+        .remove(0);
+        u.audience_messages
+            .insert("customers".into(), "Sorry, mobile data is down.".into());
+        u.audience_messages.insert(
+            "regulators".into(),
+            "Formal notice under article 40: 120,000 subscribers affected.".into(),
+        );
+        u.locales.insert("customers".into(), "fr-CA".into());
+        u.locales.insert("regulators".into(), "en-GB".into());
+        u
+    }
+
+    #[test]
+    fn a_target_receives_only_the_texts_of_the_audiences_it_serves() {
+        let delivery = Delivery::new(
+            Arc::new(update()),
+            "status-page".into(),
+            vec!["customers".to_string()].into(),
+        );
+        let bytes = payload(&delivery);
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(
+            !text.contains("article 40"),
+            "regulators' text leaked: {text}"
+        );
+        assert!(!text.contains("regulators"), "{text}");
+        assert!(!text.contains("en-GB"), "{text}");
+
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(body["audiences"], json!(["customers"]));
+        assert_eq!(body["data"]["audiences"], json!(["customers"]));
+        assert_eq!(
+            body["data"]["audience_messages"],
+            json!({"customers": "Sorry, mobile data is down."})
+        );
+        assert_eq!(body["data"]["locales"], json!({"customers": "fr-CA"}));
+        // `data` is still an event Clarion itself would accept.
+        let data = serde_json::to_vec(&body["data"]).expect("serialize");
+        IncidentUpdate::from_slice(&data, 1 << 20).expect("data is a valid event");
+    }
+
+    #[test]
+    fn a_target_serving_every_audience_receives_every_text() {
+        let delivery = Delivery::new(
+            Arc::new(update()),
+            "regulator-gateway".into(),
+            vec!["customers".to_string(), "regulators".to_string()].into(),
+        );
+        let body: serde_json::Value = serde_json::from_slice(&payload(&delivery)).expect("JSON");
+        assert_eq!(
+            body["data"]["audience_messages"]["regulators"],
+            "Formal notice under article 40: 120,000 subscribers affected."
+        );
+        assert_eq!(
+            body["data"]["audiences"],
+            json!(["customers", "regulators"])
+        );
+    }
 }
