@@ -10,7 +10,9 @@ use crate::config::{RetryPolicy, TargetConfig};
 use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
 use crate::telemetry::{DeliveryAttempted, DeliveryDeadLettered};
 use backon::BackoffBuilder;
-use clarion_core::{Channel, Content, Delivery, DeliveryError, IncidentUpdate, Outcome, Status};
+use clarion_core::{
+    Channel, Content, Delivery, DeliveryError, IncidentUpdate, Outcome, RecipientResult, Status,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,25 +278,22 @@ impl Dispatcher {
         let mut ceilings = backoff_ceilings(policy);
         let first_try = Instant::now();
         loop {
-            let outcome = {
-                let _permit = tokio::select! {
-                    p = target.permits.acquire() => p,
-                    _ = self.abort.cancelled() => return Resolution::Abandoned,
-                };
-                tokio::select! {
-                    r = tokio::time::timeout(policy.attempt_timeout, target.channel.send(&delivery)) => {
-                        r.unwrap_or_else(|_| Outcome::single(Err(DeliveryError::retryable(
-                            format!("attempt took longer than {}", humantime::format_duration(policy.attempt_timeout)),
-                            None,
-                        ))))
-                    }
-                    _ = self.abort.cancelled() => return Resolution::Abandoned,
-                }
+            let Some(attempt) = self.attempt(target, &mut delivery, policy).await else {
+                return Resolution::Abandoned;
             };
+            let Attempt { outcome, timed_out } = attempt;
             let latency = since_kafka_timestamp(source);
             let mut retry: Vec<(Option<String>, DeliveryError)> = Vec::new();
             let mut permanent: Vec<(Option<String>, DeliveryError)> = Vec::new();
+            // Recipients that ended in this attempt (delivered or failed for good).
+            let mut ended: Vec<String> = Vec::new();
             for r in outcome.results {
+                if let (Some(who), false) = (
+                    &r.recipient,
+                    r.result.as_ref().is_err_and(DeliveryError::is_retryable),
+                ) {
+                    ended.push(who.clone());
+                }
                 match r.result {
                     Ok(receipt) => {
                         DeliveryAttempted {
@@ -327,7 +326,8 @@ impl Dispatcher {
                 let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff))
                     .max(hint.unwrap_or_default());
                 let out_of_attempts = delivery.attempt >= policy.max_attempts;
-                let out_of_time = first_try.elapsed() + wait > policy.max_elapsed;
+                // Saturating: a peer's `Retry-After` may be anything.
+                let out_of_time = first_try.elapsed().saturating_add(wait) > policy.max_elapsed;
                 if out_of_attempts || out_of_time {
                     let why = if out_of_attempts {
                         format!("gave up after {} attempts", delivery.attempt)
@@ -386,11 +386,92 @@ impl Dispatcher {
                 _ = self.abort.cancelled() => return Resolution::Abandoned,
             }
             delivery.attempt += 1;
-            delivery.recipients = if retry.iter().any(|(r, _)| r.is_none()) {
-                None
+            if timed_out {
+                // The recipients this attempt did not report are unknown: keep the
+                // same restriction and skip those that already ended.
+                let mut skip = (*delivery.skip).clone();
+                skip.extend(ended);
+                delivery.skip = Arc::new(skip);
             } else {
-                Some(retry.into_iter().filter_map(|(r, _)| r).collect())
-            };
+                delivery.recipients = if retry.iter().any(|(r, _)| r.is_none()) {
+                    None
+                } else {
+                    Some(retry.into_iter().filter_map(|(r, _)| r).collect())
+                };
+            }
+        }
+    }
+
+    /// Makes one attempt: waits for a concurrency permit, then runs the channel's
+    /// `send` until it answers, makes no progress for `attempt_timeout`, or panics.
+    /// `None` when the daemon aborts first.
+    ///
+    /// `attempt_timeout` is an idle timeout: every recipient a channel reports as
+    /// ended (through `Delivery::progress`) restarts it, so a list of thousands of
+    /// recipients paced by a provider's rate limit is not cut short, while a peer
+    /// that stops answering is. When it fires, the results reported so far are kept
+    /// and only the rest is retried.
+    ///
+    /// A panic in a channel is a bug, but a deterministic one would come back on
+    /// every redelivery: exiting would crash-loop the daemon and stall every target
+    /// behind one poisoned update. So it is contained: the delivery ends permanently
+    /// failed, dead-lettered with the panic message (code `panic`).
+    async fn attempt(
+        &self,
+        target: &Target,
+        delivery: &mut Delivery,
+        policy: &RetryPolicy,
+    ) -> Option<Attempt> {
+        use futures::FutureExt as _;
+        let _permit = tokio::select! {
+            p = target.permits.acquire() => p,
+            _ = self.abort.cancelled() => return None,
+        };
+        delivery.progress = Arc::default();
+        let delivery = &*delivery;
+        let send = std::panic::AssertUnwindSafe(target.channel.send(delivery)).catch_unwind();
+        tokio::pin!(send);
+        // Check for progress a few times per timeout, so an attempt that moves is
+        // never cut, and one that stalls is cut within 1.25 × attempt_timeout.
+        let tick = (policy.attempt_timeout / 4).max(Duration::from_millis(1));
+        let mut seen = 0;
+        let mut last_progress = Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut send => {
+                    let outcome = r.unwrap_or_else(|panic| {
+                        let message = panic_message(&*panic);
+                        crate::telemetry::DeliveryPanicked {
+                            target: &target.config.name,
+                            message: &message,
+                        }
+                        .emit();
+                        let e = DeliveryError::permanent(format!("the channel panicked: {message}"))
+                            .with_code("panic");
+                        stalled_outcome(delivery, e)
+                    });
+                    return Some(Attempt { outcome, timed_out: false });
+                }
+                _ = tokio::time::sleep(tick) => {
+                    let n = delivery.progress.len();
+                    if n != seen {
+                        seen = n;
+                        last_progress = Instant::now();
+                    } else if last_progress.elapsed() >= policy.attempt_timeout {
+                        let e = DeliveryError::retryable(
+                            format!(
+                                "no answer for {}; {} recipient(s) had ended in this attempt",
+                                humantime::format_duration(policy.attempt_timeout),
+                                n
+                            ),
+                            None,
+                        )
+                        .with_code("timeout");
+                        return Some(Attempt { outcome: stalled_outcome(delivery, e), timed_out: true });
+                    }
+                }
+                _ = self.abort.cancelled() => return None,
+            }
         }
     }
 
@@ -500,6 +581,42 @@ impl Dispatcher {
             }
             Err(_) => Resolution::Abandoned,
         }
+    }
+}
+
+/// What one attempt gave.
+struct Attempt {
+    outcome: Outcome,
+    /// The attempt was cut by `attempt_timeout`: `outcome` holds only what the
+    /// channel reported before, plus one recipient-less error for the rest.
+    timed_out: bool,
+}
+
+/// The outcome of an attempt that did not finish: what the channel reported as
+/// ended, plus `e` for every recipient it did not report. Recipients the channel
+/// reported as retryable are dropped: the retry covers them with everyone else.
+fn stalled_outcome(delivery: &Delivery, e: DeliveryError) -> Outcome {
+    let mut results: Vec<RecipientResult> = delivery
+        .progress
+        .take()
+        .into_iter()
+        .filter(|r| !r.result.as_ref().is_err_and(DeliveryError::is_retryable))
+        .collect();
+    results.push(RecipientResult {
+        recipient: None,
+        result: Err(e),
+    });
+    Outcome { results }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic without a message)".to_string()
     }
 }
 
@@ -748,6 +865,175 @@ mod tests {
         let order = channel.finished.lock().expect("finished").clone();
         assert_eq!(order, vec!["I-u1", "I-u2", "I-u3", "I-u4"]);
         assert!(d.lanes.lock().is_empty(), "finished lanes are removed");
+    }
+
+    /// A channel whose peer hints an absurd `Retry-After`, or panics, or paces its
+    /// recipients: the behaviours that used to freeze a partition.
+    #[derive(Debug)]
+    enum Odd {
+        HugeRetryAfter,
+        Panics,
+        /// `n` recipients `r0..`, each taking `each`; records what it sent.
+        Paced {
+            n: usize,
+            each: Duration,
+            sent: Mutex<Vec<String>>,
+        },
+    }
+
+    #[async_trait::async_trait]
+    impl Channel for Odd {
+        async fn send(&self, d: &Delivery) -> Outcome {
+            match self {
+                Odd::HugeRetryAfter => Outcome::single(Err(DeliveryError::retryable(
+                    "503",
+                    Some(Duration::from_secs(u64::MAX)),
+                ))),
+                Odd::Panics => panic!("peer said something unexpected"),
+                Odd::Paced { n, each, sent } => {
+                    let mut results = Vec::new();
+                    for r in (0..*n).map(|i| format!("r{i}")) {
+                        if !d.wants(&r) {
+                            continue;
+                        }
+                        tokio::time::sleep(*each).await;
+                        sent.lock().expect("sent").push(r.clone());
+                        results.push(d.finish(RecipientResult {
+                            recipient: Some(r),
+                            result: Ok(Receipt::default()),
+                        }));
+                    }
+                    Outcome { results }
+                }
+            }
+        }
+        async fn healthcheck(&self) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+    }
+
+    async fn run_one(channel: Arc<dyn Channel>, retry: RetryPolicy) -> Vec<DeliveryReport> {
+        let (tx, mut rx) = mpsc::channel(4096);
+        let (mut d, _cluster) = dispatcher(Arc::new(Scripted::default()), tx);
+        let mut config = d.targets[0].config.clone();
+        config.retry = retry;
+        d.targets = vec![Target::new(config, channel)];
+        let update = Arc::new(
+            samples::lifecycle("I", "t", &["customers"], jiff::Timestamp::now()).remove(0),
+        );
+        let src = source();
+        for p in d.plan(&update).expect("plan") {
+            assert_eq!(d.run(p, &src).await, Resolution::Resolved);
+        }
+        drop(d);
+        let mut reports = Vec::new();
+        while let Some(r) = rx.recv().await {
+            reports.push(r);
+        }
+        reports
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_of_u64_max_ends_in_a_dead_letter_not_a_panic() {
+        let reports = run_one(Arc::new(Odd::HugeRetryAfter), RetryPolicy::default()).await;
+        assert_eq!(reports.len(), 1);
+        let reason = reports[0]
+            .dead_letter_reason
+            .as_deref()
+            .expect("dead-lettered");
+        assert!(reason.contains("max_elapsed"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_channel_is_dead_lettered_with_the_panic_message() {
+        let reports = run_one(Arc::new(Odd::Panics), RetryPolicy::default()).await;
+        assert_eq!(reports.len(), 1);
+        let reason = reports[0]
+            .dead_letter_reason
+            .as_deref()
+            .expect("dead-lettered");
+        assert!(
+            reason.contains("peer said something unexpected"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn attempt_timeout_is_per_recipient_and_a_long_list_is_sent_once_each() {
+        // 1,200 recipients at 1 ms or more each: well past a 400 ms attempt timeout
+        // in all, yet each recipient answers well within it.
+        let channel = Arc::new(Odd::Paced {
+            n: 1200,
+            each: Duration::from_millis(1),
+            sent: Mutex::default(),
+        });
+        let retry = RetryPolicy {
+            attempt_timeout: Duration::from_millis(400),
+            ..RetryPolicy::default()
+        };
+        let reports = run_one(channel.clone(), retry).await;
+        let Odd::Paced { sent, .. } = &*channel else {
+            unreachable!()
+        };
+        let sent = sent.lock().expect("sent").clone();
+        assert_eq!(sent.len(), 1200, "each recipient exactly once");
+        assert_eq!(reports.len(), 1200);
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.dead_letter_reason.is_none() && r.attempts == 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_attempt_keeps_its_progress_and_retries_only_the_rest() {
+        // Recipients take 5 ms each with a 400 ms idle timeout, except that the
+        // channel stalls for ever after the 5th on its first attempt.
+        #[derive(Debug, Default)]
+        struct StallsOnce {
+            sent: Mutex<Vec<(u32, String)>>,
+        }
+        #[async_trait::async_trait]
+        impl Channel for StallsOnce {
+            async fn send(&self, d: &Delivery) -> Outcome {
+                let mut results = Vec::new();
+                for (i, r) in (0..10).map(|i| (i, format!("r{i}"))) {
+                    if !d.wants(&r) {
+                        continue;
+                    }
+                    if d.attempt == 1 && i == 5 {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.sent.lock().expect("sent").push((d.attempt, r.clone()));
+                    results.push(d.finish(RecipientResult {
+                        recipient: Some(r),
+                        result: Ok(Receipt::default()),
+                    }));
+                }
+                Outcome { results }
+            }
+            async fn healthcheck(&self) -> Result<(), DeliveryError> {
+                Ok(())
+            }
+        }
+        let channel = Arc::new(StallsOnce::default());
+        let retry = RetryPolicy {
+            attempt_timeout: Duration::from_millis(400),
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        };
+        let reports = run_one(channel.clone(), retry).await;
+        let sent = channel.sent.lock().expect("sent").clone();
+        let mut names: Vec<&str> = sent.iter().map(|(_, r)| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(sent.len(), 10, "nobody twice: {sent:?}");
+        assert_eq!(names.len(), 10);
+        assert!(sent.iter().take(5).all(|(a, _)| *a == 1));
+        assert!(sent.iter().skip(5).all(|(a, _)| *a == 2));
+        assert_eq!(reports.len(), 10);
+        assert!(reports.iter().all(|r| r.dead_letter_reason.is_none()));
     }
 
     #[test]

@@ -28,8 +28,10 @@ pub struct Ticket {
 #[derive(Debug, Default)]
 struct Partition {
     generation: u64,
-    /// Admitted offsets in order, with whether each is resolved.
-    pending: VecDeque<(i64, bool)>,
+    /// Admitted offsets in increasing order, each with how many of its admissions
+    /// are still unresolved (0: resolved). Usually one admission per offset; more
+    /// when the consumer hands an offset out again (a seek or an offset reset).
+    pending: VecDeque<(i64, u32)>,
     /// The last offset [`Tracker::complete`] released for storing, if any.
     released: Option<i64>,
 }
@@ -62,27 +64,29 @@ impl Tracker {
     }
 
     /// Records that the event at `offset` was consumed and is now in flight.
-    /// Offsets of one partition must be admitted in increasing order.
+    ///
+    /// Offsets normally arrive in increasing order, but nothing here depends on it:
+    /// an offset reset or a seek can hand out an earlier offset, or the same one
+    /// again. The offset is placed in order, and a repeated one counts as resolved
+    /// only when all its admissions are.
     pub fn admit(&self, topic: &str, partition: i32, offset: i64) -> Ticket {
         let mut st = self.lock();
         let next = st.next_generation;
-        let p = st
-            .partitions
-            .entry((topic.to_string(), partition))
-            .or_insert_with(|| Partition {
-                generation: next,
-                pending: VecDeque::new(),
-                released: None,
-            });
+        let key = (topic.to_string(), partition);
+        let p = st.partitions.entry(key).or_insert_with(|| Partition {
+            generation: next,
+            pending: VecDeque::new(),
+            released: None,
+        });
         let generation = p.generation;
+        let at = p.pending.partition_point(|(o, _)| *o < offset);
+        match p.pending.get_mut(at) {
+            Some((o, n)) if *o == offset => *n += 1,
+            _ => p.pending.insert(at, (offset, 1)),
+        }
         if generation == next {
             st.next_generation += 1;
         }
-        let p = st
-            .partitions
-            .get_mut(&(topic.to_string(), partition))
-            .expect("just inserted");
-        p.pending.push_back((offset, false));
         st.unresolved += 1;
         Ticket {
             topic: topic.to_string(),
@@ -93,8 +97,10 @@ impl Tracker {
     }
 
     /// Marks an event resolved. Returns the offset to store (next to read) when the
-    /// contiguous resolved prefix grew, `None` when it did not or when the partition
-    /// has been revoked since the event was admitted.
+    /// contiguous resolved prefix grew past what was released before, `None` when it
+    /// did not or when the partition has been revoked since the event was admitted.
+    /// The released offset never goes backwards: after a reset to earlier offsets,
+    /// the commit point stays where it was until the consumer passes it again.
     pub fn complete(&self, ticket: &Ticket) -> Option<i64> {
         let mut st = self.lock();
         let p = st
@@ -107,16 +113,18 @@ impl Tracker {
             .pending
             .binary_search_by_key(&ticket.offset, |(o, _)| *o)
             .ok()?;
-        if p.pending[idx].1 {
+        if p.pending[idx].1 == 0 {
             return None;
         }
-        p.pending[idx].1 = true;
+        p.pending[idx].1 -= 1;
         let mut last = None;
-        while let Some(&(o, true)) = p.pending.front() {
+        while let Some(&(o, 0)) = p.pending.front() {
             last = Some(o);
             p.pending.pop_front();
         }
-        let next = last.map(|o| o + 1);
+        let next = last
+            .map(|o| o + 1)
+            .filter(|n| p.released.is_none_or(|r| *n > r));
         if next.is_some() {
             p.released = next;
         }
@@ -162,7 +170,7 @@ impl Tracker {
             let busy = tps.iter().any(|tp| {
                 st.partitions
                     .get(tp)
-                    .is_some_and(|p| p.pending.iter().any(|(_, done)| !done))
+                    .is_some_and(|p| p.pending.iter().any(|(_, n)| *n > 0))
             });
             let now = Instant::now();
             if !busy || now >= deadline {
@@ -207,10 +215,10 @@ fn forget(st: &mut State, tp: &Tp) -> Vec<i64> {
     let left: Vec<i64> = p
         .pending
         .iter()
-        .filter(|(_, done)| !done)
+        .filter(|(_, n)| *n > 0)
         .map(|(o, _)| *o)
         .collect();
-    st.unresolved -= left.len();
+    st.unresolved -= p.pending.iter().map(|(_, n)| *n as usize).sum::<usize>();
     left
 }
 
@@ -230,6 +238,43 @@ mod tests {
         assert_eq!(t.in_flight(), 1);
         // 10 finishing releases all three: the next offset to read is 13.
         assert_eq!(t.complete(&a), Some(13));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_offset_reset_backwards_is_tracked_and_never_moves_the_commit_back() {
+        let t = Tracker::new();
+        let a = t.admit("t", 0, 10);
+        let b = t.admit("t", 0, 11);
+        assert_eq!(t.complete(&a), Some(11));
+        // The consumer is reset to an earlier offset while 11 is still in flight.
+        let r5 = t.admit("t", 0, 5);
+        let r6 = t.admit("t", 0, 6);
+        assert_eq!(t.in_flight(), 3);
+        // Found by position, not assumed to be last: each completes exactly once.
+        assert_eq!(t.complete(&r6), None);
+        assert_eq!(t.complete(&r6), None, "a second completion is ignored");
+        assert_eq!(t.in_flight(), 2);
+        // 5 and 6 resolved: behind what was already released, so nothing to store.
+        assert_eq!(t.complete(&r5), None);
+        assert_eq!(t.complete(&b), Some(12));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_offset_handed_out_twice_resolves_when_both_copies_do() {
+        let t = Tracker::new();
+        let first = t.admit("t", 0, 3);
+        let again = t.admit("t", 0, 3);
+        assert_eq!(t.in_flight(), 2);
+        assert_eq!(t.complete(&first), None);
+        assert_eq!(t.complete(&again), Some(4));
+        assert_eq!(t.in_flight(), 0);
+        // A revoke with a doubly admitted offset counts both out of the in-flight total.
+        let _x = t.admit("t", 0, 4);
+        let _y = t.admit("t", 0, 4);
+        let revoked = t.revoke(&[("t".into(), 0)], Duration::ZERO);
+        assert_eq!(revoked.abandoned, vec![(("t".to_string(), 0), vec![4])]);
         assert_eq!(t.in_flight(), 0);
     }
 
