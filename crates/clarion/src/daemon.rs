@@ -11,6 +11,7 @@ use crate::offsets::{Tp, Tracker};
 use crate::telemetry::{self, EventRejected};
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::{IncidentUpdate, SecretResolver};
+use futures::FutureExt as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -167,6 +168,12 @@ pub fn producer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
     Ok(c)
 }
 
+/// After the grace period, how long cancelled deliveries get to return.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
+/// How long the final commit, the producer flush and leaving the group may take
+/// together.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// What a run did, for the last log line.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -216,13 +223,21 @@ pub async fn run_with_secrets(
         settings.audiences.clone(),
         settings.templates.clone(),
         Outputs {
-            dlq: DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone()),
+            dlq: DeadLetterWriter::new(producer.clone(), settings.kafka.dead_letter_topic.clone())
+                .with_max_record_bytes(
+                    settings
+                        .kafka
+                        .producer
+                        .get("message.max.bytes")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(crate::dlq::DEFAULT_MAX_RECORD_BYTES),
+                ),
             dead_recipient_topic: settings.kafka.dead_recipient_topic.clone(),
             observer,
         },
         abort.clone(),
     ));
-    check_topics(&consumer, &settings.kafka).await;
+    check_topics(&consumer, &settings.kafka).await?;
     consumer
         .subscribe(&[&settings.kafka.topic])
         .with_context(|| format!("cannot subscribe to {}", settings.kafka.topic))?;
@@ -244,8 +259,9 @@ pub async fn run_with_secrets(
     loop {
         let permit = capacity.clone().try_acquire_owned().ok();
         if permit.is_some() && paused {
-            set_paused(&consumer, false);
-            paused = false;
+            // Only a resume that worked ends the pause: otherwise the next turn of
+            // the loop tries again.
+            paused = !set_paused(&consumer, false);
         } else if permit.is_none() && !paused {
             // Full: stop fetching but keep polling, so rebalances are served and the
             // group does not evict us (max.poll.interval.ms).
@@ -253,8 +269,10 @@ pub async fn run_with_secrets(
                 max_in_flight = settings.daemon.max_in_flight,
                 "at the in-flight limit; pausing consumption until deliveries finish"
             );
-            set_paused(&consumer, true);
-            paused = true;
+            // A pause that failed is tried again on the next turn; meanwhile a
+            // record that arrives without a permit is admitted over the bound and
+            // pauses again (below), so the overshoot stays at a few records.
+            paused = set_paused(&consumer, true);
         }
         let msg = tokio::select! {
             biased;
@@ -295,11 +313,12 @@ pub async fn run_with_secrets(
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             headers: copy_headers(msg.headers()),
         });
+        let tombstone = msg.payload().is_none();
         drop(msg);
         let ticket = tracker.admit(&source.topic, source.partition, source.offset);
         telemetry::in_flight(tracker.in_flight());
-        let work = match IncidentUpdate::from_slice(&source.payload, max_bytes) {
-            Err(e) => Err((DlqKind::MalformedEvent, e.to_string())),
+        let work = match parse(&source, tombstone, max_bytes) {
+            Err(reason) => Err((DlqKind::MalformedEvent, reason)),
             Ok(update) => {
                 let update = Arc::new(update);
                 dispatcher
@@ -313,34 +332,57 @@ pub async fn run_with_secrets(
         let tracker = tracker.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let resolution = match work {
-                Err((kind, reason)) => {
-                    EventRejected {
-                        topic: &source.topic,
-                        partition: source.partition,
-                        offset: source.offset,
-                        reason: &reason,
-                        kind: kind.as_str(),
+            let handle = async {
+                match work {
+                    Err((kind, reason)) => {
+                        EventRejected {
+                            topic: &source.topic,
+                            partition: source.partition,
+                            offset: source.offset,
+                            reason: &reason,
+                            kind: kind.as_str(),
+                        }
+                        .emit();
+                        dispatcher.reject(&source, kind, reason).await
+                    }
+                    Ok((update, plans)) => {
+                        if plans.is_empty() {
+                            tracing::warn!(
+                                incident_id = %update.incident_id,
+                                update_id = %update.update_id,
+                                audiences = ?update.audiences,
+                                "no target serves this update's audiences; nothing to deliver"
+                            );
+                        }
+                        let runs = plans.into_iter().map(|p| dispatcher.run(p, &source));
+                        let results = futures::future::join_all(runs).await;
+                        if results.iter().all(|r| *r == Resolution::Resolved) {
+                            Resolution::Resolved
+                        } else {
+                            Resolution::Abandoned
+                        }
+                    }
+                }
+            };
+            // A panic here is a bug in the daemon itself (channel panics are caught
+            // per delivery). Left alone, it would leave the update unresolved and
+            // freeze its partition's commit point until a restart, which would replay
+            // it into the same panic. It is contained instead: the update goes to
+            // the dead-letter topic with the panic message.
+            let resolution = match std::panic::AssertUnwindSafe(handle).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => {
+                    let message = crate::dispatch::panic_message(&*panic);
+                    crate::telemetry::DeliveryPanicked {
+                        target: "-",
+                        message: &message,
                     }
                     .emit();
-                    dispatcher.reject(&source, kind, reason).await
-                }
-                Ok((update, plans)) => {
-                    if plans.is_empty() {
-                        tracing::warn!(
-                            incident_id = %update.incident_id,
-                            update_id = %update.update_id,
-                            audiences = ?update.audiences,
-                            "no target serves this update's audiences; nothing to deliver"
-                        );
-                    }
-                    let runs = plans.into_iter().map(|p| dispatcher.run(p, &source));
-                    let results = futures::future::join_all(runs).await;
-                    if results.iter().all(|r| *r == Resolution::Resolved) {
-                        Resolution::Resolved
-                    } else {
-                        Resolution::Abandoned
-                    }
+                    let reason =
+                        format!("the daemon panicked while handling this update: {message}");
+                    dispatcher
+                        .reject(&source, DlqKind::InternalError, reason)
+                        .await
                 }
             };
             if resolution == Resolution::Resolved {
@@ -371,26 +413,37 @@ pub async fn run_with_secrets(
             "grace period over; abandoning the updates still in flight (they will be redelivered)"
         );
         abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+        // Cancelled work returns at its next await point; a channel stuck in a
+        // blocking call cannot, and is left behind.
+        let _ = tokio::time::timeout(ABORT_WAIT, tasks.wait()).await;
     }
     consumer.context().stopping.store(true, Ordering::SeqCst);
     drop(dispatcher);
-    let flushed = tokio::task::spawn_blocking(move || {
+    // Commit, flush and leave the group off the runtime: each can block for as long
+    // as librdkafka's own timeouts when the brokers are gone. The whole step is
+    // bounded, so a stop always fits in a service manager's stop timeout (the shipped
+    // unit's TimeoutStopSec=60 > shutdown_grace 30 s + ABORT_WAIT + CLOSE_WAIT). If
+    // it runs out, what was resolved since the last auto-commit is redelivered.
+    let close = tokio::task::spawn_blocking(move || {
         let commit = consumer.commit_consumer_state(CommitMode::Sync);
         let _ = producer_flush(&producer);
         // Dropping the consumer closes it (leaves the group) on this blocking thread.
         drop(consumer);
         commit
-    })
-    .await?;
-    match flushed {
-        Ok(()) => tracing::info!("offsets of resolved updates committed"),
-        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {
+    });
+    match tokio::time::timeout(CLOSE_WAIT, close).await {
+        Ok(Ok(Ok(()))) => tracing::info!("offsets of resolved updates committed"),
+        Ok(Ok(Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)))) => {
             tracing::info!("no new offsets to commit")
         }
-        Err(e) => {
+        Ok(Ok(Err(e))) => {
             tracing::error!(error = %e, "final offset commit failed; resolved updates since the last commit will be redelivered")
         }
+        Ok(Err(e)) => tracing::error!(error = %e, "closing the Kafka clients failed"),
+        Err(_) => tracing::error!(
+            waited_s = CLOSE_WAIT.as_secs(),
+            "the brokers did not answer the final commit and leave in time; stopping anyway (updates resolved since the last commit will be redelivered)"
+        ),
     }
     tracing::info!(
         consumed = summary.consumed,
@@ -402,7 +455,7 @@ pub async fn run_with_secrets(
 
 fn producer_flush(p: &FutureProducer) -> rdkafka::error::KafkaResult<()> {
     use rdkafka::producer::Producer;
-    p.flush(rdkafka::util::Timeout::After(Duration::from_secs(10)))
+    p.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)))
 }
 
 fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, next: i64) {
@@ -421,12 +474,13 @@ fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, next: i64)
     }
 }
 
-fn set_paused(consumer: &StreamConsumer<Ctx>, pause: bool) {
+/// Pauses or resumes every assigned partition; true when it worked.
+fn set_paused(consumer: &StreamConsumer<Ctx>, pause: bool) -> bool {
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the assignment to pause/resume it");
-            return;
+            return false;
         }
     };
     let r = if pause {
@@ -434,8 +488,12 @@ fn set_paused(consumer: &StreamConsumer<Ctx>, pause: bool) {
     } else {
         consumer.resume(&assignment)
     };
-    if let Err(e) = r {
-        tracing::warn!(error = %e, pause, "pause/resume failed");
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, pause, "pause/resume failed; trying again");
+            false
+        }
     }
 }
 
@@ -445,39 +503,84 @@ fn kafka_error(e: &KafkaError) {
     tracing::warn!(error = %e, "kafka consumer error");
 }
 
-/// Warns, without failing, when the topics are missing: they may be created later,
-/// and the consumer will pick the source topic up when they are.
-async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) {
+/// Parses a record into an update, with a reason a person can act on when it is not
+/// one. Also warns when the record's key is not the incident id.
+fn parse(
+    source: &Source,
+    tombstone: bool,
+    max_bytes: usize,
+) -> std::result::Result<IncidentUpdate, String> {
+    if tombstone {
+        return Err("the record has no value (a tombstone); an incident update is a JSON object, and deleting an incident is not something Clarion can deliver".to_string());
+    }
+    if source.payload.is_empty() {
+        return Err("the record's value is empty; an incident update is a JSON object".to_string());
+    }
+    let update =
+        IncidentUpdate::from_slice(&source.payload, max_bytes).map_err(|e| e.to_string())?;
+    if source.key.as_deref() != Some(update.incident_id.as_bytes()) {
+        let key = source.key.as_deref().map(String::from_utf8_lossy);
+        telemetry::KeyMismatch {
+            topic: &source.topic,
+            partition: source.partition,
+            offset: source.offset,
+            incident_id: &update.incident_id,
+            key: key.as_deref(),
+        }
+        .emit();
+    }
+    Ok(update)
+}
+
+/// Checks the topics at start-up. The dead-letter and dead-recipient topics must
+/// exist: a mistyped name would otherwise be found only when the first dead letter
+/// cannot be written, in the middle of an incident, freezing its partition. The
+/// source topic may be created later (the consumer picks it up), so a missing one is
+/// a warning. Brokers that cannot be reached yet are a warning too: librdkafka keeps
+/// trying, and nothing is consumed (so nothing needs a dead letter) until they answer.
+async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) -> Result<()> {
     let c = consumer.clone();
-    let topics = [kafka.topic.clone(), kafka.dead_letter_topic.clone()];
+    let mut topics = vec![kafka.topic.clone(), kafka.dead_letter_topic.clone()];
+    topics.extend(kafka.dead_recipient_topic.clone());
     let r = tokio::task::spawn_blocking(move || {
         let mut missing = Vec::new();
         for t in topics {
-            match c.fetch_metadata(Some(&t), Duration::from_secs(10)) {
-                Ok(md) => {
-                    if md
-                        .topics()
-                        .iter()
-                        .any(|mt| mt.error().is_some() || mt.partitions().is_empty())
-                    {
-                        missing.push(t);
-                    }
-                }
-                Err(e) => return Err(e),
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            if md
+                .topics()
+                .iter()
+                .any(|mt| mt.error().is_some() || mt.partitions().is_empty())
+            {
+                missing.push(t);
             }
         }
-        Ok(missing)
+        Ok::<_, KafkaError>(missing)
     })
     .await;
     match r {
-        Ok(Ok(missing)) if !missing.is_empty() => tracing::warn!(
-            topics = ?missing,
-            "topics not found on the brokers (yet); create them, or updates and dead letters have nowhere to go"
-        ),
-        Ok(Ok(_)) => {}
+        Ok(Ok(missing)) => {
+            let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
+            if !required.is_empty() {
+                return Err(anyhow!(
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic) before starting, or failed deliveries would have nowhere to go",
+                    required
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !missing.is_empty() {
+                tracing::warn!(
+                    topic = %kafka.topic,
+                    "the source topic does not exist yet; consumption starts when it is created"
+                );
+            }
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, brokers = %kafka.brokers, "cannot reach the Kafka brokers yet; will keep trying")
         }
         Err(e) => tracing::warn!(error = %e, "topic check did not run"),
     }
+    Ok(())
 }

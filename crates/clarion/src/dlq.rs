@@ -7,6 +7,7 @@
 //! - value: the original record's bytes, unchanged;
 //! - headers: the original headers, then `clarion.dlq.*` headers saying why.
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -22,6 +23,9 @@ pub enum DlqKind {
     UnknownAudience,
     /// A delivery failed permanently or ran out of retries.
     DeliveryFailed,
+    /// The daemon panicked while handling the update (a bug); the reason holds the
+    /// panic message.
+    InternalError,
 }
 
 impl DlqKind {
@@ -30,6 +34,7 @@ impl DlqKind {
             DlqKind::MalformedEvent => "malformed_event",
             DlqKind::UnknownAudience => "unknown_audience",
             DlqKind::DeliveryFailed => "delivery_failed",
+            DlqKind::InternalError => "internal_error",
         }
     }
 }
@@ -118,16 +123,32 @@ impl DeadLetter<'_> {
 /// Writes dead letters, retrying until the broker takes them: a dead letter that is
 /// not written would be a lost update, so the caller's event stays unresolved (and
 /// its offset uncommitted) until this returns `Ok`.
+///
+/// Produce errors are classified ([`ProduceError`]):
+/// - transient ones (broker down, timeouts, leader changes) are retried with backoff;
+/// - a record too large for the producer or the topic is written again with its
+///   original bytes truncated (the `clarion.dlq.truncated` and
+///   `clarion.dlq.original_size` headers say so), so one huge malformed record cannot
+///   freeze its partition;
+/// - the rest (unknown topic, authorization refused) need an operator. A dead letter
+///   keeps retrying them, because giving up would lose the update: the start-up check
+///   refuses a missing topic, and the failures are logged at ERROR and counted in
+///   `clarion_dead_letter_write_failures_total`. A dead-recipient record, which is
+///   advice to the address book and whose facts the dead letter also carries, is given
+///   up after such an error instead.
 #[derive(Clone)]
 pub struct DeadLetterWriter {
     producer: FutureProducer,
     topic: String,
+    /// The largest record the producer accepts (`message.max.bytes`).
+    max_record_bytes: usize,
 }
 
 impl std::fmt::Debug for DeadLetterWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetterWriter")
             .field("topic", &self.topic)
+            .field("max_record_bytes", &self.max_record_bytes)
             .finish()
     }
 }
@@ -136,9 +157,80 @@ impl std::fmt::Debug for DeadLetterWriter {
 #[derive(Debug)]
 pub struct Abandoned;
 
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Room kept for the record's framing and for headers added by librdkafka, beyond
+/// the key, value and header bytes counted here.
+const RECORD_OVERHEAD: usize = 1024;
+
+/// How a produce attempt failed, and so what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceError {
+    /// The cluster is unavailable or busy: try again.
+    Transient,
+    /// The record is larger than the producer or the topic accepts.
+    TooLarge,
+    /// An operator must act (missing topic, authorization refused, invalid config).
+    Permanent,
+}
+
+impl ProduceError {
+    /// Classifies a produce error. Unknown codes count as transient: retrying a
+    /// permanent error costs time, while giving up on a transient one loses data.
+    pub fn classify(e: &KafkaError) -> ProduceError {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match e.rdkafka_error_code() {
+            Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+                ProduceError::TooLarge
+            }
+            Some(
+                C::UnknownTopic
+                | C::UnknownTopicOrPartition
+                | C::UnknownPartition
+                | C::InvalidTopic
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::TransactionalIdAuthorizationFailed
+                | C::InvalidRecord
+                | C::PolicyViolation
+                | C::InvalidArgument
+                | C::UnknownTopicId,
+            ) => ProduceError::Permanent,
+            _ => ProduceError::Transient,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProduceError::Transient => "transient",
+            ProduceError::TooLarge => "too_large",
+            ProduceError::Permanent => "permanent",
+        }
+    }
+}
+
+/// What [`DeadLetterWriter::write_dead_recipient`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// Refused for good by the cluster (logged and counted); the caller carries on.
+    GivenUp,
+}
+
 impl DeadLetterWriter {
     pub fn new(producer: FutureProducer, topic: String) -> Self {
-        DeadLetterWriter { producer, topic }
+        DeadLetterWriter {
+            producer,
+            topic,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+
+    /// Sets the largest record the producer accepts (its `message.max.bytes`).
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes.max(RECORD_OVERHEAD * 2);
+        self
     }
 
     pub fn topic(&self) -> &str {
@@ -150,27 +242,70 @@ impl DeadLetterWriter {
         letter: &DeadLetter<'_>,
         abort: &CancellationToken,
     ) -> Result<(), Abandoned> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &letter.source.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+        let mut headers: Vec<(String, Vec<u8>)> = letter.source.headers.clone();
+        headers.extend(
+            letter
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes())),
+        );
+        let key = letter.source.key.as_deref();
+        let payload = &letter.source.payload[..];
+        let fixed = key.map_or(0, <[u8]>::len)
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + RECORD_OVERHEAD;
+        // Truncate up front when the record cannot fit, and again (halving) whenever
+        // the cluster still says it is too large (a topic's own max.message.bytes).
+        let mut keep = self
+            .max_record_bytes
+            .saturating_sub(fixed)
+            .min(payload.len());
+        loop {
+            let mut h = headers.clone();
+            if keep < payload.len() {
+                h.push(("clarion.dlq.truncated".into(), b"true".to_vec()));
+                h.push((
+                    "clarion.dlq.original_size".into(),
+                    payload.len().to_string().into_bytes(),
+                ));
+            }
+            match self
+                .produce(
+                    &self.topic,
+                    key,
+                    &payload[..keep],
+                    to_owned_headers(&h),
+                    abort,
+                    "dead_letter",
+                    false,
+                )
+                .await
+            {
+                Ok(()) => {
+                    if keep < payload.len() {
+                        tracing::warn!(
+                            topic = %self.topic,
+                            original_size = payload.len(),
+                            written = keep,
+                            "dead letter written truncated: the original record is larger than the producer or topic accepts"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(Failure::Abandoned) => return Err(Abandoned),
+                Err(Failure::TooLarge) => {
+                    // Halving always ends: at zero bytes of payload only the headers
+                    // remain, which are bounded by the reason's and the source's size.
+                    keep /= 2;
+                }
+                // Not handed back when `give_up_permanent` is false; were it, writing
+                // again is the reading that loses nothing.
+                Err(Failure::Permanent) => {}
+            }
         }
-        for (k, v) in letter.headers() {
-            headers = headers.insert(Header {
-                key: &k,
-                value: Some(&v),
-            });
-        }
-        self.produce(
-            &self.topic,
-            letter.source.key.as_deref(),
-            &letter.source.payload,
-            headers,
-            abort,
-        )
-        .await
     }
 
     /// Publishes a recipient the provider declared dead to `topic` (the
@@ -180,20 +315,31 @@ impl DeadLetterWriter {
         topic: &str,
         record: &DeadRecipient<'_>,
         abort: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<Written, Abandoned> {
         // Serializing a struct of strings cannot fail.
         let payload = serde_json::to_vec(record).unwrap_or_default();
-        self.produce(
-            topic,
-            Some(record.recipient.as_bytes()),
-            &payload,
-            OwnedHeaders::new(),
-            abort,
-        )
-        .await
+        match self
+            .produce(
+                topic,
+                Some(record.recipient.as_bytes()),
+                &payload,
+                OwnedHeaders::new(),
+                abort,
+                "dead_recipient",
+                true,
+            )
+            .await
+        {
+            Ok(()) => Ok(Written::Yes),
+            Err(Failure::Abandoned) => Err(Abandoned),
+            Err(Failure::TooLarge | Failure::Permanent) => Ok(Written::GivenUp),
+        }
     }
 
-    /// Produces one record, retrying until the broker acknowledges it or `abort`.
+    /// Produces one record, retrying transient errors until the broker acknowledges
+    /// it or `abort`. A too-large record is handed back to the caller at once; other
+    /// permanent errors are retried (`give_up_permanent == false`) or handed back.
+    #[allow(clippy::too_many_arguments)]
     async fn produce(
         &self,
         topic: &str,
@@ -201,7 +347,9 @@ impl DeadLetterWriter {
         payload: &[u8],
         headers: OwnedHeaders,
         abort: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+        what: &'static str,
+        give_up_permanent: bool,
+    ) -> Result<(), Failure> {
         let mut wait = Duration::from_millis(200);
         loop {
             let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
@@ -215,26 +363,56 @@ impl DeadLetterWriter {
                 .send(record, Timeout::After(Duration::from_secs(30)));
             let result = tokio::select! {
                 r = send => r,
-                _ = abort.cancelled() => return Err(Abandoned),
+                _ = abort.cancelled() => return Err(Failure::Abandoned),
             };
-            match result {
+            let e = match result {
                 Ok(_) => return Ok(()),
-                Err((e, _)) => {
-                    tracing::error!(
-                        topic,
-                        error = %e,
-                        retry_in_ms = wait.as_millis() as u64,
-                        "cannot write to Kafka; the update stays unresolved until it can"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = abort.cancelled() => return Err(Abandoned),
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
+                Err((e, _)) => e,
+            };
+            let class = ProduceError::classify(&e);
+            crate::telemetry::DeadLetterWriteFailed {
+                topic,
+                what,
+                class: class.as_str(),
+                error: &e.to_string(),
+                retry_in: match class {
+                    ProduceError::TooLarge => None,
+                    ProduceError::Permanent if give_up_permanent => None,
+                    _ => Some(wait),
+                },
             }
+            .emit();
+            match class {
+                ProduceError::TooLarge => return Err(Failure::TooLarge),
+                ProduceError::Permanent if give_up_permanent => return Err(Failure::Permanent),
+                ProduceError::Permanent | ProduceError::Transient => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = abort.cancelled() => return Err(Failure::Abandoned),
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
     }
+}
+
+/// Why a produce ended without an acknowledgement.
+#[derive(Debug)]
+enum Failure {
+    Abandoned,
+    TooLarge,
+    Permanent,
+}
+
+fn to_owned_headers(h: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(h.len());
+    for (k, v) in h {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    headers
 }
 
 /// A recipient a provider declared dead (unregistered device token, opted-out

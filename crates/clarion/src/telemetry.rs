@@ -89,6 +89,18 @@ fn describe() {
         Unit::Seconds,
         "Time from the update's Kafka timestamp to its delivery, per target."
     );
+    describe_counter!(
+        "clarion_dead_letter_write_failures_total",
+        "Failed writes to the dead-letter and dead-recipient topics, by record and error class."
+    );
+    describe_counter!(
+        "clarion_panics_total",
+        "Deliveries that panicked (a bug), dead-lettered with the panic message."
+    );
+    describe_counter!(
+        "clarion_key_mismatches_total",
+        "Records whose Kafka key is not their incident id."
+    );
     describe_gauge!(
         "clarion_in_flight_events",
         "Updates consumed and not yet resolved."
@@ -223,6 +235,92 @@ pub fn mask(recipient: Option<&str>) -> String {
     let head: String = chars[..2].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}***{tail}")
+}
+
+/// A write to the dead-letter or dead-recipient topic failed.
+#[derive(Debug)]
+pub struct DeadLetterWriteFailed<'a> {
+    pub topic: &'a str,
+    /// `dead_letter` or `dead_recipient`.
+    pub what: &'static str,
+    /// `transient`, `too_large`, `permanent`.
+    pub class: &'static str,
+    pub error: &'a str,
+    /// When it is tried again; `None` when it is not (truncated, or given up).
+    pub retry_in: Option<Duration>,
+}
+
+impl DeadLetterWriteFailed<'_> {
+    pub fn emit(&self) {
+        match self.retry_in {
+            Some(wait) => tracing::error!(
+                topic = self.topic,
+                record = self.what,
+                class = self.class,
+                error = self.error,
+                retry_in_ms = wait.as_millis() as u64,
+                "cannot write to Kafka; the update stays unresolved until it can"
+            ),
+            None if self.class == "too_large" => tracing::warn!(
+                topic = self.topic,
+                record = self.what,
+                error = self.error,
+                "record too large for the topic; writing it again truncated"
+            ),
+            None => tracing::error!(
+                topic = self.topic,
+                record = self.what,
+                class = self.class,
+                error = self.error,
+                "Kafka refused the record for good; not written (the dead letter carries the same facts)"
+            ),
+        }
+        metrics::counter!("clarion_dead_letter_write_failures_total", "record" => self.what, "class" => self.class).increment(1);
+    }
+}
+
+/// A delivery task panicked: a bug, contained to its delivery.
+#[derive(Debug)]
+pub struct DeliveryPanicked<'a> {
+    pub target: &'a str,
+    pub message: &'a str,
+}
+
+impl DeliveryPanicked<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            target_name = self.target,
+            panic = self.message,
+            "a delivery panicked; it is dead-lettered with the panic message (this is a bug: please report it)"
+        );
+        metrics::counter!("clarion_panics_total", "target" => self.target.to_string()).increment(1);
+    }
+}
+
+/// A record whose Kafka key is not its incident id: per-incident order is then not
+/// guaranteed, because another partitioner may put the incident's updates elsewhere.
+#[derive(Debug)]
+pub struct KeyMismatch<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub incident_id: &'a str,
+    /// The key as text (lossy), or `None` when the record had no key.
+    pub key: Option<&'a str>,
+}
+
+impl KeyMismatch<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            incident_id = self.incident_id,
+            key = self.key.unwrap_or("(none)"),
+            "record key is not the incident id; this incident's updates may land on several partitions and lose their order (publish with key = incident_id)"
+        );
+        metrics::counter!("clarion_key_mismatches_total").increment(1);
+    }
 }
 
 /// The in-flight gauge.
