@@ -1117,12 +1117,50 @@ fn truncate(value: &str, max: usize) -> String {
     out
 }
 
-/// Escapes `&`, `<` and `>` as Slack's mrkdwn requires.
-fn slack_escape(value: &str) -> String {
-    value
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// `{{ title | slack_escape }}`, `{{ message | slack_escape(3000) }}`: escapes `&`,
+/// `<` and `>`, the characters that open Slack's control sequences (`<!channel>`
+/// pings a channel, `<https://evil|click>` disguises a link), so that text from an
+/// update is only ever text. With `max`, the escaped text is at most `max`
+/// characters (Slack's limits apply to what it receives), ending with `…` when
+/// shortened, and never cut inside an `&lt;`: escape first and `truncate` after
+/// could leave a dangling `&l`.
+fn slack_escape(value: &str, max: Option<usize>) -> String {
+    let escaped = escape_slack(value);
+    let Some(max) = max else {
+        return escaped;
+    };
+    if escaped.chars().count() <= max {
+        return escaped;
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in value.chars() {
+        let piece = escape_slack_char(c);
+        let len = piece.chars().count();
+        // Keep one character of the budget for the ellipsis.
+        if used + len + 1 > max {
+            break;
+        }
+        out.push_str(&piece);
+        used += len;
+    }
+    if max > 0 {
+        out.push('…');
+    }
+    out
+}
+
+fn escape_slack(value: &str) -> String {
+    value.chars().map(escape_slack_char).collect()
+}
+
+fn escape_slack_char(c: char) -> std::borrow::Cow<'static, str> {
+    match c {
+        '&' => "&amp;".into(),
+        '<' => "&lt;".into(),
+        '>' => "&gt;".into(),
+        c => c.to_string().into(),
+    }
 }
 
 /// Plain text → HTML paragraphs: a blank line separates paragraphs, a line break

@@ -352,7 +352,10 @@ fn escaping_in_html_json_and_plain_text() {
         &ctx(&u, "customers", None, "chat"),
     );
     let v: serde_json::Value = serde_json::from_str(&slack).expect("valid JSON");
-    assert_eq!(v["text"], r#"Investigating: Outage "north" <b> (INC-42)"#);
+    assert_eq!(
+        v["text"],
+        r#"Investigating: Outage "north" &lt;b&gt; (INC-42)"#
+    );
     assert_eq!(
         v["blocks"][1]["text"]["text"],
         r#"&lt;script&gt;alert("pwned")&lt;/script&gt; &amp; "quoted""#
@@ -363,6 +366,134 @@ fn escaping_in_html_json_and_plain_text() {
     assert_eq!(
         sms,
         r#"[INC-42 investigating] Outage "north" <b>: <script>alert("pwned")</script> & "quoted" (ref INC-42-u1)"#
+    );
+}
+
+/// Slack control sequences: one pings everyone in the channel, one shows `click`
+/// for a link to somewhere else.
+const PING: &str = "<!channel>";
+const DISGUISED_LINK: &str = "<https://evil.example|click>";
+
+/// An update whose every free-text field, ids included, carries Slack control
+/// sequences. It is a valid event: ids have no whitespace.
+fn hostile_to_chat() -> IncidentUpdate {
+    let mut u = sample(Status::Investigating, Impact::Critical);
+    u.incident_id = format!("{PING}{DISGUISED_LINK}");
+    u.update_id = format!("{DISGUISED_LINK}{PING}");
+    u.title = format!("{PING} outage {DISGUISED_LINK}");
+    u.message = format!("Read {DISGUISED_LINK} now {PING} & more");
+    u.components = vec![PING.into(), DISGUISED_LINK.into()];
+    u.regions = vec![DISGUISED_LINK.into()];
+    u.links = vec![Link {
+        title: format!("{PING} {DISGUISED_LINK}"),
+        url: "https://status.example.com/faq?a=1&b=2".into(),
+    }];
+    u.validate().expect("still a valid event");
+    u
+}
+
+/// Every string in a JSON document, with the key it sits under.
+fn strings<'a>(v: &'a serde_json::Value, key: &str, out: &mut Vec<(String, &'a str)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((key.to_string(), s)),
+        serde_json::Value::Array(items) => items.iter().for_each(|i| strings(i, key, out)),
+        serde_json::Value::Object(map) => map.iter().for_each(|(k, v)| strings(v, k, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn slack_preset_escapes_control_sequences_in_every_field() {
+    let set = set(&[]).with_preset("chat", "slack").expect("preset");
+    let u = hostile_to_chat();
+    let body = render(
+        &set,
+        ChannelKind::Webhook,
+        Part::Body,
+        &ctx(&u, "employees", None, "chat"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    let mut all = Vec::new();
+    strings(&v, "", &mut all);
+    for (key, text) in &all {
+        if key == "url" {
+            // Not text: Slack does not parse a button's URL, and escaping `&` there
+            // would break its query string.
+            assert_eq!(*text, "https://status.example.com/faq?a=1&b=2");
+            continue;
+        }
+        assert!(!text.contains(['<', '>']), "unescaped `{key}`: {text}");
+        assert!(
+            text.match_indices('&')
+                .all(|(i, _)| ["&amp;", "&lt;", "&gt;"]
+                    .iter()
+                    .any(|e| text[i..].starts_with(e))),
+            "raw & in `{key}`: {text}"
+        );
+    }
+    assert_eq!(
+        v["text"],
+        "Investigating: &lt;!channel&gt; outage &lt;https://evil.example|click&gt; \
+         (&lt;!channel&gt;&lt;https://evil.example|click&gt;)"
+    );
+    assert_eq!(
+        v["blocks"][1]["text"]["text"],
+        "Read &lt;https://evil.example|click&gt; now &lt;!channel&gt; &amp; more"
+    );
+    assert_eq!(
+        v["blocks"][4]["elements"][0]["text"],
+        "Incident &lt;!channel&gt;&lt;https://evil.example|click&gt; \
+         · update &lt;https://evil.example|click&gt;&lt;!channel&gt; · 2026-11-28 09:00 UTC"
+    );
+    assert_eq!(
+        v["blocks"][3]["elements"][0]["text"]["text"],
+        "&lt;!channel&gt; &lt;https://evil.example|click&gt;"
+    );
+}
+
+#[test]
+fn slack_escape_shortens_without_cutting_an_entity() {
+    let set = set(&[(
+        "sms/text.j2",
+        "{{ '<<<' | slack_escape(6) }}|{{ 'a<b' | slack_escape(6) }}|{{ 'a<b' | slack_escape(5) }}|{{ '<' | slack_escape(0) }}",
+    )]);
+    let u = sample(Status::Investigating, Impact::Minor);
+    assert_eq!(
+        render(
+            &set,
+            ChannelKind::Sms,
+            Part::Text,
+            &ctx(&u, "customers", None, "sms")
+        ),
+        "&lt;…|a&lt;b|a…|"
+    );
+}
+
+/// Teams has no control sequence like Slack's: a mention needs a `<at>` tag *and* a
+/// matching `msteams.entities` entry, which the preset never writes, and Adaptive
+/// Cards render no HTML. What an update can attack is the JSON itself, which
+/// auto-escaping keeps intact: every field arrives exactly as written.
+#[test]
+fn teams_preset_carries_hostile_text_verbatim_and_mentions_no_one() {
+    let set = set(&[]).with_preset("teams", "teams").expect("preset");
+    let mut u = hostile_to_chat();
+    u.title = format!("<at>General</at> \"}}], \"x\": \"{PING}");
+    let body = render(
+        &set,
+        ChannelKind::Webhook,
+        Part::Body,
+        &ctx(&u, "employees", None, "teams"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    let card = &v["attachments"][0]["content"];
+    assert_eq!(
+        card["body"][0]["text"],
+        format!("Investigating: <at>General</at> \"}}], \"x\": \"{PING}")
+    );
+    assert_eq!(card["body"][1]["text"], u.message.as_str());
+    assert!(
+        card.get("x").is_none() && card["msteams"].get("entities").is_none(),
+        "{card}"
     );
 }
 
