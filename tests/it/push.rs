@@ -184,6 +184,8 @@ pub(crate) async fn start_peer(python: PathBuf) -> Peer {
                 &device('d'),
                 "--busy-token",
                 &device('b'),
+                "--stall-token",
+                &device('5'),
                 "--stats",
                 &p("stats.json"),
             ]),
@@ -202,6 +204,10 @@ pub(crate) async fn start_peer(python: PathBuf) -> Peer {
 }
 
 fn channel(peer: &Peer, tokens: Vec<String>) -> ApnsChannel {
+    channel_limited(peer, tokens, 100)
+}
+
+fn channel_limited(peer: &Peer, tokens: Vec<String>, max_concurrent_sends: usize) -> ApnsChannel {
     let config = ApnsConfig {
         signing_key: SecretRef::File(peer.dir.join("apns.p8").display().to_string()),
         key_id: KEY_ID.into(),
@@ -216,7 +222,7 @@ fn channel(peer: &Peer, tokens: Vec<String>) -> ApnsChannel {
         ca_file: Some(peer.dir.join("ca.pem")),
         device_tokens: BTreeMap::from([("customers".to_string(), tokens)]),
         ttl: Duration::from_secs(3600),
-        max_concurrent_sends: 100,
+        max_concurrent_sends,
         request_timeout: Duration::from_secs(30),
     };
     build_apns("push-apns", &config, &Files).expect("build the APNs channel")
@@ -381,4 +387,59 @@ async fn apns_classifies_replies_and_reuses_one_connection() {
     // The dead token was tried twice (first and last update of INC-42), throttled once.
     assert_eq!(stats["statuses"]["410"], 2);
     assert_eq!(stats["statuses"]["429"], 1);
+}
+
+#[tokio::test]
+async fn apns_skips_devices_that_ended_and_keeps_progress_when_the_attempt_is_dropped() {
+    let Some(python) = python("push::apns_progress") else {
+        return;
+    };
+    let peer = start_peer(python).await;
+    let (a, b, c, stall) = (device('a'), device('c'), device('e'), device('5'));
+    // One send at a time, in token order, so "the first two" is well defined.
+    let ch = channel_limited(
+        &peer,
+        vec![a.clone(), b.clone(), c.clone(), stall.clone()],
+        1,
+    );
+
+    // `c` ended in an earlier attempt that timed out: the stand-in never sees it.
+    let update = &updates("INC-7")[0];
+    let mut d = delivery(update);
+    d.skip = Arc::new([c.clone()].into());
+    let send = ch.send(&d);
+    // The daemon's attempt_timeout, in effect: the send is dropped once the stand-in
+    // holds the stalled token's request (the others were answered before it was sent).
+    let stalled = async {
+        while peer.stats()["stalled"] != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let raced = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            out = send => panic!("the stalled token never gets an answer: {out:?}"),
+            () = stalled => {}
+        }
+    })
+    .await;
+    assert!(raced.is_ok(), "the stand-in never stalled");
+
+    let done: Vec<(String, bool)> = d
+        .progress
+        .take()
+        .into_iter()
+        .map(|r| (r.recipient.unwrap_or_default(), r.result.is_ok()))
+        .collect();
+    assert_eq!(done, [(a.clone(), true), (b.clone(), true)]);
+    let stats = peer.stats();
+    let seen: Vec<&str> = stats["first_requests"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["device"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(seen, [a.as_str(), b.as_str(), stall.as_str()]);
+    assert_eq!(
+        stats["problems"],
+        serde_json::json!([]),
+        "the stand-in found faults"
+    );
 }

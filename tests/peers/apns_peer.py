@@ -9,6 +9,8 @@ number of distinct TCP connections (by client address and port).
 Answers:
   --gone-token    410 {"reason": "Unregistered", "timestamp": ...}
   --busy-token    429 {"reason": "TooManyRequests"} the first time, then 200
+  --stall-token   never answered (the stream stays open), like a stalled provider;
+                  counted under "stalled"
   all-zero token  400 {"reason": "BadDeviceToken"} (what the healthcheck expects)
   anything else   200 with the request's apns-id echoed
 A request that fails a check gets 400 with the matching Apple reason and is listed
@@ -44,6 +46,7 @@ class Peer:
         self.problems = []
         self.provider_tokens = set()
         self.busy_answered = False
+        self.stalled = 0
         self.seen = []
 
     def write_stats(self):
@@ -53,6 +56,7 @@ class Peer:
             "statuses": self.statuses,
             "problems": self.problems[:20],
             "provider_tokens": len(self.provider_tokens),
+            "stalled": self.stalled,
             "first_requests": self.seen,
         }
         tmp = self.args.stats + ".tmp"
@@ -135,6 +139,11 @@ class Peer:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.requests += 1
         status, reply = self.answer(scope, headers, body)
+        if status is None:
+            self.stalled += 1
+            self.write_stats()
+            await asyncio.Event().wait()  # never set: no answer, ever
+            return
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
         self.write_stats()
         out_headers = [(b"content-type", b"application/json")]
@@ -160,6 +169,8 @@ class Peer:
                 "apns-expiration": headers.get("apns-expiration"),
                 "payload": json.loads(body),
             })
+        if device == self.args.stall_token:
+            return None, None
         if device == self.args.gone_token:
             return 410, {"reason": "Unregistered", "timestamp": int(time.time() * 1000)}
         if device == self.args.busy_token and not self.busy_answered:
@@ -181,6 +192,7 @@ def main():
     p.add_argument("--topic", required=True)
     p.add_argument("--gone-token", required=True)
     p.add_argument("--busy-token", required=True)
+    p.add_argument("--stall-token", help="a device token whose requests are never answered")
     p.add_argument("--stats", required=True, help="file to write the stats JSON to")
     args = p.parse_args()
 

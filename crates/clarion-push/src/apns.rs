@@ -529,16 +529,14 @@ impl ApnsChannel {
 #[async_trait::async_trait]
 impl Channel for ApnsChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
-        let recipients = select_recipients(
-            &self.recipients,
-            &delivery.audiences,
-            delivery.recipients.as_deref(),
-        );
+        let recipients = select_recipients(&self.recipients, delivery);
+        // Each result is recorded the moment it is known, not when the fan-out ends:
+        // an attempt the daemon cuts short keeps the devices that already ended.
         let results = fan_out(&self.limit, recipients, |(audience, device)| async move {
-            RecipientResult {
+            delivery.finish(RecipientResult {
                 recipient: Some(device.to_string()),
                 result: self.try_send(delivery, audience, device).await,
-            }
+            })
         })
         .await;
         Outcome { results }

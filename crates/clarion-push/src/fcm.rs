@@ -440,10 +440,12 @@ impl FcmChannel {
         token: &auth::AccessToken,
     ) -> RecipientResult {
         let result = self.try_send(delivery, audience, recipient, token).await;
-        RecipientResult {
+        // Recorded now, not when the fan-out ends: an attempt the daemon cuts short
+        // keeps the recipients that already ended.
+        delivery.finish(RecipientResult {
             recipient: Some(recipient.to_string()),
             result,
-        }
+        })
     }
 
     async fn try_send(
@@ -497,11 +499,7 @@ impl FcmChannel {
 #[async_trait::async_trait]
 impl Channel for FcmChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
-        let recipients = select_recipients(
-            &self.recipients,
-            &delivery.audiences,
-            delivery.recipients.as_deref(),
-        );
+        let recipients = select_recipients(&self.recipients, delivery);
         if recipients.is_empty() {
             return Outcome {
                 results: Vec::new(),
@@ -515,9 +513,11 @@ impl Channel for FcmChannel {
                 return Outcome {
                     results: recipients
                         .into_iter()
-                        .map(|(_, r)| RecipientResult {
-                            recipient: Some(r.to_string()),
-                            result: Err(e.clone()),
+                        .map(|(_, r)| {
+                            delivery.finish(RecipientResult {
+                                recipient: Some(r.to_string()),
+                                result: Err(e.clone()),
+                            })
                         })
                         .collect(),
                 };

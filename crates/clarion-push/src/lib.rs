@@ -21,6 +21,7 @@ mod http;
 pub use apns::{ApnsChannel, ApnsConfig, ApnsEnvironment, build as build_apns};
 pub use fcm::{FcmChannel, FcmConfig, build as build_fcm};
 
+use clarion_core::Delivery;
 use std::collections::{BTreeMap, HashSet};
 
 /// Why a push target's config cannot be used. Every variant names the target and the
@@ -60,23 +61,32 @@ pub(crate) fn install_jwt_crypto() {
 /// The recipients one delivery goes to, each with the audience whose text it gets:
 /// the de-duplicated union over `audiences` (in their order, then config order), a
 /// recipient listed under several audiences taking the first one's text, restricted to
-/// `only` when the daemon retries a subset. Names in `only` that the config no longer
-/// lists are dropped: the config is the authority on who may receive this target.
+/// those [`Delivery::wants`] (a retry's subset, minus the ones that already ended in an
+/// attempt that timed out). Names in a retry's subset that the config no longer lists
+/// are dropped: the config is the authority on who may receive this target.
 pub(crate) fn select_recipients<'a>(
     map: &'a BTreeMap<String, Vec<String>>,
-    audiences: &'a [String],
-    only: Option<&[String]>,
+    delivery: &'a Delivery,
 ) -> Vec<(&'a str, &'a str)> {
-    // A set, because a retry's subset can be as long as the token list itself.
-    let only: Option<HashSet<&str>> = only.map(|o| o.iter().map(String::as_str).collect());
+    // A set, because a retry's subset can be as long as the token list itself, and
+    // `Delivery::wants` searches the list.
+    let only: Option<HashSet<&str>> = delivery
+        .recipients
+        .as_ref()
+        .map(|o| o.iter().map(String::as_str).collect());
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for audience in audiences {
+    for audience in delivery.audiences.iter() {
         let Some(list) = map.get(audience) else {
             continue;
         };
         for r in list {
-            if only.as_ref().is_some_and(|only| !only.contains(r.as_str())) {
+            // `wants` minus its list search, which the set above does in O(1).
+            let wanted = match &only {
+                Some(only) => only.contains(r.as_str()) && !delivery.skip.contains(r),
+                None => delivery.wants(r),
+            };
+            if !wanted {
                 continue;
             }
             if seen.insert(r.as_str()) {
@@ -102,19 +112,34 @@ mod tests {
             "business".to_string(),
             vec!["b".to_string(), "c".to_string()],
         );
-        let audiences = [
-            "business".to_string(),
-            "customers".to_string(),
-            "nobody".to_string(),
-        ];
+        let update = clarion_core::samples::lifecycle(
+            "INC-1",
+            "Outage",
+            &["customers"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        let mut delivery = Delivery::new(
+            std::sync::Arc::new(update),
+            std::sync::Arc::from("push"),
+            vec![
+                "business".to_string(),
+                "customers".to_string(),
+                "nobody".to_string(),
+            ]
+            .into(),
+        );
         assert_eq!(
-            select_recipients(&map, &audiences, None),
+            select_recipients(&map, &delivery),
             [("business", "b"), ("business", "c"), ("customers", "a")]
         );
-        let only = ["a".to_string(), "zzz".to_string()];
+        // Recipients that ended in an earlier, timed-out attempt are not chosen.
+        delivery.skip = std::sync::Arc::new(["c".to_string()].into());
         assert_eq!(
-            select_recipients(&map, &audiences, Some(&only)),
-            [("customers", "a")]
+            select_recipients(&map, &delivery),
+            [("business", "b"), ("customers", "a")]
         );
+        delivery.recipients = Some(vec!["a".to_string(), "c".to_string(), "zzz".to_string()]);
+        assert_eq!(select_recipients(&map, &delivery), [("customers", "a")]);
     }
 }

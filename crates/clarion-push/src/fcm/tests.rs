@@ -89,6 +89,9 @@ struct MockState {
     sends: Vec<(String, serde_json::Value)>,
     peers: BTreeSet<SocketAddr>,
     script: HashMap<String, Scripted>,
+    /// Recipients whose sends are never answered, like a stalled provider.
+    stall: BTreeSet<String>,
+    stalled: Arc<tokio::sync::Notify>,
 }
 
 type Shared = Arc<Mutex<MockState>>;
@@ -203,6 +206,12 @@ async fn send_endpoint(
         .unwrap_or_default()
         .to_string();
     st.sends.push((auth, v));
+    if st.stall.contains(&to) {
+        st.stalled.notify_one();
+        // Headers now, a body never: the client waits for it forever.
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        return axum::body::Body::from_stream(never).into_response();
+    }
     let n = st.sends.len();
     if let Some(script) = st.script.get_mut(&to).filter(|s| s.times > 0) {
         script.times -= 1;
@@ -774,4 +783,69 @@ async fn measure_pushes_per_second_over_one_connection() {
         "token exchange and every send share one connection"
     );
     assert_eq!(st.problems, Vec::<String>::new());
+}
+
+fn sent_to(m: &Mock) -> Vec<String> {
+    lock(&m.state)
+        .sends
+        .iter()
+        .map(|(_, v)| {
+            let to = &v["message"];
+            to["token"]
+                .as_str()
+                .or(to["topic"].as_str())
+                .unwrap_or("-")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_recipient_that_ended_in_a_timed_out_attempt_is_not_sent_again() {
+    let m = mock(3600).await;
+    let ch = build("push-fcm", &config(&m, ""), &Values).expect("build");
+    let mut d = delivery(0, &["customers", "business"]);
+    d.skip = Arc::new(["tok-b".to_string(), "/topics/outages".to_string()].into());
+    let out = ch.send(&d).await;
+    assert!(out.is_delivered(), "{out:?}");
+    assert_eq!(recipients(&out), ["tok-a", "tok-c"]);
+    // What FCM received: not the skipped token, nor the skipped topic.
+    let mut got = sent_to(&m);
+    got.sort();
+    assert_eq!(got, ["tok-a", "tok-c"]);
+}
+
+#[tokio::test]
+async fn progress_keeps_the_recipients_sent_before_the_attempt_was_dropped() {
+    let m = mock(3600).await;
+    lock(&m.state).stall.insert("tok-c".to_string());
+    let stalled = Arc::clone(&lock(&m.state).stalled);
+    // One send at a time, in recipient order, so "the first two" is well defined.
+    let ch = build("push-fcm", &config(&m, "max_concurrent_sends = 1"), &Values).expect("build");
+    let d = delivery(0, &["customers", "business"]);
+    let send = ch.send(&d);
+    // The daemon's attempt_timeout, in effect: the send is dropped while tok-c hangs.
+    // The outer timeout only guards against a broken test.
+    let raced = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            _ = send => panic!("tok-c never gets an answer"),
+            _ = stalled.notified() => {}
+        }
+    })
+    .await;
+    assert!(raced.is_ok(), "the stand-in never stalled");
+    let done: Vec<(String, bool)> = d
+        .progress
+        .take()
+        .into_iter()
+        .map(|r| (r.recipient.unwrap_or_default(), r.result.is_ok()))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("tok-a".to_string(), true),
+            ("tok-b".to_string(), true),
+            ("/topics/outages".to_string(), true),
+        ]
+    );
 }
