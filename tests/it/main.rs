@@ -5,6 +5,7 @@
 mod cli;
 mod email;
 mod email_e2e;
+mod hardening;
 mod kafka;
 mod push;
 mod push_e2e;

@@ -101,6 +101,17 @@ impl InProcess {
         InProcess { shutdown, handle }
     }
 
+    /// Waits for the daemon to end by itself (a start-up error) and returns how.
+    pub async fn result(self) -> anyhow::Result<clarion::Summary> {
+        match tokio::time::timeout(Duration::from_secs(60), self.handle).await {
+            Ok(joined) => joined.expect("daemon task"),
+            Err(_) => {
+                self.shutdown.cancel();
+                panic!("the daemon did not stop by itself within 60 s")
+            }
+        }
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) -> clarion::Summary {
         self.shutdown.cancel();
