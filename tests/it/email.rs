@@ -597,6 +597,72 @@ async fn setup_errors_are_clear_and_name_the_target() {
     assert!(peer.received(0).await.is_empty(), "nothing was delivered");
 }
 
+/// Opportunistic STARTTLS with credentials against a server that does not offer
+/// STARTTLS (what a man in the middle who strips it produces): no AUTH goes out, and
+/// the delivery fails permanently, saying why. With `allow_plaintext_auth` the same
+/// server gets the AUTH, which shows that the peer's log would have caught it.
+#[tokio::test]
+async fn opportunistic_starttls_never_sends_auth_in_clear_text() {
+    let Some(py) = python(module_path!()) else {
+        return;
+    };
+    // No --certs: the peer offers AUTH but not STARTTLS.
+    let peer = SmtpPeer::start(
+        &py,
+        &[
+            "--user",
+            "clarion",
+            "--password",
+            "s3cret",
+            "--auth-log",
+            "{dir}/auth.jsonl",
+        ],
+    )
+    .await;
+    let auth_log = || std::fs::read_to_string(peer.dir.join("auth.jsonl")).unwrap_or_default();
+    let stripped = json!({
+        "tls": "starttls_opportunistic",
+        "username": "clarion",
+        "password": { "value": "s3cret" },
+    });
+    let ch = channel(&config(peer.port, stripped.clone()));
+    let outcome = ch.send(&delivery(11, &["customers"])).await;
+    assert_eq!(outcome.results.len(), 2, "{outcome:?}");
+    for r in &outcome.results {
+        let err = r.result.as_ref().expect_err("no STARTTLS, no AUTH");
+        assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
+        assert!(
+            err.reason.contains("email target `status-mail`")
+                && err.reason.contains("did not offer STARTTLS")
+                && err.reason.contains("credentials were not sent")
+                && err.reason.contains("allow_plaintext_auth"),
+            "{err:?}"
+        );
+    }
+    let err = ch
+        .healthcheck()
+        .await
+        .expect_err("check-config --connect says so too");
+    assert!(err.reason.contains("did not offer STARTTLS"), "{err:?}");
+    assert_eq!(auth_log(), "", "the peer saw an AUTH");
+    assert!(peer.received(0).await.is_empty(), "nothing was delivered");
+
+    // Said explicitly: the password goes out in clear text, and the mail with it.
+    let mut allowed = stripped;
+    allowed["allow_plaintext_auth"] = json!(true);
+    let outcome = channel(&config(peer.port, allowed))
+        .send(&delivery(12, &["customers"]))
+        .await;
+    assert!(outcome.is_delivered(), "{outcome:?}");
+    let log = auth_log();
+    assert!(
+        log.lines()
+            .next()
+            .is_some_and(|l| l.contains("\"login\": \"clarion\"") && l.contains("\"tls\": false")),
+        "{log}"
+    );
+}
+
 /// Throughput through the pool to a local aiosmtpd. Run with
 /// `cargo test -p clarion-tests --test it email::bench -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

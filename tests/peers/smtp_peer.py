@@ -10,6 +10,10 @@ file; nothing here shares code with the channel under test.
 Fault injection: --reject ADDR answers 550 to RCPT TO:<ADDR>; --tempfail ADDR answers
 450; --close-on-rcpt-once answers 421 to the first RCPT the server sees and closes that
 connection, then behaves.
+
+--auth-log FILE appends one JSON line per AUTH attempt the server sees (the mechanism's
+decoded login and whether it succeeded), so a test can prove that no password was
+sent.
 """
 
 import argparse
@@ -115,6 +119,7 @@ def main():
     p.add_argument("--tempfail", action="append", default=[])
     p.add_argument("--close-on-rcpt-once", action="store_true")
     p.add_argument("--quiet", action="store_true", help="record the envelope only (for the benchmark)")
+    p.add_argument("--auth-log", help="append one JSON line per AUTH attempt to this file")
     args = p.parse_args()
     args.reject = [a.lower() for a in args.reject]
     args.tempfail = [a.lower() for a in args.tempfail]
@@ -133,6 +138,11 @@ def main():
             ok = (isinstance(auth_data, LoginPassword)
                   and auth_data.login.decode() == args.user
                   and auth_data.password.decode() == args.password)
+            if args.auth_log:
+                login = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else None
+                with open(args.auth_log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"mechanism": mechanism, "login": login,
+                                        "tls": session.ssl is not None, "ok": ok}) + "\n")
             # handled=False: let aiosmtpd answer 535 itself on failure.
             return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
         # aiosmtpd counts only STARTTLS as TLS when deciding whether to offer AUTH;

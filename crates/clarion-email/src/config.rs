@@ -34,10 +34,20 @@ pub struct EmailConfig {
     pub port: Option<u16>,
     /// How the connection is secured: `starttls` (default: STARTTLS is required, the
     /// send fails if the server does not offer it), `starttls_opportunistic` (upgrade
-    /// when offered, else stay in clear text), `implicit` (TLS from the first byte,
-    /// usually port 465) or `none` (clear text; must be chosen explicitly).
+    /// when offered, else stay in clear text; with `username`/`password` STARTTLS is
+    /// still required unless `allow_plaintext_auth` says otherwise), `implicit` (TLS
+    /// from the first byte, usually port 465) or `none` (clear text, no credentials;
+    /// must be chosen explicitly).
     #[serde(default)]
     pub tls: TlsMode,
+    /// Only with `tls = "starttls_opportunistic"` and credentials: `true` lets the
+    /// password cross the network in clear text when the server does not offer
+    /// STARTTLS. Default `false`: such a session fails (permanently) before AUTH,
+    /// because a missing STARTTLS is also what an attacker who strips it from the
+    /// server's reply produces. Set it only for a relay on a trusted network that
+    /// cannot do TLS.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
     /// PEM file with CA certificates to trust in addition to the system's roots (a
     /// private relay's CA, a test CA). There is deliberately no switch that turns
     /// certificate checking off.
@@ -188,6 +198,9 @@ pub(crate) struct ConnectSettings {
     pub tls: Tls,
     pub hello: ClientId,
     pub credentials: Option<Credentials>,
+    /// The config's `allow_plaintext_auth`: AUTH may go out on a session that
+    /// opportunistic STARTTLS left unencrypted.
+    pub allow_plaintext_auth: bool,
     pub mechanisms: Vec<Mechanism>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -201,6 +214,7 @@ impl std::fmt::Debug for ConnectSettings {
             .field("port", &self.port)
             .field("tls", &self.tls)
             .field("auth", &self.credentials.is_some())
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .finish()
@@ -277,6 +291,20 @@ impl EmailConfig {
                 "tls",
                 "is `none` but credentials are set: the password would cross the network in clear text; use `starttls` or `implicit`".into(),
             ));
+        }
+        if self.allow_plaintext_auth {
+            if self.tls != TlsMode::StarttlsOpportunistic {
+                return Err(err(
+                    "allow_plaintext_auth",
+                    "only applies to `tls = \"starttls_opportunistic\"`".into(),
+                ));
+            }
+            if credentials.is_none() {
+                return Err(err(
+                    "allow_plaintext_auth",
+                    "is set but there are no credentials (`username`, `password`)".into(),
+                ));
+            }
         }
         let mechanisms = match &self.auth_mechanisms {
             None => vec![Mechanism::Plain, Mechanism::Login],
@@ -365,6 +393,7 @@ impl EmailConfig {
                 tls,
                 hello,
                 credentials,
+                allow_plaintext_auth: self.allow_plaintext_auth,
                 mechanisms,
                 connect_timeout: positive("connect_timeout", self.connect_timeout, 30)?,
                 command_timeout: positive("command_timeout", self.command_timeout, 60)?,

@@ -190,15 +190,32 @@ impl Pool {
                 _ => {}
             }
             if let Some(credentials) = &s.credentials {
+                // Opportunistic STARTTLS falls back to clear text when the server does
+                // not offer it, which is also what a man in the middle who strips the
+                // offer produces: the password must not follow unless the config
+                // says so (`allow_plaintext_auth`).
+                if !conn.is_encrypted() && !s.allow_plaintext_auth {
+                    return Err(Opening::PlaintextAuth);
+                }
                 conn.auth(&s.mechanisms, credentials)
                     .await
                     .map_err(|e| ("logging in (AUTH)", e))?;
             }
-            Ok::<_, (&str, SmtpError)>(conn)
+            Ok::<_, Opening>(conn)
         };
         match tokio::time::timeout(s.connect_timeout, opening).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err((stage, e))) => Err(self.session_error(stage, &e)),
+            Ok(Err(Opening::Failed(stage, e))) => Err(self.session_error(stage, &e)),
+            // Permanent, like `tls = "starttls"` against a server without STARTTLS:
+            // the relay's setup (or the network path to it) needs an operator.
+            Ok(Err(Opening::PlaintextAuth)) => Err(DeliveryError::permanent(format!(
+                "email target `{}`: {} did not offer STARTTLS, so the session is not \
+                 encrypted and the credentials were not sent (a missing STARTTLS can be \
+                 an attacker stripping it); use a relay with STARTTLS, or set \
+                 `allow_plaintext_auth = true` to send the password in clear text",
+                self.target,
+                self.endpoint()
+            ))),
             Err(_) => Err(DeliveryError::retryable(
                 format!(
                     "email target `{}`: no SMTP session with {} within {:?} (connect_timeout)",
@@ -211,9 +228,13 @@ impl Pool {
         }
     }
 
-    /// Classifies a failure to open a session. Refused credentials, a server that
-    /// does not offer the TLS the config requires, and a certificate that does not
-    /// verify need an operator, so they are permanent; the rest may pass.
+    /// Classifies a failure to open a session. Refused credentials (5xx), a server
+    /// that does not offer the TLS the config requires (a client error in lettre),
+    /// and a TLS handshake that failed for a reason only an operator can fix (see
+    /// [`tls_needs_operator`]) are permanent. Everything else may pass, including a
+    /// TLS handshake cut short by a reset, an EOF or a timeout: that is the network
+    /// or a restarting server, not the configuration, and dead-lettering a whole
+    /// queue for it would lose mail a retry would deliver.
     fn session_error(&self, stage: &str, e: &SmtpError) -> DeliveryError {
         let reason = format!(
             "email target `{}`: {stage} {} failed: {}",
@@ -221,8 +242,9 @@ impl Pool {
             self.endpoint(),
             describe(e)
         );
-        let class_permanent =
-            e.is_permanent() || e.is_client() || e.is_tls() || is_certificate_error(e);
+        // Not `e.is_tls()`: lettre uses that kind for any TLS-layer error of its
+        // native-tls and boring backends, resets included; what matters is the cause.
+        let class_permanent = e.is_permanent() || e.is_client() || tls_needs_operator(e);
         let err = if class_permanent && !e.is_timeout() {
             DeliveryError::permanent(reason)
         } else {
@@ -477,6 +499,21 @@ fn no_result() -> DeliveryError {
     DeliveryError::retryable("internal: no result was recorded for this recipient", None)
 }
 
+/// Why a session could not be opened.
+enum Opening {
+    /// A step failed: which one, and lettre's error.
+    Failed(&'static str, SmtpError),
+    /// Credentials are configured, the session is in clear text, and the config does
+    /// not allow AUTH in clear text.
+    PlaintextAuth,
+}
+
+impl From<(&'static str, SmtpError)> for Opening {
+    fn from((stage, e): (&'static str, SmtpError)) -> Self {
+        Opening::Failed(stage, e)
+    }
+}
+
 enum MailFromError {
     Step(StepError),
     Unsupported(DeliveryError),
@@ -506,11 +543,23 @@ fn describe(e: &SmtpError) -> String {
     s
 }
 
-/// True when TLS failed because the server's certificate did not verify (unknown
-/// issuer, wrong name, expired): an operator has to fix the CA or the name, so
-/// retrying cannot help. lettre reports these as connection errors wrapping an
+/// True when a TLS handshake failed for a reason that only an operator can fix, so
+/// retrying cannot help:
+///
+/// - the server's certificate did not verify (unknown issuer, wrong name, expired),
+///   or it presented none: fix `tls_ca_file`, `tls_server_name` or the relay's
+///   certificate;
+/// - the two sides share no protocol version or cipher suite, found by us
+///   (`PeerIncompatible`) or by the server (its `handshake_failure`,
+///   `protocol_version` or `insufficient_security` alert, RFC 8446 §6.2): fix the
+///   relay's TLS settings.
+///
+/// Anything else in the chain (the connection reset or closed mid-handshake, a
+/// timeout, a garbled record, an `internal_error` alert) is not in this list and is
+/// retried. lettre reports handshake failures as connection errors wrapping an
 /// `io::Error` that wraps the `rustls::Error`.
-fn is_certificate_error(e: &SmtpError) -> bool {
+fn tls_needs_operator(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as Alert;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
@@ -521,7 +570,14 @@ fn is_certificate_error(e: &SmtpError) -> bool {
         if let Some(tls) = tls {
             return matches!(
                 tls,
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::AlertReceived(
+                        Alert::HandshakeFailure
+                            | Alert::ProtocolVersion
+                            | Alert::InsufficientSecurity
+                    )
             );
         }
         source = err.source();
@@ -547,5 +603,71 @@ fn provider_id(reply: &Response) -> Option<String> {
         None
     } else {
         Some(trimmed.chars().take(200).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_needs_operator;
+    use rustls::{AlertDescription, CertificateError, Error as Tls, PeerIncompatible};
+    use std::io::{Error, ErrorKind};
+
+    /// What lettre hands over: an `io::Error` wrapping the rustls error, or a bare
+    /// I/O error when the socket failed.
+    fn check(cause: Error, operator: bool) {
+        let shown = cause.to_string();
+        assert_eq!(tls_needs_operator(&cause), operator, "{shown}");
+    }
+
+    #[test]
+    fn tls_failures_that_need_an_operator_are_told_apart_from_the_network() {
+        let tls = |e: Tls| Error::new(ErrorKind::InvalidData, e);
+        // Permanent: the certificate, or no common ground.
+        check(
+            tls(Tls::InvalidCertificate(CertificateError::UnknownIssuer)),
+            true,
+        );
+        check(
+            tls(Tls::InvalidCertificate(CertificateError::NotValidForName)),
+            true,
+        );
+        check(
+            tls(Tls::InvalidCertificate(CertificateError::Expired)),
+            true,
+        );
+        check(tls(Tls::NoCertificatesPresented), true);
+        check(
+            tls(Tls::PeerIncompatible(
+                PeerIncompatible::NoCipherSuitesInCommon,
+            )),
+            true,
+        );
+        check(
+            tls(Tls::AlertReceived(AlertDescription::HandshakeFailure)),
+            true,
+        );
+        check(
+            tls(Tls::AlertReceived(AlertDescription::ProtocolVersion)),
+            true,
+        );
+        // Retryable: the connection went away, or the server had a bad moment.
+        check(Error::from(ErrorKind::ConnectionReset), false);
+        check(Error::from(ErrorKind::UnexpectedEof), false);
+        check(Error::from(ErrorKind::TimedOut), false);
+        check(Error::from(ErrorKind::BrokenPipe), false);
+        check(
+            tls(Tls::AlertReceived(AlertDescription::InternalError)),
+            false,
+        );
+        check(
+            tls(Tls::AlertReceived(AlertDescription::CloseNotify)),
+            false,
+        );
+        check(
+            tls(Tls::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            )),
+            false,
+        );
     }
 }

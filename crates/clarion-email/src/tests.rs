@@ -136,6 +136,38 @@ fn rejects_bad_config_with_the_key() {
             "is `none` but credentials are set: the password would cross the network in clear text; use `starttls` or `implicit`"
         ))
     );
+    // `allow_plaintext_auth` means something only for opportunistic STARTTLS with
+    // credentials; anywhere else it is a mistake worth hearing about.
+    let needless = EXAMPLE.replace(
+        "tls = \"starttls\"",
+        "tls = \"starttls\"\nallow_plaintext_auth = true",
+    );
+    assert_eq!(
+        build("status-mail", &config(&needless), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e(
+            "allow_plaintext_auth",
+            "only applies to `tls = \"starttls_opportunistic\"`"
+        ))
+    );
+    let opportunistic = EXAMPLE.replace(
+        "tls = \"starttls\"",
+        "tls = \"starttls_opportunistic\"\nallow_plaintext_auth = true",
+    );
+    assert!(build("status-mail", &config(&opportunistic), &Secrets).is_ok());
+    let anonymous = opportunistic
+        .replace("username = \"clarion\"", "")
+        .replace("password = { env = \"SMTP_PASSWORD\" }", "");
+    assert_eq!(
+        build("status-mail", &config(&anonymous), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e(
+            "allow_plaintext_auth",
+            "is set but there are no credentials (`username`, `password`)"
+        ))
+    );
     let no_password = EXAMPLE.replace("password = { env = \"SMTP_PASSWORD\" }", "");
     assert_eq!(
         build("status-mail", &config(&no_password), &Secrets)
@@ -355,6 +387,9 @@ enum Fault {
     /// Accepts this many messages (across all sessions), then never answers the end
     /// of a message again.
     StallAfter(usize),
+    /// Offers STARTTLS, agrees to it, then hangs up in the middle of the handshake
+    /// (an SMTP server restarting, a middlebox resetting the connection).
+    ResetInTlsHandshake,
 }
 
 /// What a fake server saw, and a signal for the moment it stalled.
@@ -391,6 +426,18 @@ async fn fake_server_seen(fault: Fault) -> (u16, Arc<Seen>) {
                 while let Ok(Some(line)) = lines.next_line().await {
                     let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
                     let reply: &[u8] = match verb.as_str() {
+                        "EHLO" if fault == Fault::ResetInTlsHandshake => {
+                            b"250-fake\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+                        }
+                        "STAR" if fault == Fault::ResetInTlsHandshake => {
+                            let _ = write.write_all(b"220 2.0.0 Ready to start TLS\r\n").await;
+                            // Read the ClientHello's first bytes, then close: the
+                            // client sees the connection end mid-handshake.
+                            let mut hello = [0u8; 5];
+                            let mut raw = lines.into_inner();
+                            let _ = tokio::io::AsyncReadExt::read(&mut raw, &mut hello).await;
+                            return;
+                        }
                         "EHLO" => b"250-fake\r\n250 8BITMIME\r\n",
                         "MAIL" if fault == Fault::SilentAtMail => {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -615,5 +662,31 @@ async fn progress_keeps_a_whole_bcc_batch_once_its_transaction_ended() {
             ("ann@customers.example".to_string(), true),
             ("bob@customers.example".to_string(), true),
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_connection_lost_during_the_tls_handshake_is_retryable() {
+    let port = fake_server(Fault::ResetInTlsHandshake).await;
+    let ch = channel(&format!(
+        r#"
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+from = "status@acme.example"
+connect_timeout = "1h"
+[recipients]
+customers = ["ann@customers.example"]
+"#
+    ));
+    let outcome = ch.send(&delivery(&["customers"], None)).await;
+    let err = outcome.results[0]
+        .result
+        .as_ref()
+        .expect_err("the handshake never finished");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        err.reason.contains("email target `status-mail`") && err.reason.contains("STARTTLS"),
+        "{err:?}"
     );
 }
