@@ -350,7 +350,7 @@ async fn generic_gateway_follows_its_template() {
         "body": "json",
         "fields": {"msisdn": "{to_digits}", "message": "{text}", "sender": "{from}", "coding": "{encoding}", "parts": "{segments}", "status": "{status}", "literal": "{{braces}}"},
         "success": [200, "202-204"],
-        "retry": [429, "500-599"],
+        "retry_statuses": [429, "500-599"],
         "recipient_gone": [410],
         "message_id": "/result/id",
         "recipients": {"customers": ["+447700900001", "+447700900002", "+447700900003", "+447700900004"]},

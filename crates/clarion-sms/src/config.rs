@@ -186,9 +186,10 @@ provider_config! {
         #[serde(default = "default_success")]
         pub success: Vec<StatusSpec>,
         /// Statuses that mean "try again later" (`Retry-After` is honoured). Default
-        /// `[408, 429, "500-599"]`.
-        #[serde(default = "default_retry")]
-        pub retry: Vec<StatusSpec>,
+        /// `[408, 429, "500-599"]`. Not called `retry`: in `[targets.NAME]` that key
+        /// is the daemon's retry policy table.
+        #[serde(default = "default_retry_statuses")]
+        pub retry_statuses: Vec<StatusSpec>,
         /// Statuses that mean "this number is gone" (opted out, deactivated). Default
         /// none. Any status in none of the lists is a permanent failure.
         #[serde(default)]
@@ -324,7 +325,7 @@ fn default_method() -> String {
 fn default_success() -> Vec<StatusSpec> {
     vec![StatusSpec::Text("200-299".into())]
 }
-fn default_retry() -> Vec<StatusSpec> {
+fn default_retry_statuses() -> Vec<StatusSpec> {
     vec![
         StatusSpec::Code(408),
         StatusSpec::Code(429),

@@ -114,7 +114,7 @@ impl Gateway {
             key,
             from: c.from.clone(),
             success: set("success", &c.success)?,
-            retry: set("retry", &c.retry)?,
+            retry: set("retry_statuses", &c.retry_statuses)?,
             gone: set("recipient_gone", &c.recipient_gone)?,
             message_id: c.message_id.clone(),
         })

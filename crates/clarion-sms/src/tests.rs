@@ -80,7 +80,7 @@ from = "ACME"
 body = "json"
 fields = { to = "{to}", text = "{text}", from = "{from}" }
 success = [200, 202]
-retry = [429, "500-599"]
+retry_statuses = [429, "500-599"]
 recipient_gone = [410]
 message_id = "/id"
 recipients = { customers = ["+447700900123"] }
@@ -161,8 +161,8 @@ fn rejects_bad_config_naming_the_field() {
         "target `sms-customers`: invalid `headers.Authorization`: uses {key} but the target has no `key`"
     );
     assert_eq!(
-        gateway("retry = [\"5xx\"]"),
-        "target `sms-customers`: invalid `retry`: `5xx` is not a status code or a range like \"500-599\""
+        gateway("retry_statuses = [\"5xx\"]"),
+        "target `sms-customers`: invalid `retry_statuses`: `5xx` is not a status code or a range like \"500-599\""
     );
     assert_eq!(
         build_str("provider = \"http\"\nurl = \"ftp://gw/{to}\"\nrecipients = {}"),
