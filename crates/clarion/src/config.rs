@@ -8,10 +8,10 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clarion_core::{Channel, Secret, SecretRef, SecretResolver};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The four audiences every deployment has; config may add more.
@@ -20,6 +20,13 @@ pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees",
 /// librdkafka properties Clarion sets itself because at-least-once depends on them.
 pub const OWNED_KAFKA_PROPERTIES: [&str; 3] =
     ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
+
+/// librdkafka properties of the dead-letter producer that Clarion sets itself: a
+/// dead letter resolves its update (and lets the offset be committed) only once
+/// every in-sync replica has it, written once. `request.required.acks` is
+/// librdkafka's alias of `acks`.
+pub const OWNED_PRODUCER_PROPERTIES: [&str; 3] =
+    ["acks", "request.required.acks", "enable.idempotence"];
 
 /// The whole file, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -142,8 +149,14 @@ pub struct MetricsConfig {
 }
 
 /// A retry policy as written: every key optional, so a target can override one.
+///
+/// Only a table is accepted. serde's derived struct parsing would also take a
+/// sequence (`retry = [429]` as `max_attempts = 429`), which is how the SMS
+/// gateway's old status list was silently read as a policy; `remote = "Self"` keeps
+/// the derived parser as an inherent function that [`Deserialize`] below calls only
+/// for a table.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct RetryOverride {
     /// Attempts in all, the first included (default 10).
     pub max_attempts: Option<u32>,
@@ -162,6 +175,29 @@ pub struct RetryOverride {
     /// 60s); a safety net over the channel's own timeouts.
     #[serde(default, with = "humantime_serde")]
     pub attempt_timeout: Option<Duration>,
+}
+
+/// The keys of a retry policy table, for error messages.
+const RETRY_KEYS: &str =
+    "(max_attempts, max_elapsed, initial_backoff, max_backoff, attempt_timeout)";
+
+impl<'de> Deserialize<'de> for RetryOverride {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Table;
+        impl<'de> serde::de::Visitor<'de> for Table {
+            type Value = RetryOverride;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a table of retry policy keys {RETRY_KEYS}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RetryOverride, A::Error> {
+                RetryOverride::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Table)
+    }
 }
 
 /// A complete, checked retry policy.
@@ -197,6 +233,11 @@ impl RetryPolicy {
         };
         if p.max_attempts == 0 {
             bail!("{key}.max_attempts: must be at least 1");
+        }
+        // Zero would dead-letter every delivery whose first attempt fails, however
+        // retryable, which nobody means by writing a time limit.
+        if p.max_elapsed.is_zero() {
+            bail!("{key}.max_elapsed: must be more than zero");
         }
         if p.initial_backoff.is_zero() || p.initial_backoff > p.max_backoff {
             bail!("{key}.initial_backoff: must be more than zero and at most max_backoff");
@@ -361,6 +402,15 @@ pub fn load(path: &Path) -> Result<RawConfig> {
     if !path.exists() {
         bail!("config file {} does not exist", path.display());
     }
+    // The config library would call a directory "not found", which sends the reader
+    // looking for a typo in a path that is there.
+    if path.is_dir() {
+        bail!(
+            "config file {} is a directory; give the TOML file in it, e.g. {}",
+            path.display(),
+            path.join("clarion.toml").display()
+        );
+    }
     let cfg = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .add_source(
@@ -384,9 +434,22 @@ pub fn parse_str(toml: &str) -> Result<RawConfig> {
 }
 
 impl RawConfig {
-    /// Checks every value and resolves every secret reference; `source` names the
-    /// file in error messages.
+    /// Checks every value, resolves every secret reference and builds every channel;
+    /// `source` names the file in error messages. Missing secrets and broken targets
+    /// are reported together, so that they are not fixed one run at a time.
     pub fn validate(self, source: &str, secrets: &dyn SecretResolver) -> Result<Settings> {
+        self.check(source, Some(secrets))
+    }
+
+    /// Checks what `clarion route` and `clarion render` need (routing, templates,
+    /// each target's own keys) but resolves no secret and builds no channel, so that
+    /// a channel owner can preview a template without production credentials.
+    /// `check-config` and `run` use [`RawConfig::validate`].
+    pub fn validate_for_preview(self, source: &str) -> Result<Settings> {
+        self.check(source, None)
+    }
+
+    fn check(self, source: &str, secrets: Option<&dyn SecretResolver>) -> Result<Settings> {
         let at = |e: anyhow::Error| anyhow!("{source}: {e}");
         if self.kafka.brokers.trim().is_empty() {
             return Err(at(anyhow!("kafka.brokers: must not be empty")));
@@ -399,22 +462,40 @@ impl RawConfig {
                 "kafka.dead_letter_topic: must differ from kafka.topic, or failures would be consumed again"
             )));
         }
-        for (section, map) in [
-            ("properties", &self.kafka.properties),
-            ("consumer", &self.kafka.consumer),
-        ] {
-            for k in map.keys() {
-                if OWNED_KAFKA_PROPERTIES.contains(&k.as_str()) {
+        let sections: [(&str, Vec<&String>); 4] = [
+            ("properties", self.kafka.properties.keys().collect()),
+            ("consumer", self.kafka.consumer.keys().collect()),
+            ("producer", self.kafka.producer.keys().collect()),
+            (
+                "secret_properties",
+                self.kafka.secret_properties.keys().collect(),
+            ),
+        ];
+        for (section, keys) in sections {
+            for k in keys {
+                // `consumer` is not the producer's: its acks would be harmless.
+                if OWNED_KAFKA_PROPERTIES.contains(&k.as_str()) && section != "producer" {
                     return Err(at(anyhow!(
                         "kafka.{section}.{k}: Clarion sets this itself (at-least-once delivery depends on it); remove it"
                     )));
                 }
+                if OWNED_PRODUCER_PROPERTIES.contains(&k.as_str()) && section != "consumer" {
+                    return Err(at(anyhow!(
+                        "kafka.{section}.{k}: Clarion sets this itself (acks=all and \
+                         enable.idempotence=true: a dead letter counts only once every \
+                         in-sync replica has it, exactly once); remove it"
+                    )));
+                }
             }
         }
-        for (k, r) in &self.kafka.secret_properties {
-            secrets
-                .resolve(r)
-                .map_err(|e| at(anyhow!("kafka.secret_properties.{k}: {e}")))?;
+        // Problems found from here on are collected, not returned one at a time.
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(secrets) = secrets {
+            for (k, r) in &self.kafka.secret_properties {
+                if let Err(e) = secrets.resolve(r) {
+                    problems.push(format!("kafka.secret_properties.{k}: {e}"));
+                }
+            }
         }
         if self.daemon.max_in_flight == 0 {
             return Err(at(anyhow!("daemon.max_in_flight: must be at least 1")));
@@ -437,9 +518,22 @@ impl RawConfig {
         }
         let mut targets = Vec::new();
         for (name, value) in self.targets {
-            let t = validate_target(&name, value, &audiences, &default_retry, secrets)
-                .map_err(|e| at(anyhow!("targets.{name}: {e}")))?;
-            targets.push(t);
+            match validate_target(&name, value, &audiences, &default_retry, secrets) {
+                Ok(t) => targets.push(t),
+                Err(TargetError::Other(e)) => problems.push(format!("targets.{name}: {e}")),
+                Err(TargetError::Secrets(list)) => problems.extend(
+                    list.into_iter()
+                        .map(|(key, e)| format!("targets.{name}: {key}: {e}")),
+                ),
+            }
+        }
+        match problems.len() {
+            0 => {}
+            1 => return Err(anyhow!("{source}: {}", problems[0])),
+            n => {
+                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                return Err(anyhow!("{source}: {n} problems:\n{}", list.join("\n")));
+            }
         }
         let templates = build_templates(source, &self.templates, &targets)?;
         Ok(Settings {
@@ -550,13 +644,146 @@ fn read_templates(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// Why a target is invalid: its secret references that cannot be resolved (each
+/// with its key, all of them), or the first other problem.
+#[derive(Debug)]
+enum TargetError {
+    Secrets(Vec<(String, String)>),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for TargetError {
+    fn from(e: anyhow::Error) -> Self {
+        TargetError::Other(e)
+    }
+}
+
+/// Checks one target's keys and, given `secrets`, builds its channel.
 fn validate_target(
     name: &str,
     value: serde_json::Value,
     audiences: &BTreeSet<String>,
     default_retry: &RetryPolicy,
+    secrets: Option<&dyn SecretResolver>,
+) -> Result<TargetConfig, TargetError> {
+    let (target, channel_keys) = validate_target_keys(name, value, audiences, default_retry)?;
+    if let Some(secrets) = secrets {
+        check_build(&target, &channel_keys, secrets)?;
+    }
+    Ok(target)
+}
+
+/// Builds the channel as `run` would, and, if secrets are missing, reports every
+/// one of them with its key rather than only the first the channel asked for.
+///
+/// The channel crates stop at their first error, so the build runs with a
+/// resolver that records each reference it cannot resolve and hands the channel a
+/// placeholder instead, letting it go on to ask for the next. The channel built
+/// that way is dropped at once: a placeholder never reaches a peer.
+fn check_build(
+    target: &TargetConfig,
+    channel_keys: &serde_json::Value,
     secrets: &dyn SecretResolver,
-) -> Result<TargetConfig> {
+) -> Result<(), TargetError> {
+    let recorder = Recorder {
+        inner: secrets,
+        failed: Mutex::new(Vec::new()),
+    };
+    // Building resolves secrets and checks channel-specific values; it does no I/O
+    // beyond reading files the config names, so check-config can use it.
+    let built = build_channel(target, &recorder);
+    let failed = recorder
+        .failed
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if failed.is_empty() {
+        // Every secret resolved: the build's verdict is the real one.
+        return built.map(drop).map_err(TargetError::Other);
+    }
+    // The build may also have failed on a placeholder (not a valid key, say); that
+    // says nothing about the real secret, so only the unresolved ones are reported.
+    let mut list = Vec::new();
+    for (reference, error) in failed {
+        let mut keys = Vec::new();
+        find_reference(channel_keys, &reference, String::new(), &mut keys);
+        if keys.is_empty() {
+            keys.push(reference.to_string());
+        }
+        for key in keys {
+            list.push((key, error.clone()));
+        }
+    }
+    Err(TargetError::Secrets(list))
+}
+
+/// A stand-in secret that passes the channels' format checks (it is a valid
+/// Standard Webhooks secret: `whsec_` and 32 zero bytes), so that building goes on
+/// to the next reference. Only [`check_build`] uses it, and never sends with it.
+const PLACEHOLDER_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// Resolves through `inner`, recording every reference that fails.
+struct Recorder<'a> {
+    inner: &'a dyn SecretResolver,
+    failed: Mutex<Vec<(SecretRef, String)>>,
+}
+
+impl SecretResolver for Recorder<'_> {
+    fn resolve(&self, reference: &SecretRef) -> Result<Secret, String> {
+        self.inner.resolve(reference).or_else(|e| {
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.push((reference.clone(), e));
+            }
+            Ok(Secret::new(PLACEHOLDER_SECRET))
+        })
+    }
+}
+
+/// The keys (`secrets[0]`, `auth_token`) at which `reference` is written in a
+/// target's channel keys.
+fn find_reference(
+    value: &serde_json::Value,
+    reference: &SecretRef,
+    at: String,
+    out: &mut Vec<String>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_it = map.len() == 1
+                && match reference {
+                    SecretRef::Env(v) => map.get("env").and_then(|x| x.as_str()) == Some(v),
+                    SecretRef::File(p) => map.get("file").and_then(|x| x.as_str()) == Some(p),
+                    SecretRef::Value(_) => false,
+                };
+            if is_it {
+                out.push(at);
+                return;
+            }
+            for (k, v) in map {
+                let key = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                find_reference(v, reference, key, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                find_reference(v, reference, format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks one target's keys without resolving secrets; returns the target and the
+/// keys that belong to its channel, as written.
+fn validate_target_keys(
+    name: &str,
+    value: serde_json::Value,
+    audiences: &BTreeSet<String>,
+    default_retry: &RetryPolicy,
+) -> Result<(TargetConfig, serde_json::Value)> {
     if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         bail!("target names must be non-empty without whitespace");
     }
@@ -574,6 +801,18 @@ fn validate_target(
     if !common.contains_key("type") {
         let kinds: Vec<&str> = ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
         bail!("type: missing (one of: {})", kinds.join(", "));
+    }
+    // `retry` is the daemon's policy table. The SMS HTTP gateway's list of statuses
+    // used to be called `retry` too and was read as a policy (`retry = [429]` meant
+    // max_attempts = 429); say where that list lives now.
+    if let Some(retry) = common.get("retry").filter(|r| !r.is_object()) {
+        if common.get("type").and_then(|t| t.as_str()) == Some("sms") {
+            bail!(
+                "retry: is this target's retry policy, a table {RETRY_KEYS}; the HTTP \
+                 gateway's statuses to retry are `retry_statuses`, e.g. retry_statuses = [429, 503]"
+            );
+        }
+        bail!("retry: must be a table {RETRY_KEYS}, not {retry}");
     }
     let common: TargetCommon = serde_json::from_value(serde_json::Value::Object(common))?;
     if common.audiences.is_empty() {
@@ -593,11 +832,11 @@ fn validate_target(
     }
     let rest = serde_json::Value::Object(map);
     let channel = match common.kind {
-        ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest)?),
-        ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(rest)?),
-        ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(rest)?),
-        ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest)?),
-        ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest)?),
+        ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest.clone())?),
+        ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(rest.clone())?),
+        ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(rest.clone())?),
+        ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest.clone())?),
+        ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest.clone())?),
     };
     if let Some(l) = &common.locale {
         if l.is_empty()
@@ -618,10 +857,7 @@ fn validate_target(
         locale: common.locale,
         channel,
     };
-    // Building resolves secrets and checks channel-specific values; it does no I/O
-    // beyond that, so check-config can use it.
-    build_channel(&target, secrets)?;
-    Ok(target)
+    Ok((target, rest))
 }
 
 /// Builds a target's channel: the one place that matches on channel kinds.
@@ -728,5 +964,128 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
             &format!("{MINIMAL}\n[targets.StatusPage.retry]\nmax_attempts = 0\n"),
             "test.toml: targets.StatusPage: retry.max_attempts: must be at least 1",
         );
+    }
+
+    const GATEWAY: &str = r#"
+[targets.noc-sms]
+type = "sms"
+audiences = ["employees"]
+provider = "http"
+url = "https://sms.example.com/send"
+recipients = { employees = ["+12025550123"] }
+"#;
+
+    #[test]
+    fn the_gateway_status_list_is_retry_statuses_and_never_the_retry_policy() {
+        // Before the rename, `retry = [429]` was read as the retry policy written as a
+        // sequence: max_attempts = 429, and the gateway kept its default statuses.
+        check(
+            &format!("{MINIMAL}{GATEWAY}retry = [429]\n"),
+            "test.toml: targets.noc-sms: retry: is this target's retry policy, a table \
+             (max_attempts, max_elapsed, initial_backoff, max_backoff, attempt_timeout); \
+             the HTTP gateway's statuses to retry are `retry_statuses`, e.g. retry_statuses = [429, 503]",
+        );
+        // Any other target: the key is named, and a sequence is never a policy.
+        check(
+            &format!("{MINIMAL}retry = [429]\n"),
+            "test.toml: targets.StatusPage: retry: must be a table \
+             (max_attempts, max_elapsed, initial_backoff, max_backoff, attempt_timeout), not [429]",
+        );
+        check(
+            &format!("retry = [429]\n{MINIMAL}"),
+            "invalid type: sequence, expected a table of retry policy keys \
+             (max_attempts, max_elapsed, initial_backoff, max_backoff, attempt_timeout) for key `retry`",
+        );
+        let s = parse_str(&format!("{MINIMAL}{GATEWAY}retry_statuses = [429, 503]\n"))
+            .and_then(|r| r.validate("test.toml", &EnvSecrets))
+            .expect("valid");
+        let Some(ChannelConfig::Sms(clarion_sms::SmsConfig::Http(gw))) = s
+            .targets
+            .iter()
+            .find(|t| &*t.name == "noc-sms")
+            .map(|t| &t.channel)
+        else {
+            panic!("noc-sms is an HTTP gateway: {s:?}");
+        };
+        assert_eq!(
+            gw.retry_statuses,
+            [
+                clarion_sms::StatusSpec::Code(429),
+                clarion_sms::StatusSpec::Code(503)
+            ]
+        );
+        assert_eq!(s.targets[0].retry.max_attempts, 10);
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for (key, value) in [
+            ("max_elapsed", "\"0s\""),
+            ("attempt_timeout", "\"0s\""),
+            ("max_attempts", "0"),
+        ] {
+            let expected = if key == "max_attempts" {
+                "must be at least 1"
+            } else {
+                "must be more than zero"
+            };
+            check(
+                &format!("[retry]\n{key} = {value}\n{MINIMAL}"),
+                &format!("test.toml: retry.{key}: {expected}"),
+            );
+            check(
+                &format!("{MINIMAL}[targets.StatusPage.retry]\n{key} = {value}\n"),
+                &format!("test.toml: targets.StatusPage: retry.{key}: {expected}"),
+            );
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_guarantees_cannot_be_overridden() {
+        for (section, key, value) in [
+            ("producer", "acks", "1"),
+            ("producer", "request.required.acks", "1"),
+            ("producer", "enable.idempotence", "false"),
+            ("properties", "acks", "0"),
+            ("properties", "enable.idempotence", "false"),
+        ] {
+            let toml = MINIMAL.replace(
+                "[targets.StatusPage]",
+                &format!("[kafka.{section}]\n\"{key}\" = \"{value}\"\n\n[targets.StatusPage]"),
+            );
+            check(
+                &toml,
+                &format!(
+                    "test.toml: kafka.{section}.{key}: Clarion sets this itself \
+                     (acks=all and enable.idempotence=true: a dead letter counts only once \
+                     every in-sync replica has it, exactly once); remove it"
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn every_missing_secret_is_reported_at_once() {
+        let toml = format!(
+            "{}{GATEWAY}key = {{ env = \"CLARION_TEST_UNSET_GW\" }}\n\
+             [kafka.secret_properties]\n\"sasl.password\" = {{ env = \"CLARION_TEST_UNSET_SASL\" }}\n",
+            MINIMAL.replace(
+                "secrets = [{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }]",
+                "secrets = [{ env = \"CLARION_TEST_UNSET_A\" }, { value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }, { file = \"/nonexistent/b.whsec\" }]",
+            )
+        );
+        check(
+            &toml,
+            "test.toml: 4 problems:\n  \
+             - kafka.secret_properties.sasl.password: environment variable CLARION_TEST_UNSET_SASL is not set\n  \
+             - targets.StatusPage: secrets[0]: environment variable CLARION_TEST_UNSET_A is not set\n  \
+             - targets.StatusPage: secrets[2]: cannot read secret file /nonexistent/b.whsec: No such file or directory (os error 2)\n  \
+             - targets.noc-sms: key: environment variable CLARION_TEST_UNSET_GW is not set",
+        );
+        // A preview resolves none of them and builds no channel.
+        let s = parse_str(&toml)
+            .and_then(|raw| raw.validate_for_preview("test.toml"))
+            .expect("a preview needs no secrets");
+        assert_eq!(s.targets.len(), 2);
     }
 }
