@@ -14,6 +14,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     for var in SHIPPED_SECRETS.iter().map(|(k, _)| k) {
         cmd.env_remove(var);
     }
+    // The file must be the one each test names, not one from the caller's shell.
+    cmd.env_remove("CLARION_CONFIG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -216,14 +218,14 @@ fn check_config_names_the_file_and_key() {
         &format!("{base}max_inflight = 3\n{hook}"),
         "unknown field `max_inflight`",
     );
-    check(
-        "url.toml",
-        &format!(
-            "{base}{}",
-            hook.replace("https://example.com/h", "ftp://example.com/h")
-        ),
-        "targets.h: url: `ftp://example.com/h` must be an http:// or https:// URL",
+    // Two parts, since whether the message repeats the URL is the webhook crate's
+    // business (a URL may carry a credential).
+    let ftp = format!(
+        "{base}{}",
+        hook.replace("https://example.com/h", "ftp://example.com/h")
     );
+    check("url.toml", &ftp, "targets.h: url: ");
+    check("url.toml", &ftp, "must be an http:// or https:// URL");
     check(
         "secret.toml",
         &format!("{base}{hook}secrets = [{{ value = \"not-a-secret\" }}]\n"),
@@ -245,10 +247,175 @@ fn check_config_names_the_file_and_key() {
         &format!("{base}[daemon]\nshutdown_grace = \"soon\"\n{hook}"),
         "shutdown_grace",
     );
+    // The SMS gateway's status list was once `retry`, which is the retry policy's
+    // key: `retry = [429]` passed and meant max_attempts = 429.
+    let gateway = "[targets.s]\ntype = \"sms\"\naudiences = [\"employees\"]\nprovider = \"http\"\n\
+        url = \"https://sms.example.com/send\"\nrecipients = { employees = [\"+12025550123\"] }\n";
+    check(
+        "gateway-retry.toml",
+        &format!("{base}{gateway}retry = [429]\n"),
+        "targets.s: retry: is this target's retry policy, a table (max_attempts, max_elapsed, \
+         initial_backoff, max_backoff, attempt_timeout); the HTTP gateway's statuses to retry \
+         are `retry_statuses`, e.g. retry_statuses = [429, 503]",
+    );
+    check(
+        "max-elapsed.toml",
+        &format!("{base}[retry]\nmax_elapsed = \"0s\"\n{hook}"),
+        "retry.max_elapsed: must be more than zero",
+    );
+    check(
+        "acks.toml",
+        &format!("{base}[kafka.producer]\nacks = \"1\"\n{hook}"),
+        "kafka.producer.acks: Clarion sets this itself (acks=all and enable.idempotence=true",
+    );
+    check(
+        "idempotence.toml",
+        &format!("{base}[kafka.producer]\n\"enable.idempotence\" = \"false\"\n{hook}"),
+        "kafka.producer.enable.idempotence: Clarion sets this itself",
+    );
+    let path = dir.join("gateway-ok.toml");
+    std::fs::write(
+        &path,
+        format!("{base}{gateway}retry_statuses = [429, 503]\n"),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run(&["check-config", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
     let (code, _, stderr) = run(&["check-config", "/nonexistent/clarion.toml"], &[]);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("/nonexistent/clarion.toml does not exist"),
         "{stderr}"
+    );
+    // A directory is there: saying "not found" sends the reader hunting for a typo.
+    let (code, _, stderr) = run(&["check-config", "config"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(
+            "config file config is a directory; give the TOML file in it, e.g. config/clarion.toml"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_missing_secret_at_once() {
+    let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let expected = "error: invalid configuration: config/clarion.toml: 4 problems:\n  \
+        - targets.quebec-sms: auth_token: environment variable TWILIO_AUTH_TOKEN is not set\n  \
+        - targets.regulator: secrets[0]: environment variable REGULATOR_WEBHOOK_SECRET is not set\n  \
+        - targets.regulator-mail: password: environment variable SMTP_PASSWORD is not set\n  \
+        - targets.status-page: secrets[0]: environment variable STATUSPAGE_WEBHOOK_SECRET is not set\n";
+    assert_eq!(stderr, expected);
+}
+
+/// README's check-config command, read from README.md and run as written (with the
+/// built binary in place of `target/release/clarion`), so the two cannot drift.
+#[test]
+fn readme_check_config_command_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let lines: Vec<&str> = readme.lines().collect();
+    let end = lines
+        .iter()
+        .position(|l| l.contains("clarion check-config"))
+        .expect("README shows a check-config command");
+    // The command starts after the previous line that does not continue onto the next.
+    let start = (0..end)
+        .rev()
+        .find(|&i| !lines[i].trim_end().ends_with('\\'))
+        .map_or(0, |i| i + 1);
+    let command: String = lines[start..=end]
+        .iter()
+        .map(|l| l.trim_end().trim_end_matches('\\'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let command = command.split(" #").next().unwrap_or("");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let program = words
+        .iter()
+        .position(|w| w.ends_with("/clarion"))
+        .unwrap_or_else(|| panic!("no clarion binary in `{command}`"));
+    let env: Vec<(&str, &str)> = words[..program]
+        .iter()
+        .map(|w| {
+            w.split_once('=')
+                .unwrap_or_else(|| panic!("`{w}` in `{command}`"))
+        })
+        .collect();
+    let (code, stdout, stderr) = run(&words[program + 1..], &env);
+    assert_eq!(code, Some(0), "`{command}`:\n{stdout}{stderr}");
+    assert!(
+        stdout.contains("config/clarion.toml: valid (5 targets)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_takes_the_file_as_run_does_or_positionally() {
+    for args in [
+        &["check-config", "--config", "config/clarion.toml"][..],
+        &["check-config", "-c", "config/clarion.toml"],
+        &["check-config", "config/clarion.toml"],
+    ] {
+        let (code, stdout, stderr) = run(args, &SHIPPED_SECRETS);
+        assert_eq!(code, Some(0), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stdout.contains("config/clarion.toml: valid (5 targets)"),
+            "{args:?}: {stdout}"
+        );
+    }
+    // Given twice, the file would be ambiguous.
+    let (code, _, stderr) = run(
+        &["check-config", "-c", "config/clarion.toml", "other.toml"],
+        &SHIPPED_SECRETS,
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    // CLARION_CONFIG is the default, which a file named on the command line overrides.
+    let mut env = SHIPPED_SECRETS.to_vec();
+    env.push(("CLARION_CONFIG", "/nonexistent/clarion.toml"));
+    let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &env);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+#[test]
+fn previews_need_no_secrets() {
+    // `run` strips every secret the shipped config names from the environment.
+    for command in ["route", "render"] {
+        let (code, stdout, stderr) = run(
+            &[
+                command,
+                "--event",
+                "docs/examples/investigating.json",
+                "--config",
+                "config/clarion.toml",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(0), "{command}: {stdout}{stderr}");
+        assert!(stdout.contains("quebec-sms"), "{command}: {stdout}");
+    }
+}
+
+#[test]
+fn an_unknown_target_lists_the_configured_ones() {
+    let (code, _, stderr) = run(
+        &[
+            "render",
+            "--event",
+            "docs/examples/investigating.json",
+            "--target",
+            "quebec",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "error: no target named `quebec` in config/clarion.toml; its targets are: \
+         ops-chat, quebec-sms, regulator, regulator-mail, status-page\n"
     );
 }

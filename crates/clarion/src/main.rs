@@ -34,23 +34,30 @@ enum Command {
         #[arg(
             long,
             short,
-            default_value = "config/clarion.toml",
+            default_value = DEFAULT_CONFIG,
             env = "CLARION_CONFIG"
         )]
         config: PathBuf,
     },
     /// Validate a config file (and the secrets it references) without running.
     CheckConfig {
-        /// The config file.
-        #[arg(default_value = "config/clarion.toml", env = "CLARION_CONFIG")]
-        config: PathBuf,
+        /// The config file [default: $CLARION_CONFIG, else config/clarion.toml].
+        // The default and the environment variable are applied in `dispatch`: clap
+        // counts a value from `env` as given, which would make FILE conflict with an
+        // exported CLARION_CONFIG.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The config file, the older way (`check-config FILE`); same as --config.
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
         /// Also connect to every target and check it answers (no message is sent).
         #[arg(long)]
         connect: bool,
     },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
-    /// Show which targets would take an update, and the rule that decided.
+    /// Show which targets would take an update, and the rule that decided (needs no
+    /// secrets).
     Route {
         /// The update, as JSON (docs/events.md).
         #[arg(long)]
@@ -59,12 +66,13 @@ enum Command {
         #[arg(
             long,
             short,
-            default_value = "config/clarion.toml",
+            default_value = DEFAULT_CONFIG,
             env = "CLARION_CONFIG"
         )]
         config: PathBuf,
     },
-    /// Print exactly what each target would receive for an update, without sending.
+    /// Print exactly what each target would receive for an update, without sending
+    /// (needs no secrets).
     Render {
         /// The update, as JSON (docs/events.md).
         #[arg(long)]
@@ -76,12 +84,15 @@ enum Command {
         #[arg(
             long,
             short,
-            default_value = "config/clarion.toml",
+            default_value = DEFAULT_CONFIG,
             env = "CLARION_CONFIG"
         )]
         config: PathBuf,
     },
 }
+
+/// The config file when none is named, relative to the working directory.
+const DEFAULT_CONFIG: &str = "config/clarion.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -100,7 +111,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // Dropping the runtime would wait for every blocking task, including a Kafka
+    // close that the daemon already gave up on after its bounded wait: don't.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -121,7 +136,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             clarion::run(settings, shutdown, None).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config, connect } => {
+        Command::CheckConfig {
+            config,
+            file,
+            connect,
+        } => {
+            // clap refuses FILE together with --config.
+            let config = config
+                .or(file)
+                .or_else(|| std::env::var_os("CLARION_CONFIG").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let settings = load(&config)?;
             let mut failed = false;
             for t in &settings.targets {
@@ -163,7 +187,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Route { event, config } => {
-            let settings = load(&config)?;
+            let settings = load_for_preview(&config)?;
             let update = clarion::preview::read_event(&event, &settings)?;
             print!("{}", clarion::preview::route(&settings, &update));
             Ok(ExitCode::SUCCESS)
@@ -173,7 +197,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             target,
             config,
         } => {
-            let settings = load(&config)?;
+            let settings = load_for_preview(&config)?;
             let update = clarion::preview::read_event(&event, &settings)?;
             print!(
                 "{}",
@@ -187,6 +211,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 fn load(path: &std::path::Path) -> Result<config::Settings> {
     let raw = config::load(path)?;
     raw.validate(&path.display().to_string(), &EnvSecrets)
+        .context("invalid configuration")
+}
+
+/// For `route` and `render`: no secret is resolved and no channel built, so that a
+/// template can be previewed without production credentials.
+fn load_for_preview(path: &std::path::Path) -> Result<config::Settings> {
+    let raw = config::load(path)?;
+    raw.validate_for_preview(&path.display().to_string())
         .context("invalid configuration")
 }
 

@@ -1,6 +1,8 @@
 //! `clarion route` and `clarion render`: what the daemon would do with an update,
 //! without sending anything. Route says which targets take it and which rule decided;
-//! render prints exactly what each target would receive.
+//! render prints exactly what each target would receive. Neither needs a secret:
+//! the settings they get are validated without resolving any
+//! (`RawConfig::validate_for_preview`), and nothing here builds a channel.
 
 use crate::config::{ChannelConfig, ChannelKind, Settings};
 use anyhow::{Result, anyhow};
@@ -60,7 +62,12 @@ pub fn route(settings: &Settings, update: &IncidentUpdate) -> String {
 pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -> Result<String> {
     if let Some(name) = only {
         if !settings.targets.iter().any(|t| &*t.name == name) {
-            return Err(anyhow!("no target named `{name}` in {}", settings.source));
+            let names: Vec<&str> = settings.targets.iter().map(|t| &*t.name).collect();
+            return Err(anyhow!(
+                "no target named `{name}` in {}; its targets are: {}",
+                settings.source,
+                names.join(", ")
+            ));
         }
     }
     let update = Arc::new(update);
