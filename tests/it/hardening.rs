@@ -211,3 +211,46 @@ async fn sigterm_with_the_broker_gone_exits_within_the_units_stop_timeout() {
         "in-flight work was abandoned, not committed:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_webhook_url_reaches_neither_the_logs_nor_the_dead_letter() {
+    let Some(brokers) = clarion_tests::kafka("a_secret_in_a_webhook_url") else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "url-secret", 1).await;
+    // An incoming-webhook URL (Slack, Teams) is itself the credential: its path and
+    // its query. Nothing listens on the port, so every attempt fails to connect.
+    let closed = clarion_tests::free_port();
+    let url =
+        format!("http://127.0.0.1:{closed}/services/T000/B000/s3cr3tPATHxyz?token=s3cr3tQUERYxyz");
+    let config = w
+        .config(&webhook_target(&url))
+        .replace("max_attempts = 6", "max_attempts = 2");
+    let mut daemon = Process::start(&config, "url-secret");
+    let updates = samples::lifecycle("US", "us", &["customers"], jiff::Timestamp::now());
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates[..1]).await;
+    let dead = read_all(&brokers, &w.dlq, 1, WAIT).await;
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(60)).await;
+    let log = daemon.log_text();
+
+    assert_eq!(dead.len(), 1, "the delivery is dead-lettered; log:\n{log}");
+    let reason = &dead[0].headers["clarion.dlq.reason"];
+    assert!(
+        reason.contains("127.0.0.1"),
+        "the reason still says where: {reason}"
+    );
+    assert!(
+        log.contains("delivery failed"),
+        "the failure was logged:\n{log}"
+    );
+    for secret in ["s3cr3tPATHxyz", "s3cr3tQUERYxyz"] {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+        for (k, v) in &dead[0].headers {
+            assert!(
+                !v.contains(secret),
+                "`{secret}` in dead-letter header {k}: {v}"
+            );
+        }
+    }
+}

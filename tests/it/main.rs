@@ -7,6 +7,7 @@ mod email;
 mod email_e2e;
 mod hardening;
 mod kafka;
+mod leaks;
 mod push;
 mod push_e2e;
 mod sms;

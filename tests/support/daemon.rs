@@ -86,8 +86,25 @@ impl InProcess {
     pub fn start(toml: &str) -> InProcess {
         // The daemon's logs go to the test's captured output, which libtest shows
         // when the test fails.
+        crate::capture::record_config(toml);
+        // Also appended to one file per test process under the capture directory,
+        // for the leak check at the end of the suite.
+        let file = crate::capture::log_path("in-process").and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+        let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(
+            tracing_subscriber::fmt::writer::MakeWriterExt::and(
+                tracing_subscriber::fmt::TestWriter::new(),
+                std::sync::Arc::new(CaptureFile(file)),
+            ),
+        );
         let _ = tracing_subscriber::fmt()
-            .with_test_writer()
+            .with_writer(writer)
+            .with_ansi(false)
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -116,6 +133,25 @@ impl InProcess {
     pub async fn stop(self) -> clarion::Summary {
         self.shutdown.cancel();
         self.handle.await.expect("daemon task").expect("daemon run")
+    }
+}
+
+/// The capture file, when capturing (writes to nowhere otherwise).
+#[derive(Debug)]
+struct CaptureFile(Option<std::fs::File>);
+
+impl std::io::Write for &CaptureFile {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(f) => {
+                let mut f: &std::fs::File = f;
+                f.write(b)
+            }
+            None => Ok(b.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -155,7 +191,9 @@ impl Process {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = dir.join("clarion.toml");
         std::fs::write(&config, toml).expect("write config");
-        Self::start_with(config, dir.join("clarion.log"))
+        crate::capture::record_config(toml);
+        let log = crate::capture::log_path(name).unwrap_or_else(|| dir.join("clarion.log"));
+        Self::start_with(config, log)
     }
 
     fn start_with(config: PathBuf, log: PathBuf) -> Process {

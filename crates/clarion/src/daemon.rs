@@ -584,3 +584,78 @@ async fn check_topics(consumer: &Arc<StreamConsumer<Ctx>>, kafka: &KafkaConfig) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(key: Option<&[u8]>, payload: &[u8]) -> Source {
+        Source {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A log sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with logs captured; returns what was logged.
+    fn logs_of(f: impl FnOnce()) -> String {
+        let sink = Captured::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_incident_id_is_delivered_but_warned_about() {
+        let update =
+            clarion_core::samples::lifecycle("INC-7", "u", &["customers"], jiff::Timestamp::now())
+                .remove(0);
+        let body = serde_json::to_vec(&update).expect("json");
+        let log = logs_of(|| {
+            assert!(parse(&source(Some(b"INC-7"), &body), false, 1 << 20).is_ok());
+        });
+        assert!(!log.contains("key is not the incident id"), "{log}");
+        for key in [Some(&b"other"[..]), None] {
+            let log = logs_of(|| {
+                assert!(parse(&source(key, &body), false, 1 << 20).is_ok());
+            });
+            assert!(log.contains("WARN"), "{log}");
+            assert!(log.contains("record key is not the incident id"), "{log}");
+            assert!(log.contains("INC-7"), "{log}");
+        }
+    }
+
+    #[test]
+    fn tombstones_and_empty_values_get_their_own_reason() {
+        let tomb = parse(&source(Some(b"k"), b""), true, 1024).expect_err("tombstone");
+        assert!(tomb.contains("tombstone"), "{tomb}");
+        assert!(!tomb.contains("EOF"), "{tomb}");
+        let empty = parse(&source(Some(b"k"), b""), false, 1024).expect_err("empty");
+        assert!(empty.contains("empty"), "{empty}");
+    }
+}
