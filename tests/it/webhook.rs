@@ -171,7 +171,7 @@ async fn replies_are_classified() {
     let out = ch.send(&deliveries(1)[0]).await;
     let e = out.results[0].result.clone().expect_err("refused");
     assert!(
-        e.is_retryable() && e.reason.contains("could not connect"),
+        e.is_retryable() && e.reason.contains("cannot connect"),
         "{}",
         e.reason
     );

@@ -4,6 +4,11 @@
 //! It tries once per `send` and classifies the answer; it never follows a redirect
 //! (a 3xx is a misconfigured URL, and following it would send a signed payload
 //! somewhere nobody configured) and never retries on its own.
+//!
+//! The URL and the header values are treated as credentials: a Slack or Teams
+//! incoming-webhook URL *is* the secret, and a header often carries an API key. They
+//! may be secret references in config, and nothing here prints more of the URL than
+//! its scheme and host, nor any header value, in a log line, an error or a `Debug`.
 
 mod payload;
 mod sign;
@@ -11,11 +16,15 @@ mod sign;
 pub use payload::{PAYLOAD_VERSION, payload};
 pub use sign::{SigningError, SigningKey};
 
-use clarion_core::{Channel, Delivery, DeliveryError, Outcome, Receipt, SecretRef, SecretResolver};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use clarion_core::{
+    Channel, Delivery, DeliveryError, Outcome, Receipt, Secret, SecretRef, SecretResolver,
+};
+use clarion_http::{read_limited, redact_url, redact_urls, snippet, transport_error};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::fmt;
+use std::time::{Duration, SystemTime};
 use url::Url;
 
 /// Configuration of one webhook target (the keys of `[targets.NAME]` besides `type`,
@@ -23,16 +32,22 @@ use url::Url;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// The endpoint to POST to (`http://` or `https://`).
-    pub url: Url,
+    /// The endpoint to POST to (`http://` or `https://`): a plain string, or a secret
+    /// reference (`{ env = "SLACK_WEBHOOK_URL" }`, `{ file = "/run/secrets/hook" }`)
+    /// for URLs that are themselves the credential, like Slack and Teams incoming
+    /// webhooks. Logs and errors show only its scheme and host either way.
+    pub url: Setting,
     /// Standard Webhooks signing secrets (`whsec_` + base64 of 24 to 64 random bytes).
     /// Every secret listed signs each request, so rotating is: add the new secret,
     /// let the receiver switch, remove the old one. Empty means unsigned requests.
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
     /// Extra HTTP headers sent with every request (e.g. an API key for a chat bridge).
+    /// Each value is a plain string or a secret reference (`{ env = "BRIDGE_TOKEN" }`,
+    /// `{ file = "..." }`); values are never logged and are marked sensitive on the
+    /// wire (HTTP/2 does not index them).
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Setting>,
     /// How long one attempt may take, connect to last byte. The Standard Webhooks
     /// spec recommends 15 to 30 seconds.
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -43,11 +58,74 @@ fn default_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
+/// A config value written either inline (`"https://..."`) or as a secret reference
+/// (`{ env = "X" }`, `{ file = "/path" }`, `{ value = "..." }`), resolved when the
+/// target is built. Its `Debug` never prints an inline value in full: a URL shows its
+/// scheme and host, anything else `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// Written into the config file as a string.
+    Plain(String),
+    /// Resolved through the daemon's [`SecretResolver`].
+    Secret(SecretRef),
+}
+
+impl Setting {
+    fn resolve(&self, secrets: &dyn SecretResolver) -> Result<Secret, String> {
+        match self {
+            Setting::Plain(v) => Ok(Secret::new(v.clone())),
+            Setting::Secret(reference) => secrets.resolve(reference),
+        }
+    }
+}
+
+impl fmt::Debug for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Setting::Plain(v) => match Url::parse(v) {
+                Ok(url) if url.has_host() => f.write_str(&redact_url(&url)),
+                _ => f.write_str("***"),
+            },
+            Setting::Secret(reference) => fmt::Debug::fmt(reference, f),
+        }
+    }
+}
+
+impl From<&str> for Setting {
+    fn from(v: &str) -> Self {
+        Setting::Plain(v.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Setting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Hand-written rather than `#[serde(untagged)]`, so that a mistyped reference
+        // (`{ evn = "X" }`) gets `SecretRef`'s own error instead of "did not match any
+        // variant".
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Setting;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a secret reference like { env = \"NAME\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Setting, E> {
+                Ok(Setting::Plain(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Setting, A::Error> {
+                SecretRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Setting::Secret)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Why a webhook target could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookConfigError {
-    #[error("url: `{0}` must be an http:// or https:// URL")]
-    Scheme(Url),
+    // The reason never quotes the URL: it may be a credential.
+    #[error("url: {0}")]
+    Url(String),
     #[error("secrets[{index}]: {reason}")]
     Secret { index: usize, reason: String },
     #[error("headers.{name}: {reason}")]
@@ -59,12 +137,22 @@ pub enum WebhookConfigError {
 }
 
 /// A webhook target, ready to send.
-#[derive(Debug)]
 pub struct WebhookChannel {
     url: Url,
     keys: Vec<SigningKey>,
     headers: HeaderMap,
     client: reqwest::Client,
+}
+
+impl fmt::Debug for WebhookChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Scheme and host only, and header names only: see the module docs.
+        f.debug_struct("WebhookChannel")
+            .field("url", &redact_url(&self.url))
+            .field("keys", &self.keys.len())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a webhook target from its config, resolving and checking its secrets. Does
@@ -74,8 +162,18 @@ pub fn build(
     config: &WebhookConfig,
     secrets: &dyn SecretResolver,
 ) -> Result<WebhookChannel, WebhookConfigError> {
-    if !matches!(config.url.scheme(), "http" | "https") {
-        return Err(WebhookConfigError::Scheme(config.url.clone()));
+    let url = config
+        .url
+        .resolve(secrets)
+        .map_err(WebhookConfigError::Url)?;
+    // `url::ParseError` describes the problem without quoting the input.
+    let url = Url::parse(url.expose())
+        .map_err(|e| WebhookConfigError::Url(format!("is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(WebhookConfigError::Url(format!(
+            "must be an http:// or https:// URL, not {}:",
+            url.scheme()
+        )));
     }
     if config.timeout.is_zero() {
         return Err(WebhookConfigError::Timeout);
@@ -104,7 +202,12 @@ pub fn build(
                 "is set by Clarion and cannot be overridden".into(),
             ));
         }
-        let v = HeaderValue::from_str(value).map_err(|e| header_error(e.to_string()))?;
+        let value = value.resolve(secrets).map_err(header_error)?;
+        let mut v =
+            HeaderValue::from_str(value.expose()).map_err(|e| header_error(e.to_string()))?;
+        // Keeps the value out of HTTP/2 header compression tables and out of
+        // `HeaderMap`'s `Debug`.
+        v.set_sensitive(true);
         headers.insert(n, v);
     }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -119,9 +222,9 @@ pub fn build(
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| WebhookConfigError::Client(e.to_string()))?;
-    tracing::debug!(target_name = target, url = %config.url, signed = !keys.is_empty(), "webhook target built");
+    tracing::debug!(target_name = target, url = %redact_url(&url), signed = !keys.is_empty(), "webhook target built");
     Ok(WebhookChannel {
-        url: config.url.clone(),
+        url,
         keys,
         headers,
         client,
@@ -166,7 +269,7 @@ impl Channel for WebhookChannel {
             .await;
         Outcome::single(match result {
             Ok(response) => classify(response).await,
-            Err(e) => Err(transport_error(&e)),
+            Err(e) => Err(transport_error("webhook", &e)),
         })
     }
 
@@ -175,7 +278,7 @@ impl Channel for WebhookChannel {
         // accepts connections and answers HTTP at all: any status is fine here.
         match self.client.head(self.url.clone()).send().await {
             Ok(_) => Ok(()),
-            Err(e) => Err(transport_error(&e)),
+            Err(e) => Err(transport_error("webhook", &e)),
         }
     }
 }
@@ -188,16 +291,14 @@ async fn classify(response: reqwest::Response) -> Result<Receipt, DeliveryError>
             provider_id: Some(format!("HTTP {code}")),
         });
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| clarion_core::retry_after::parse(v, std::time::SystemTime::now()));
+    let retry_after = clarion_http::retry_after(response.headers(), SystemTime::now());
+    // Where the redirect points, reduced like every URL we print: the operator needs
+    // the host to see the misconfiguration, not a path that may be a credential.
     let location = response
         .headers()
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(redact_urls);
     let snippet = body_snippet(response).await;
     let error = match code {
         408 | 429 | 500..=599 => DeliveryError::retryable(
@@ -216,17 +317,15 @@ async fn classify(response: reqwest::Response) -> Result<Receipt, DeliveryError>
     Err(error.with_code(code.to_string()))
 }
 
-/// Up to 200 printable characters of the reply body, for the reason text.
+/// The start of the reply body, for the reason text. The body is read only up to
+/// [`clarion_http::DEFAULT_BODY_LIMIT`]: a receiver (or a proxy in front of it) that
+/// answers an error with megabytes, or never finishes its body, must not hold the
+/// attempt or the memory.
 async fn body_snippet(response: reqwest::Response) -> String {
-    let Ok(bytes) = response.bytes().await else {
+    let Ok(bytes) = read_limited(response, clarion_http::DEFAULT_BODY_LIMIT).await else {
         return String::new();
     };
-    let text: String = String::from_utf8_lossy(&bytes[..bytes.len().min(400)])
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect();
-    let text = text.trim();
+    let text = snippet(&bytes);
     if text.is_empty() {
         String::new()
     } else {
@@ -234,32 +333,274 @@ async fn body_snippet(response: reqwest::Response) -> String {
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> DeliveryError {
-    // Every transport failure is worth another try: connection refused and timeouts
-    // are what a receiver that is restarting looks like. Build errors cannot happen
-    // here because the URL and headers were checked when the target was built.
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    DeliveryError::retryable(format!("{what}: {}", error_chain(e)), None)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clarion_core::samples;
+    use futures::StreamExt;
+    use std::sync::Arc;
 
-/// The error and its sources on one line, which is what an SRE needs to tell a DNS
-/// failure from a refused connection.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
+    const SECRET_PATH: &str = "s3cr3tPATH";
+    const SECRET_QUERY: &str = "s3cr3tQUERY";
+    const SECRET_HEADER: &str = "s3cr3tHEADER";
+
+    /// Resolves `{ value = .. }` references and refuses the rest, like a daemon whose
+    /// environment lacks the variable.
+    struct Values;
+
+    impl SecretResolver for Values {
+        fn resolve(&self, reference: &SecretRef) -> Result<Secret, String> {
+            match reference {
+                SecretRef::Value(v) => Ok(v.clone()),
+                other => Err(format!("{other} is not set")),
+            }
         }
-        source = cause.source();
     }
-    s
+
+    fn config(json: serde_json::Value) -> WebhookConfig {
+        serde_json::from_value(json).expect("valid webhook config")
+    }
+
+    fn delivery() -> Delivery {
+        let update = samples::lifecycle(
+            "INC-1",
+            "Outage",
+            &["customers"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        Delivery::new(
+            Arc::new(update),
+            Arc::from("hook"),
+            vec!["customers".to_string()].into(),
+        )
+    }
+
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    /// Serves `app` on a loopback port and returns the base URL.
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    async fn send_once(channel: &WebhookChannel) -> DeliveryError {
+        let outcome = channel.send(&delivery()).await;
+        outcome.results[0]
+            .result
+            .clone()
+            .expect_err("the peer refuses")
+    }
+
+    /// Finding 5: reqwest's error text carries the whole URL, and a Slack-style URL is
+    /// the credential. Neither the reason (which reaches WARN logs and the dead-letter
+    /// header) nor any `Debug` may show its path or query.
+    #[tokio::test]
+    async fn a_failed_send_never_shows_the_url_path_or_query() {
+        let port = closed_port();
+        let url = format!(
+            "http://127.0.0.1:{port}/services/T000/B000/{SECRET_PATH}?token={SECRET_QUERY}"
+        );
+        let config = config(serde_json::json!({
+            "url": url,
+            "headers": { "authorization": format!("Bearer {SECRET_HEADER}") },
+        }));
+        let channel = build("hook", &config, &Values).expect("builds");
+
+        let error = send_once(&channel).await;
+        let healthcheck = channel.healthcheck().await.expect_err("refused");
+        let shown = format!(
+            "{} {error:?} {} {healthcheck:?} {config:?} {channel:?}",
+            error.reason, healthcheck.reason
+        );
+        for secret in [SECRET_PATH, SECRET_QUERY, SECRET_HEADER] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(error.is_retryable(), "{shown}");
+        assert!(
+            error.reason.starts_with("webhook: cannot connect: "),
+            "{shown}"
+        );
+        // The operator still learns which host refused.
+        assert!(
+            error.reason.contains(&format!("http://127.0.0.1:{port}")),
+            "{shown}"
+        );
+    }
+
+    /// Finding 5, config side: the URL and header values may come from secret
+    /// references, resolved at build time, and what is sent is the resolved value.
+    #[tokio::test]
+    async fn url_and_headers_may_be_secret_references() {
+        let seen = Arc::new(std::sync::Mutex::new(None::<(String, String)>));
+        let app = {
+            let seen = Arc::clone(&seen);
+            axum::Router::new().route(
+                "/services/T000/B000/{secret}",
+                axum::routing::post(
+                    move |axum::extract::Path(secret): axum::extract::Path<String>,
+                          headers: axum::http::HeaderMap| {
+                        let seen = Arc::clone(&seen);
+                        async move {
+                            let token = headers
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((secret, token));
+                            "ok"
+                        }
+                    },
+                ),
+            )
+        };
+        let base = serve(app).await;
+        let config = config(serde_json::json!({
+            "url": { "value": format!("{base}/services/T000/B000/{SECRET_PATH}") },
+            "headers": { "x-api-key": { "value": SECRET_HEADER } },
+        }));
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains(SECRET_PATH) && !shown.contains(SECRET_HEADER),
+            "{shown}"
+        );
+        let channel = build("hook", &config, &Values).expect("builds");
+        let shown = format!("{channel:?}");
+        assert!(
+            !shown.contains(SECRET_PATH) && !shown.contains(SECRET_HEADER),
+            "{shown}"
+        );
+        assert!(channel.send(&delivery()).await.is_delivered());
+        let got = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(
+            got,
+            Some((SECRET_PATH.to_string(), SECRET_HEADER.to_string()))
+        );
+
+        // An unresolvable reference names the key and the reference, never a value.
+        let unresolved = config_error(serde_json::json!({ "url": { "env": "HOOK_URL" } }));
+        assert_eq!(unresolved, "url: env:HOOK_URL is not set");
+        let unresolved = config_error(serde_json::json!({
+            "url": "https://example.com/",
+            "headers": { "x-api-key": { "file": "/run/secrets/key" } },
+        }));
+        assert_eq!(
+            unresolved,
+            "headers.x-api-key: file:/run/secrets/key is not set"
+        );
+        // A bad URL is reported without quoting it.
+        let bad = config_error(serde_json::json!({ "url": format!("ftp://h/{SECRET_PATH}") }));
+        assert_eq!(bad, "url: must be an http:// or https:// URL, not ftp:");
+        let bad = config_error(serde_json::json!({ "url": format!("{SECRET_PATH} nope") }));
+        assert_eq!(bad, "url: is not a valid URL: relative URL without a base");
+        // A mistyped reference gets SecretRef's own message.
+        let typo = serde_json::from_value::<WebhookConfig>(
+            serde_json::json!({ "url": { "evn": "HOOK_URL" } }),
+        )
+        .expect_err("not a reference");
+        assert!(typo.to_string().contains("unknown variant `evn`"), "{typo}");
+    }
+
+    fn config_error(json: serde_json::Value) -> String {
+        build("hook", &config(json), &Values)
+            .expect_err("does not build")
+            .to_string()
+    }
+
+    /// Finding 6: an error body is read only up to the limit. This peer sends 10 MiB
+    /// and then never finishes its body, so an unbounded read could only end at the
+    /// attempt's timeout (and then with no body text at all); a bounded one returns as
+    /// soon as it has the limit, quoting the start of the body, and hangs up.
+    #[tokio::test]
+    async fn a_huge_error_body_is_read_only_up_to_the_limit() {
+        const TEN_MIB: usize = 10 * 1024 * 1024;
+        const CHUNK: usize = 64 * 1024;
+        let hung_up = Arc::new(tokio::sync::Notify::new());
+        let app = {
+            let hung_up = Arc::clone(&hung_up);
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move || {
+                    let guard = NotifyOnDrop(Arc::clone(&hung_up));
+                    let chunks = futures::stream::iter(0..TEN_MIB / CHUNK)
+                        .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'E'; CHUNK])))
+                        .chain(futures::stream::pending())
+                        .map(move |chunk| {
+                            let _alive = &guard;
+                            chunk
+                        });
+                    async move {
+                        (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::body::Body::from_stream(chunks),
+                        )
+                    }
+                }),
+            )
+        };
+        let base = serve(app).await;
+        let config = config(serde_json::json!({
+            "url": format!("{base}/hook"),
+            // Only an unbounded read ever reaches this timeout; it is here so that one
+            // fails instead of hanging.
+            "timeout": "30s",
+        }));
+        let channel = build("hook", &config, &Values).expect("builds");
+        let error = send_once(&channel).await;
+        assert!(error.is_retryable(), "{}", error.reason);
+        assert_eq!(
+            error.reason,
+            format!(
+                "endpoint answered HTTP 500: {}…",
+                "E".repeat(clarion_http::SNIPPET_CHARS)
+            )
+        );
+        // The peer sees the connection closed: we stopped reading instead of draining.
+        hung_up.notified().await;
+    }
+
+    struct NotifyOnDrop(Arc<tokio::sync::Notify>);
+
+    impl Drop for NotifyOnDrop {
+        fn drop(&mut self) {
+            self.0.notify_one();
+        }
+    }
+
+    /// Finding 1's hint: a peer's `Retry-After: 18446744073709551615` comes back capped
+    /// at [`clarion_core::retry_after::MAX`], so the daemon's deadline arithmetic can
+    /// never overflow on it.
+    #[tokio::test]
+    async fn a_huge_retry_after_is_capped() {
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    [("retry-after", "18446744073709551615")],
+                    "busy",
+                )
+            }),
+        );
+        let base = serve(app).await;
+        let config = config(serde_json::json!({ "url": format!("{base}/hook") }));
+        let channel = build("hook", &config, &Values).expect("builds");
+        let error = send_once(&channel).await;
+        assert_eq!(
+            error.class,
+            clarion_core::ErrorClass::Retryable {
+                retry_after: Some(clarion_core::retry_after::MAX)
+            },
+            "{}",
+            error.reason
+        );
+        assert_eq!(error.reason, "endpoint answered HTTP 503: busy");
+    }
 }
