@@ -730,9 +730,12 @@ struct Recorder<'a> {
 impl SecretResolver for Recorder<'_> {
     fn resolve(&self, reference: &SecretRef) -> Result<Secret, String> {
         self.inner.resolve(reference).or_else(|e| {
-            if let Ok(mut failed) = self.failed.lock() {
-                failed.push((reference.clone(), e));
-            }
+            // Never skip the record: an unrecorded failure would let the build pass
+            // on a placeholder. A poisoned lock still holds a usable list.
+            self.failed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((reference.clone(), e));
             Ok(Secret::new(PLACEHOLDER_SECRET))
         })
     }
