@@ -823,3 +823,81 @@ async fn smpp_unreachable_smsc_backs_off_without_hammering_it() {
         matches!(second.class, ErrorClass::Retryable { retry_after: Some(d) } if d > Duration::from_secs(3000))
     );
 }
+
+/// An SMSC restart in the middle of a queue: the session drops, and the SMSC answers
+/// the next binds with ESME_RBINDFAIL (0x0D) while it comes back up. Every error the
+/// channel returns meanwhile (the lost submit, the refused binds, the sends during
+/// the back-off) must be retryable, so that the daemon retries the messages and
+/// they are delivered once the SMSC takes binds again; none is dead-lettered.
+#[tokio::test]
+async fn smpp_smsc_restart_with_refused_binds_is_retried_not_dead_lettered() {
+    let Some(py) = python(module_path!()) else {
+        return;
+    };
+    let smsc = Smsc::start(&py, &["--drop-after", "2", "--bind-fail-after-drop", "2"]).await;
+    let numbers: Vec<String> = (1..=6).map(|i| format!("+44770090010{i}")).collect();
+    let refs: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    // One message at a time, like a queue being worked through.
+    let ch = smsc.channel(
+        &refs,
+        json!({"max_in_flight": 1, "window": 1, "reconnect_backoff": "50ms", "reconnect_backoff_max": "200ms"}),
+    );
+    let u = update(Some("Short."));
+    // What the daemon does: retry the retryable failures, waiting as asked, until
+    // every number is delivered; a permanent error would be dead-lettered.
+    let mut pending: Option<Vec<String>> = None;
+    let mut retryable_seen = Vec::new();
+    for attempt in 1..=50 {
+        let mut d = delivery(&u, pending.clone());
+        d.attempt = attempt;
+        let outcome = ch.send(&d).await;
+        let mut failed = Vec::new();
+        let mut wait = Duration::from_millis(50);
+        for r in &outcome.results {
+            if let Err(e) = &r.result {
+                match e.class {
+                    ErrorClass::Retryable { retry_after } => {
+                        wait = wait.max(retry_after.unwrap_or_default());
+                        retryable_seen.push(e.reason.clone());
+                        failed.extend(r.recipient.clone());
+                    }
+                    _ => panic!(
+                        "{} would be dead-lettered: {} ({:?})",
+                        r.recipient.as_deref().unwrap_or("-"),
+                        e.reason,
+                        e.code
+                    ),
+                }
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        pending = Some(failed);
+        tokio::time::sleep(wait).await;
+    }
+    let record = std::fs::read_to_string(&smsc.record).unwrap_or_default();
+    assert_eq!(
+        record.matches(r#""event": "bind_refused""#).count(),
+        2,
+        "the SMSC did not refuse two binds after the restart: {record}"
+    );
+    assert!(
+        retryable_seen
+            .iter()
+            .any(|r| r.contains("bind refused") && r.contains("0x0000000D")),
+        "no refused bind reached a send: {retryable_seen:?}"
+    );
+    let mut accepted: Vec<String> = smsc
+        .submits()
+        .iter()
+        .filter(|s| s["result"] == "accepted")
+        .filter_map(|s| s["destination_addr"].as_str().map(|d| format!("+{d}")))
+        .collect();
+    accepted.sort();
+    accepted.dedup();
+    assert_eq!(
+        accepted, numbers,
+        "every number reached the SMSC once it was back"
+    );
+}

@@ -8,7 +8,10 @@ ESME connection when it sees submit_sm number N+1 (that PDU never reaches the SM
 so the ESME loses its session mid-window; later connections are left alone. With
 --hold-ms M, each accepted submit is answered M milliseconds late, and each record
 says how many submits were awaiting an answer when it arrived ("outstanding"), which
-shows the ESME's window. With --tls-dir D, the proxy speaks TLS: it makes a CA
+shows the ESME's window. With --bind-fail-after-drop K (and --drop-after), the
+drop stands for an SMSC restart: the next K bind requests are answered by the proxy
+with ESME_RBINDFAIL (0x0D), as an SMSC that is still starting up answers, and
+recorded as "bind_refused"; later binds reach the SMSC. With --tls-dir D, the proxy speaks TLS: it makes a CA
 (D/ca.pem) and a certificate for 127.0.0.1 signed by it, with the openssl CLI.
 
 Prints `ready` once both listeners are up. Runs until killed.
@@ -26,6 +29,8 @@ import subprocess
 import smpp34
 
 SUBMIT_SM = 0x00000004
+BIND_COMMANDS = (0x00000001, 0x00000002, 0x00000009)  # receiver, transmitter, transceiver
+ESME_RBINDFAIL = 0x0000000D
 
 
 def free_port():
@@ -62,6 +67,7 @@ async def main():
     p.add_argument("--throttle-first", type=int, default=0)
     p.add_argument("--drop-after", type=int, default=None)
     p.add_argument("--hold-ms", type=int, default=0)
+    p.add_argument("--bind-fail-after-drop", type=int, default=0)
     p.add_argument("--tls-dir", default=None)
     args = p.parse_args()
 
@@ -77,7 +83,8 @@ async def main():
             if attempt == 19:
                 raise
     record = open(args.record, "a", buffering=1)
-    state = {"submits": 0, "throttled": 0, "forwarded": 0, "dropped": False, "outstanding": 0}
+    state = {"submits": 0, "throttled": 0, "forwarded": 0, "dropped": False, "outstanding": 0,
+             "refuse_binds": 0}
     held = set()
 
     async def answer_later(ev, mid):
@@ -148,9 +155,20 @@ async def main():
                 header = await reader.readexactly(16)
                 length, command_id = struct.unpack(">II", header[:8])
                 body = await reader.readexactly(max(0, length - 16))
+                if command_id in BIND_COMMANDS and state["refuse_binds"] > 0:
+                    state["refuse_binds"] -= 1
+                    log({"event": "bind_refused"})
+                    # bind_*_resp with the error status; the body is the (empty)
+                    # system_id, as 3.4 allows on an error.
+                    sequence = struct.unpack(">I", header[12:16])[0]
+                    writer.write(struct.pack(">IIII", 17, command_id | 0x80000000,
+                                             ESME_RBINDFAIL, sequence) + b"\x00")
+                    await writer.drain()
+                    continue
                 if command_id == SUBMIT_SM and args.drop_after is not None and not state["dropped"]:
                     if state["forwarded"] >= args.drop_after:
                         state["dropped"] = True
+                        state["refuse_binds"] = args.bind_fail_after_drop
                         log({"event": "dropped"})
                         writer.transport.abort()
                         return

@@ -33,10 +33,25 @@ use tokio::time::Instant;
 /// header.
 const ESM_CLASS_UDHI: u8 = 0x40;
 
-/// Statuses after which the same PDU may well be accepted later (3.4 §5.1.3).
-const RETRYABLE_STATUSES: [u32; 4] = [
+/// `ESME_RINVBNDSTS`: "Incorrect BIND Status for given command" (3.4 §5.1.3).
+const ESME_RINVBNDSTS: u32 = 0x0000_0004;
+
+/// Statuses of a `submit_sm_resp` after which the same PDU may well be accepted later
+/// (SMPP 3.4 §5.1.3 names the statuses; which of them are transient is our reading,
+/// argued per entry). Every other status judges the message itself (its address, its
+/// encoding, its length...) and is permanent for that message.
+const RETRYABLE_STATUSES: [u32; 6] = [
+    // "Incorrect BIND Status for given command": the SMSC does not consider the
+    // session bound for submits (it restarted or failed over and lost the bind, or
+    // our submit raced its unbind). A statement about the session, not the message:
+    // the session is dropped and the next send binds again.
+    ESME_RINVBNDSTS,
     0x0000_0008, // ESME_RSYSERR: system error
     0x0000_0014, // ESME_RMSGQFUL: message queue full
+    // "submit_sm or submit_multi failed": the spec gives no cause, and SMSCs use it
+    // for internal failures (a routing or storage back end unavailable); the message
+    // was not found wrong, so it is treated like ESME_RSYSERR.
+    0x0000_0045,
     0x0000_0058, // ESME_RTHROTTLED: throttling error
     0x0000_0064, // ESME_RX_T_APPN: temporary application error
 ];
@@ -80,7 +95,9 @@ struct Session {
     /// No new connect before this.
     retry_at: Option<Instant>,
     /// Why the last connect or bind failed: sends during the back-off fail the same
-    /// way (a refused password stays permanent, a refused connection retryable).
+    /// way. Bind and connect failures are retryable (see [`bind_failed`]); only a
+    /// config value that cannot be encoded is permanent, and validation keeps those
+    /// out.
     last_error: Option<DeliveryError>,
 }
 
@@ -265,15 +282,7 @@ impl Smpp {
         };
         if let Err(e) = bound {
             let _ = client.close().await;
-            let mut err = classify(&e, "bind");
-            // A refused bind, password or system id will not fix itself; other failures
-            // (SMSC busy, system error) may.
-            if let Some(code) = status_of(&e) {
-                if (0x0D..=0x0F).contains(&code) {
-                    err.class = ErrorClass::Permanent;
-                }
-            }
-            return Err(err);
+            return Err(bind_failed(&e));
         }
         tokio::spawn(drain_events(client.clone(), events, self.url.clone()));
         Ok(client)
@@ -374,6 +383,12 @@ impl Provider for Smpp {
             match client.submit_sm(pdu).await {
                 Ok(resp) => ids.push(resp.message_id().to_string()),
                 Err(e) => {
+                    if status_of(&e) == Some(ESME_RINVBNDSTS) {
+                        // The SMSC no longer counts this session as bound: close it,
+                        // so that the next send (which finds it inactive) binds anew
+                        // instead of submitting into it again.
+                        let _ = client.close().await;
+                    }
                     let mut err = classify(&e, "submit_sm");
                     if i > 0 {
                         err.reason =
@@ -406,6 +421,31 @@ fn status_of(e: &rusmppc::error::Error) -> Option<u32> {
     }
 }
 
+/// A failed bind, for every send that needed the session. Always retryable: the
+/// session is down, not the message, and while the back-off runs this same error is
+/// returned for every send, so a permanent class here would dead-letter the whole
+/// queue. That is what an SMSC restart used to do: it answers `ESME_RBINDFAIL`
+/// (0x0D) until it is ready. A refused password or system id (0x0E, 0x0F) is also
+/// retried, for the same reason: no message is at fault, and the daemon's
+/// `max_elapsed` bounds the wait; the log line says an operator must act.
+fn bind_failed(e: &rusmppc::error::Error) -> DeliveryError {
+    let mut err = classify(e, "bind");
+    err.class = ErrorClass::Retryable { retry_after: None };
+    if let Some(code @ 0x0E..=0x0F) = status_of(e) {
+        err.reason = format!(
+            "{} (the SMSC refused the credentials: check `system_id` and `password`; messages wait and are retried meanwhile)",
+            err.reason
+        );
+        tracing::error!(code = format!("0x{code:08X}"), reason = %err.reason, "smpp bind refused");
+    }
+    err
+}
+
+/// Whether a `submit_sm_resp` status leaves the message worth another try.
+fn status_is_retryable(code: u32) -> bool {
+    RETRYABLE_STATUSES.contains(&code)
+}
+
 /// Classifies a failed request: the SMSC's `command_status`, or a lost connection.
 fn classify(e: &rusmppc::error::Error, what: &str) -> DeliveryError {
     use rusmppc::error::Error as E;
@@ -413,7 +453,7 @@ fn classify(e: &rusmppc::error::Error, what: &str) -> DeliveryError {
         E::UnexpectedResponse { response } => {
             let status = response.status();
             let code = u32::from(status);
-            let class = if RETRYABLE_STATUSES.contains(&code) {
+            let class = if status_is_retryable(code) {
                 ErrorClass::Retryable { retry_after: None }
             } else {
                 ErrorClass::Permanent
@@ -508,6 +548,59 @@ mod tests {
         let got: Vec<u64> = (1..=8).map(|f| backoff(min, max, f).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(backoff(min, max, u32::MAX), max);
+    }
+
+    /// The `submit_sm_resp` statuses, by class. Names and codes from SMPP 3.4 §5.1.3.
+    #[test]
+    fn submit_statuses_are_classified() {
+        let check = |code: u32, retryable: bool| {
+            assert_eq!(status_is_retryable(code), retryable, "0x{code:08X}");
+        };
+        // The session or the SMSC, not the message: worth another try.
+        check(0x04, true); // ESME_RINVBNDSTS: incorrect bind status
+        check(0x08, true); // ESME_RSYSERR: system error
+        check(0x14, true); // ESME_RMSGQFUL: message queue full
+        check(0x45, true); // ESME_RSUBMITFAIL: submit_sm failed
+        check(0x58, true); // ESME_RTHROTTLED: throttling error
+        check(0x64, true); // ESME_RX_T_APPN: temporary application error
+        // The message itself: the same PDU would be refused again.
+        check(0x01, false); // ESME_RINVMSGLEN: message length invalid
+        check(0x0A, false); // ESME_RINVSRCADR: invalid source address
+        check(0x0B, false); // ESME_RINVDSTADR: invalid destination address
+        check(0x43, false); // ESME_RINVESMCLASS: invalid esm_class
+        check(0x48, false); // ESME_RINVSRCTON: invalid source TON
+        check(0x61, false); // ESME_RINVSCHED: invalid scheduled delivery time
+        check(0x65, false); // ESME_RX_P_APPN: permanent application error
+        check(0x66, false); // ESME_RX_R_APPN: message rejected by the application
+    }
+
+    /// Every refused bind is retryable: it is returned for every send during the
+    /// back-off, and the message is not at fault. (0x0D is what a restarting SMSC
+    /// answers; it used to dead-letter the whole queue.)
+    #[test]
+    fn bind_failures_are_retryable() {
+        use rusmpp::CommandStatus as S;
+        for status in [
+            S::EsmeRbindfail,
+            S::EsmeRinvpaswd,
+            S::EsmeRinvsysid,
+            S::EsmeRsyserr,
+            S::EsmeRalybnd,
+        ] {
+            let response =
+                rusmpp::Command::new(status, 1, rusmpp::pdus::BindTransmitterResp::default());
+            let e = rusmppc::error::Error::UnexpectedResponse {
+                response: Box::new(response),
+            };
+            let err = bind_failed(&e);
+            assert!(err.is_retryable(), "{status:?}: {err:?}");
+            assert_eq!(
+                err.code,
+                Some(format!("0x{:08X}", u32::from(status))),
+                "{err:?}"
+            );
+            assert!(err.reason.starts_with("smpp: bind refused: "), "{err:?}");
+        }
     }
 
     #[test]
