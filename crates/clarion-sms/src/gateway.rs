@@ -27,7 +27,8 @@ impl fmt::Debug for Gateway {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gateway")
             .field("method", &self.method)
-            .field("url", &self.url.source)
+            // The template may hold an inline API key: scheme and host only.
+            .field("url", &clarion_http::redact_urls(&self.url.source))
             .finish_non_exhaustive()
     }
 }
@@ -64,9 +65,13 @@ impl Gateway {
         // The URL must parse once filled in; any placeholder value will do for that.
         let sample = url.render(&|_| "0".to_string(), true);
         let parsed = url::Url::parse(&sample)
-            .map_err(|e| ("url".to_string(), format!("`{}`: {e}", c.url)))?;
+            .map_err(|e| ("url".to_string(), format!("is not a valid URL: {e}")))?;
+        // Neither message quotes the template: it may hold an inline API key.
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(("url".into(), format!("`{}` is not an http(s) URL", c.url)));
+            return Err((
+                "url".into(),
+                format!("must be an http(s) URL, not {}:", parsed.scheme()),
+            ));
         }
         let mut headers = Vec::new();
         for (name, value) in &c.headers {
@@ -402,5 +407,65 @@ mod tests {
         );
         assert!(Template::parse("{to").is_err());
         assert!(Template::parse("to}").is_err());
+    }
+
+    struct Values;
+
+    impl clarion_core::SecretResolver for Values {
+        fn resolve(&self, reference: &clarion_core::SecretRef) -> Result<Secret, String> {
+            match reference {
+                clarion_core::SecretRef::Value(s) => Ok(s.clone()),
+                other => Err(format!("{other} is not available in tests")),
+            }
+        }
+    }
+
+    /// Finding 5: the gateway URL carries the API key and the recipient's number, and
+    /// reqwest's error text carries the URL. Neither may reach the reason (WARN logs,
+    /// the dead-letter header) nor the channel's `Debug`.
+    #[tokio::test]
+    async fn a_failed_request_never_shows_the_gateway_url() {
+        use clarion_core::Channel;
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let config: crate::SmsConfig = toml::from_str(&format!(
+            r#"
+provider = "http"
+url = "http://127.0.0.1:{port}/send/s3cr3tPATH?apikey={{key}}&to={{to}}"
+key = {{ value = "s3cr3tKEY" }}
+recipients = {{ customers = ["+447700900123"] }}
+"#
+        ))
+        .expect("config");
+        let channel = crate::build("sms-gw", &config, &Values).expect("builds");
+        let update = clarion_core::samples::lifecycle(
+            "INC-1",
+            "Outage",
+            &["customers"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        let delivery = clarion_core::Delivery::new(
+            std::sync::Arc::new(update),
+            std::sync::Arc::from("sms-gw"),
+            vec!["customers".to_string()].into(),
+        );
+        let outcome = channel.send(&delivery).await;
+        let error = outcome.results[0].result.clone().expect_err("refused");
+        let shown = format!("{} {:?} {channel:?}", error.reason, error);
+        for secret in ["s3cr3tKEY", "s3cr3tPATH", "447700900123"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(error.is_retryable(), "{shown}");
+        assert!(
+            error.reason.starts_with("gateway: cannot connect: "),
+            "{shown}"
+        );
+        assert!(
+            error.reason.contains(&format!("http://127.0.0.1:{port}")),
+            "{shown}"
+        );
     }
 }

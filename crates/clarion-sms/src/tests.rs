@@ -166,7 +166,7 @@ fn rejects_bad_config_naming_the_field() {
     );
     assert_eq!(
         build_str("provider = \"http\"\nurl = \"ftp://gw/{to}\"\nrecipients = {}"),
-        "target `sms-customers`: invalid `url`: `ftp://gw/{to}` is not an http(s) URL"
+        "target `sms-customers`: invalid `url`: must be an http(s) URL, not ftp:"
     );
     assert_eq!(
         build_str(

@@ -106,13 +106,13 @@ impl Provider for Vonage {
     }
 
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
-        let mut url = self.balance_url.clone();
-        url.query_pairs_mut()
-            .append_pair("api_key", &self.api_key)
-            .append_pair("api_secret", self.api_secret.expose());
+        // HTTP basic auth, which Vonage's account API accepts, rather than the
+        // `api_secret` query parameter: a secret in a URL ends up in proxies' access
+        // logs and, through error text, in ours.
         let resp = self
             .client
-            .get(url)
+            .get(self.balance_url.clone())
+            .basic_auth(&self.api_key, Some(self.api_secret.expose()))
             .send()
             .await
             .map_err(|e| http::transport_error("vonage", &e))?;
@@ -265,5 +265,77 @@ mod tests {
             r#"Retryable { retry_after: None } Some("503") vonage: HTTP 503: down"#,
         );
         check(401, "no", r#"Permanent Some("401") vonage: HTTP 401: no"#);
+    }
+
+    const SECRET: &str = "s3cr3tAPI";
+
+    fn vonage(base_url: &str) -> Vonage {
+        let config: VonageConfig = toml::from_str(&format!(
+            r#"
+api_key = "key1"
+api_secret = {{ value = "unused" }}
+from = "ACME"
+base_url = "{base_url}"
+recipients = {{}}
+"#
+        ))
+        .expect("config");
+        Vonage::build(&config, Secret::new(SECRET)).expect("builds")
+    }
+
+    /// Finding 5: the healthcheck used to put `api_secret` in the query string, so a
+    /// failed check printed it (reqwest's error text carries the URL). It now sends
+    /// basic auth, and no error text carries a URL's path or query anyway.
+    #[tokio::test]
+    async fn the_healthcheck_never_puts_the_secret_in_a_url() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"value":1.5,"autoReload":false}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        vonage(&format!("http://{addr}"))
+            .healthcheck()
+            .await
+            .expect("healthy");
+        let head = peer.await.expect("peer");
+        let request_line = head.lines().next().unwrap_or_default();
+        assert_eq!(request_line, "GET /account/get-balance HTTP/1.1", "{head}");
+        // Basic base64("key1:s3cr3tAPI").
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("authorization: basic a2v5mtpzm2nym3rbuek="),
+            "{head}"
+        );
+
+        // Nothing listens here any more.
+        let error = vonage(&format!("http://{addr}"))
+            .healthcheck()
+            .await
+            .expect_err("refused");
+        let shown = format!("{} {error:?}", error.reason);
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(
+            error.reason.starts_with("vonage: cannot connect: "),
+            "{shown}"
+        );
     }
 }
