@@ -741,4 +741,57 @@ mod tests {
             (ErrorClass::RecipientGone, "410".into(), false)
         );
     }
+
+    /// Finding 5: the request path carries the device token (personal data), and
+    /// reqwest's error text carries the URL; the reason (WARN logs, dead letters) must
+    /// name only the scheme and host.
+    #[tokio::test]
+    async fn a_failed_send_never_shows_the_device_token() {
+        let token = "deadbeef".repeat(8);
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let pem = crate::fcm::tests::openssl_key(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ]);
+        let config: ApnsConfig = toml::from_str(&format!(
+            r#"
+            signing_key = {{ value = {} }}
+            key_id = "ABC123DEFG"
+            team_id = "TEAM123456"
+            topic = "com.example.status"
+            base_url = "https://127.0.0.1:{port}"
+            device_tokens = {{ customers = ["{token}"] }}
+            "#,
+            toml::Value::String(pem),
+        ))
+        .expect("config");
+        let channel = build("push-apns", &config, &crate::fcm::tests::Values).expect("build");
+        let update = clarion_core::samples::lifecycle(
+            "INC-1",
+            "Outage",
+            &["customers"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        let delivery = Delivery::new(
+            std::sync::Arc::new(update),
+            std::sync::Arc::from("push-apns"),
+            vec!["customers".to_string()].into(),
+        );
+        let outcome = channel.send(&delivery).await;
+        let error = outcome.results[0].result.clone().expect_err("refused");
+        let shown = format!("{} {error:?}", error.reason);
+        assert!(!shown.contains("deadbeef"), "{shown}");
+        assert!(error.is_retryable(), "{shown}");
+        assert!(
+            error.reason.contains(&format!("https://127.0.0.1:{port}")),
+            "{shown}"
+        );
+    }
 }
