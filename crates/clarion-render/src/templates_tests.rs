@@ -451,6 +451,34 @@ fn slack_preset_escapes_control_sequences_in_every_field() {
     );
 }
 
+/// Slack refuses a block over its limits (header 150 characters, section text 3000,
+/// field 2000), so the limits apply to the escaped text, which `<` makes four times
+/// longer.
+#[test]
+fn slack_preset_stays_within_slacks_limits_after_escaping() {
+    let set = set(&[]).with_preset("chat", "slack").expect("preset");
+    let mut u = sample(Status::Investigating, Impact::Major);
+    u.title = "<".repeat(400);
+    u.message = "<>&".repeat(2000);
+    u.components = vec!["<".repeat(200); 20];
+    u.regions = vec!["&".repeat(200); 20];
+    let body = render(
+        &set,
+        ChannelKind::Webhook,
+        Part::Body,
+        &ctx(&u, "employees", None, "chat"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    let len = |v: &serde_json::Value| v.as_str().map(|s| s.chars().count()).unwrap_or(0);
+    // Shortened (an entity is never cut, so it may stop a few characters short).
+    assert!((140..=150).contains(&len(&v["blocks"][0]["text"]["text"])));
+    assert!(len(&v["blocks"][1]["text"]["text"]) <= 3000);
+    for field in v["blocks"][2]["fields"].as_array().expect("fields") {
+        assert!(len(&field["text"]) <= 2000, "{field}");
+    }
+    assert!(len(&v["blocks"][2]["fields"][2]["text"]) > 1900);
+}
+
 #[test]
 fn slack_escape_shortens_without_cutting_an_entity() {
     let set = set(&[(
