@@ -28,12 +28,13 @@ impl Wiring {
         w
     }
 
-    /// Waits (up to two minutes) until the group has committed the end of every
-    /// partition of the topic; returns the last (committed, end) pairs either way.
+    /// Waits (up to two minutes) until every stream of the deployment (the events
+    /// group and each target's group) has committed the end of every partition of
+    /// the topic; returns the last (lowest committed, end) pairs either way.
     pub async fn wait_committed(&self, partitions: i32) -> Vec<(i64, i64)> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let offsets = crate::kafka::committed_and_end(
+            let offsets = crate::kafka::deployment_committed_and_end(
                 &self.brokers,
                 &self.group,
                 &self.topic,

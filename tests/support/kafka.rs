@@ -173,6 +173,49 @@ pub fn committed_and_end(
         .collect()
 }
 
+/// The deployment's groups: `group` itself (the events stream) and every target
+/// stream's `group.<target>` the broker knows.
+pub fn deployment_groups(brokers: &str, group: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("group lister");
+    let prefix = format!("{group}.");
+    let mut groups = vec![group.to_string()];
+    if let Ok(list) = c.fetch_group_list(None, Duration::from_secs(10)) {
+        groups.extend(
+            list.groups()
+                .iter()
+                .map(|g| g.name().to_string())
+                .filter(|n| n.starts_with(&prefix)),
+        );
+    }
+    groups
+}
+
+/// Per partition, the lowest committed offset over the deployment's groups (the
+/// stream furthest behind), and the high watermark.
+pub fn deployment_committed_and_end(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(i64, i64)> {
+    let mut out: Option<Vec<(i64, i64)>> = None;
+    for g in deployment_groups(brokers, group) {
+        let offsets = committed_and_end(brokers, &g, topic, partitions);
+        out = Some(match out {
+            None => offsets,
+            Some(prev) => prev
+                .into_iter()
+                .zip(offsets)
+                .map(|((a, end), (b, _))| (a.min(b), end))
+                .collect(),
+        });
+    }
+    out.unwrap_or_default()
+}
+
 /// True when a group's commit reached the end of every partition that has records
 /// (`offsets` as from [`committed_and_end`]).
 pub fn all_committed(offsets: &[(i64, i64)]) -> bool {

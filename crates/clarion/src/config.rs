@@ -18,8 +18,15 @@ use std::time::Duration;
 pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
 
 /// librdkafka properties Clarion sets itself because at-least-once depends on them.
-pub const OWNED_KAFKA_PROPERTIES: [&str; 3] =
-    ["enable.auto.offset.store", "enable.auto.commit", "group.id"];
+pub const OWNED_KAFKA_PROPERTIES: [&str; 5] = [
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    // librdkafka's older name for enable.auto.commit.
+    "auto.commit.enable",
+    "group.id",
+    // Set per stream from `kafka.instance_id`.
+    "group.instance.id",
+];
 
 /// librdkafka properties of the dead-letter producer that Clarion sets itself: a
 /// dead letter resolves its update (and lets the offset be committed) only once
@@ -64,9 +71,18 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The topic ops publish incident updates to, keyed by `incident_id`.
     pub topic: String,
-    /// Consumer group. Every Clarion instance of one deployment shares it.
+    /// The deployment's consumer group. Every Clarion instance of one deployment
+    /// shares it. The events stream (which dead-letters malformed records once) uses
+    /// it as is; each target's stream uses `<group_id>.<target>`.
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// This replica's stable identity for Kafka's static membership
+    /// (`group.instance.id`): a replica restarted within the session timeout takes
+    /// its partitions back without a rebalance. Unique per live replica (two with
+    /// the same id fence each other); e.g. a StatefulSet pod name. Unset: dynamic
+    /// membership.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Where malformed events and failed deliveries go, with the reason in headers.
     pub dead_letter_topic: String,
     /// Where recipients that a provider declared dead go (unregistered device
@@ -171,8 +187,11 @@ pub struct RetryOverride {
     /// that is longer.
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,
-    /// Most one attempt may take before it counts as a retryable failure (default
-    /// 60s); a safety net over the channel's own timeouts.
+    /// How long an attempt may go without progress before it is cut (default 60s):
+    /// a safety net over the channel's own timeouts. Each recipient a channel
+    /// finishes restarts it, so a long recipient list paced by a provider is never
+    /// cut while it moves. A cut attempt keeps what it achieved: the recipients it
+    /// reached are not sent to again, and only the rest is retried.
     #[serde(default, with = "humantime_serde")]
     pub attempt_timeout: Option<Duration>,
 }
@@ -269,15 +288,44 @@ struct TargetCommon {
     /// update's per-audience locale.
     #[serde(default)]
     locale: Option<String>,
+    /// When a newer update of an incident arrives while an older one still waits
+    /// or retries for this target, skip the older one ("superseded by update X").
+    /// For status pages and push; never for regulators, who must see every notice.
+    #[serde(default)]
+    supersede: bool,
+    /// Where this target's stream starts when it has no committed position and the
+    /// deployment already has history (a target added later): `latest` (default,
+    /// the end of the topic) or `earliest` (replay the whole topic to it).
+    #[serde(default)]
+    start: StartAt,
+    /// Stop hammering a target that is down (docs/configuration.md, "breaker").
+    #[serde(default)]
+    breaker: crate::breaker::BreakerConfig,
+    /// Updates this target's stream holds at once (default: `daemon.max_in_flight`).
+    #[serde(default)]
+    max_in_flight: Option<usize>,
 }
 
-const COMMON_KEYS: [&str; 6] = [
+/// Where a new target's stream starts (`start`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    Earliest,
+    #[default]
+    Latest,
+}
+
+const COMMON_KEYS: [&str; 10] = [
     "type",
     "audiences",
     "retry",
     "concurrency",
     "rules",
     "locale",
+    "supersede",
+    "start",
+    "breaker",
+    "max_in_flight",
 ];
 
 /// The closed set of channel kinds. Adding one means adding a variant here and an
@@ -332,6 +380,13 @@ pub struct TargetConfig {
     pub concurrency: usize,
     pub rules: Vec<clarion_render::Rule>,
     pub locale: Option<String>,
+    /// Skip an older update of an incident when a newer one is waiting behind it.
+    pub supersede: bool,
+    /// Where a target added to a running deployment starts.
+    pub start: StartAt,
+    pub breaker: crate::breaker::BreakerConfig,
+    /// This target's in-flight bound, if it has its own.
+    pub max_in_flight: Option<usize>,
     pub channel: ChannelConfig,
 }
 
@@ -833,6 +888,15 @@ fn validate_target_keys(
     if concurrency == 0 {
         bail!("concurrency: must be at least 1");
     }
+    if common.max_in_flight == Some(0) {
+        bail!("max_in_flight: must be at least 1");
+    }
+    if common.breaker.failures == 0 {
+        bail!("breaker.failures: must be at least 1");
+    }
+    if common.breaker.probe_interval.is_zero() || common.breaker.outage_budget.is_zero() {
+        bail!("breaker: probe_interval and outage_budget must be more than zero");
+    }
     let rest = serde_json::Value::Object(map);
     let channel = match common.kind {
         ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest.clone())?),
@@ -858,6 +922,10 @@ fn validate_target_keys(
         concurrency,
         rules: common.rules,
         locale: common.locale,
+        supersede: common.supersede,
+        start: common.start,
+        breaker: common.breaker,
+        max_in_flight: common.max_in_flight,
         channel,
     };
     Ok((target, rest))
@@ -942,7 +1010,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
     fn errors_name_the_key() {
         check(
             &MINIMAL.replace("brokers", "brokerz"),
-            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `dead_letter_topic`, `dead_recipient_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
+            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `instance_id`, `dead_letter_topic`, `dead_recipient_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
         );
         check(
             &MINIMAL.replace("url =", "uri ="),

@@ -1,45 +1,55 @@
-//! Fan-out and retries: one update becomes one delivery per matching target; each
-//! delivery is tried, retried with backoff, and ends delivered or dead-lettered.
+//! Retries for one target: an update becomes a delivery; each delivery is tried,
+//! retried with backoff, and ends delivered, dead-lettered or superseded.
 //!
 //! Ordering: deliveries of one incident to one target run strictly one after the
 //! other, in consumption order (a "lane"), so a target never sees `resolved` before
-//! the `investigating` that preceded it. Different incidents, and the same incident
-//! on different targets, run concurrently: one target being down delays nobody else.
+//! the `investigating` that preceded it. Different incidents run concurrently.
+//!
+//! Each target has its own dispatcher inside its own stream (`stream.rs`), and its
+//! own breaker (`breaker.rs`): a target that is down makes its deliveries wait
+//! without spending attempts, and delays no other target.
 
+use crate::breaker::{Breaker, Pass, Verdict};
 use crate::config::{RetryPolicy, TargetConfig};
 use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
-use crate::telemetry::{DeliveryAttempted, DeliveryDeadLettered};
+use crate::telemetry::{
+    DeliveryAttempted, DeliveryDeadLettered, DeliveryEnded, DeliverySuperseded,
+};
 use backon::BackoffBuilder;
 use clarion_core::{
     Channel, Content, Delivery, DeliveryError, IncidentUpdate, Outcome, RecipientResult, Status,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// A configured target with its channel and its concurrency limit.
+/// A configured target with its channel, its concurrency limit and its breaker.
 #[derive(Debug)]
 pub struct Target {
     pub config: TargetConfig,
     pub channel: Arc<dyn Channel>,
+    pub breaker: Arc<Breaker>,
     permits: Semaphore,
 }
 
 impl Target {
     pub fn new(config: TargetConfig, channel: Arc<dyn Channel>) -> Self {
         let permits = Semaphore::new(config.concurrency);
+        let breaker = Arc::new(Breaker::new(&config.name, config.breaker.clone()));
         Target {
             config,
             channel,
+            breaker,
             permits,
         }
     }
 }
 
-/// How a delivery ended, for the demo's table and the benchmark.
+/// How a delivery ended, for the demo's table, the benchmark and the tests.
 #[derive(Debug, Clone)]
 pub struct DeliveryReport {
     pub incident_id: String,
@@ -49,8 +59,10 @@ pub struct DeliveryReport {
     pub target: Arc<str>,
     pub recipient: Option<String>,
     pub attempts: u32,
-    /// `None` when delivered; the dead-letter reason otherwise.
+    /// `None` when delivered or superseded; the dead-letter reason otherwise.
     pub dead_letter_reason: Option<String>,
+    /// The update that made this one unnecessary (`supersede = true` targets).
+    pub superseded_by: Option<String>,
     /// From the update's Kafka timestamp to the end of the delivery.
     pub latency: Duration,
 }
@@ -58,9 +70,11 @@ pub struct DeliveryReport {
 /// How a delivery (or a whole event) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
-    /// Delivered to everyone, or dead-lettered for those it could not reach.
+    /// Delivered to everyone, dead-lettered for those it could not reach, or
+    /// superseded by a newer update of its incident.
     Resolved,
-    /// Cut short by shutdown; not resolved, so its offset is not committed.
+    /// Cut short by shutdown or by the loss of its partition; not resolved, so its
+    /// offset is not committed.
     Abandoned,
 }
 
@@ -73,6 +87,15 @@ pub struct Planned {
     lane: LaneEntry,
 }
 
+/// The newest delivery planned in a lane, which older ones of a `supersede` target
+/// compare themselves with.
+#[derive(Debug, Default)]
+struct LaneHead {
+    newest: AtomicU64,
+    newest_update: Mutex<String>,
+    changed: Notify,
+}
+
 /// Holds a lane slot; dropping it lets the next delivery of the lane start and
 /// removes the lane when nobody follows.
 #[derive(Debug)]
@@ -80,27 +103,52 @@ struct LaneEntry {
     lanes: Arc<Lanes>,
     key: (String, usize),
     id: u64,
+    head: Arc<LaneHead>,
     _done: oneshot::Sender<()>,
+}
+
+impl LaneEntry {
+    /// The update id of a newer delivery in this lane, if one was planned.
+    fn superseded_by(&self) -> Option<String> {
+        if self.head.newest.load(Ordering::SeqCst) == self.id {
+            return None;
+        }
+        let by = self
+            .head
+            .newest_update
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(by)
+    }
 }
 
 impl Drop for LaneEntry {
     fn drop(&mut self) {
         let mut map = self.lanes.lock();
-        if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+        if map.get(&self.key).is_some_and(|l| l.id == self.id) {
             map.remove(&self.key);
         }
     }
 }
 
-/// The last registered delivery of every busy (incident, target) lane: its id and
-/// the receiver that fires when it is done, which the next delivery takes.
+/// The last registered delivery of every busy (incident, target) lane: its id, the
+/// receiver that fires when it is done (which the next delivery takes), and the
+/// lane's head.
 #[derive(Debug, Default)]
 struct Lanes {
     map: Mutex<LaneMap>,
-    next: std::sync::atomic::AtomicU64,
+    next: AtomicU64,
 }
 
-type LaneMap = HashMap<(String, usize), (u64, oneshot::Receiver<()>)>;
+#[derive(Debug)]
+struct Lane {
+    id: u64,
+    done: Option<oneshot::Receiver<()>>,
+    head: Arc<LaneHead>,
+}
+
+type LaneMap = HashMap<(String, usize), Lane>;
 
 impl Lanes {
     fn lock(&self) -> std::sync::MutexGuard<'_, LaneMap> {
@@ -122,11 +170,32 @@ pub struct Dispatcher {
 }
 
 /// Where a dispatcher's deliveries end up besides the targets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outputs {
     pub dlq: DeadLetterWriter,
     pub dead_recipient_topic: Option<String>,
     pub observer: Option<mpsc::Sender<DeliveryReport>>,
+}
+
+/// Why an update cannot be turned into deliveries at all (dead-lettered once, by the
+/// event stream).
+pub fn check_audiences(
+    update: &IncidentUpdate,
+    audiences: &BTreeSet<String>,
+) -> Result<(), String> {
+    let unknown: Vec<&str> = update
+        .audiences
+        .iter()
+        .filter(|a| !audiences.contains(*a))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown audience(s) {}: not standard and not listed in the config's `audiences`",
+        unknown.join(", ")
+    ))
 }
 
 impl Dispatcher {
@@ -166,22 +235,21 @@ impl Dispatcher {
         &self.targets
     }
 
+    /// Whether the update names only audiences the config knows.
+    pub fn check(&self, update: &IncidentUpdate) -> Result<(), String> {
+        check_audiences(update, &self.audiences)
+    }
+
+    /// The token that aborts every delivery of this dispatcher.
+    pub fn abort(&self) -> &CancellationToken {
+        &self.abort
+    }
+
     /// Plans the deliveries of one update. Must be called in consumption order: it
     /// is what places each delivery behind the previous one of its lane. Fails with
     /// a reason when the update names an audience the config does not know.
     pub fn plan(&self, update: &Arc<IncidentUpdate>) -> Result<Vec<Planned>, String> {
-        let unknown: Vec<&str> = update
-            .audiences
-            .iter()
-            .filter(|a| !self.audiences.contains(*a))
-            .map(String::as_str)
-            .collect();
-        if !unknown.is_empty() {
-            return Err(format!(
-                "unknown audience(s) {}: not standard and not listed in the config's `audiences`",
-                unknown.join(", ")
-            ));
-        }
+        check_audiences(update, &self.audiences)?;
         let mut plans = Vec::new();
         for (idx, target) in self.targets.iter().enumerate() {
             let decision =
@@ -199,15 +267,24 @@ impl Dispatcher {
             let served = decision.audiences;
             let key = (update.incident_id.clone(), idx);
             let (tx, rx) = oneshot::channel();
-            let id = self
-                .lanes
-                .next
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let after = self
-                .lanes
-                .lock()
-                .insert(key.clone(), (id, rx))
-                .map(|(_, prev)| prev);
+            let id = self.lanes.next.fetch_add(1, Ordering::Relaxed);
+            let (after, head) = {
+                let mut map = self.lanes.lock();
+                let head = map.get(&key).map(|l| l.head.clone()).unwrap_or_default();
+                *head.newest_update.lock().unwrap_or_else(|e| e.into_inner()) =
+                    update.update_id.clone();
+                head.newest.store(id, Ordering::SeqCst);
+                let prev = map.insert(
+                    key.clone(),
+                    Lane {
+                        id,
+                        done: Some(rx),
+                        head: head.clone(),
+                    },
+                );
+                (prev.and_then(|mut l| l.done.take()), head)
+            };
+            head.changed.notify_waiters();
             plans.push(Planned {
                 target: idx,
                 delivery: Delivery::new(update.clone(), target.config.name.clone(), served.into()),
@@ -216,6 +293,7 @@ impl Dispatcher {
                     lanes: self.lanes.clone(),
                     key,
                     id,
+                    head,
                     _done: tx,
                 },
             });
@@ -224,8 +302,14 @@ impl Dispatcher {
     }
 
     /// Runs one delivery to resolution: waits its turn in the lane, tries, retries
-    /// per the target's policy, and dead-letters what cannot be delivered.
-    pub async fn run(&self, planned: Planned, source: &Source) -> Resolution {
+    /// per the target's policy, and dead-letters what cannot be delivered. `cancel`
+    /// abandons it (shutdown, or its partition handed to another consumer).
+    pub async fn run(
+        &self,
+        planned: Planned,
+        source: &Source,
+        cancel: &CancellationToken,
+    ) -> Resolution {
         let target = &self.targets[planned.target];
         let update = planned.delivery.update.clone();
         let span = tracing::info_span!(
@@ -236,52 +320,100 @@ impl Dispatcher {
             channel = target.config.kind.as_str(),
         );
         let resolution = self
-            .run_inner(planned, target, source)
+            .run_inner(planned, target, source, cancel)
             .instrument(span.clone())
             .await;
         if resolution == Resolution::Abandoned {
             span.in_scope(|| {
                 tracing::warn!(
-                    "delivery abandoned at shutdown; it will be redelivered after restart"
+                    incident_id = %update.incident_id,
+                    update_id = %update.update_id,
+                    target_name = %target.config.name,
+                    "delivery abandoned (shutdown or partition handed over); it will be redelivered"
                 );
             });
         }
         resolution
     }
 
-    async fn run_inner(&self, planned: Planned, target: &Target, source: &Source) -> Resolution {
+    async fn run_inner(
+        &self,
+        planned: Planned,
+        target: &Target,
+        source: &Source,
+        cancel: &CancellationToken,
+    ) -> Resolution {
         let Planned {
             mut delivery,
             after,
             lane,
             ..
         } = planned;
-        // Held until this delivery resolves: dropping it releases the next one.
-        let _lane = lane;
         // Rendering is deterministic: a template that fails now fails on every try,
         // so it is a permanent failure, dead-lettered with the template's error.
         let rendered = self.render(target, &delivery);
         if let Some(prev) = after {
             tokio::select! {
                 _ = prev => {}
-                _ = self.abort.cancelled() => return Resolution::Abandoned,
+                _ = cancel.cancelled() => return Resolution::Abandoned,
             }
         }
+        // From here on this delivery holds its lane: dropping `lane` lets the next
+        // one of its incident start.
         match rendered {
             Ok(content) => delivery.content = Arc::new(content),
             Err(reason) => {
                 let e = DeliveryError::permanent(reason).with_code("template");
-                return self.dead_letter(target, &delivery, source, None, e).await;
+                return self
+                    .dead_letter(target, &delivery, source, None, e, cancel)
+                    .await;
             }
         }
         let policy = &target.config.retry;
         let mut ceilings = backoff_ceilings(policy);
         let first_try = Instant::now();
+        // Time spent waiting for the target's breaker: not this delivery's own.
+        let mut breaker_wait = Duration::ZERO;
         loop {
-            let Some(attempt) = self.attempt(target, &mut delivery, policy).await else {
+            if target.config.supersede
+                && let Some(by) = lane.superseded_by()
+            {
+                return self.superseded(target, &delivery, source, by).await;
+            }
+            let waited = Instant::now();
+            let pass = tokio::select! {
+                p = target.breaker.pass() => p,
+                _ = lane.head.changed.notified(), if target.config.supersede => continue,
+                _ = cancel.cancelled() => return Resolution::Abandoned,
+            };
+            breaker_wait += waited.elapsed();
+            if let Pass::OutageOver { since } = pass {
+                let e = DeliveryError::retryable(
+                    format!(
+                        "target `{}` has been down since {since}, longer than its outage budget ({}); not tried again",
+                        target.config.name,
+                        humantime::format_duration(target.config.breaker.outage_budget)
+                    ),
+                    None,
+                )
+                .with_code("outage");
+                return self
+                    .dead_letter(target, &delivery, source, None, e, cancel)
+                    .await;
+            }
+            let Some(attempt) = self.attempt(target, &mut delivery, policy, cancel).await else {
+                target.breaker.release_probe(pass);
                 return Resolution::Abandoned;
             };
             let Attempt { outcome, timed_out } = attempt;
+            let verdict = verdict_of(&outcome);
+            let first_error = outcome
+                .results
+                .iter()
+                .find_map(|r| r.result.as_ref().err().map(|e| e.reason.clone()))
+                .unwrap_or_default();
+            let target_down = target.breaker.record(pass, verdict, &first_error)
+                && verdict == Verdict::TargetDown;
             let latency = since_kafka_timestamp(source);
             let mut retry: Vec<(Option<String>, DeliveryError)> = Vec::new();
             let mut permanent: Vec<(Option<String>, DeliveryError)> = Vec::new();
@@ -297,6 +429,7 @@ impl Dispatcher {
                 match r.result {
                     Ok(receipt) => {
                         DeliveryAttempted {
+                            update: &delivery.update,
                             channel: target.config.kind.as_str(),
                             target: &target.config.name,
                             recipient: r.recipient.as_deref(),
@@ -306,7 +439,8 @@ impl Dispatcher {
                             next_retry: None,
                         }
                         .emit();
-                        self.report(&delivery, r.recipient, None, latency).await;
+                        self.report(&delivery, r.recipient, None, None, latency)
+                            .await;
                     }
                     Err(e) if e.is_retryable() => retry.push((r.recipient, e)),
                     Err(e) => permanent.push((r.recipient, e)),
@@ -315,6 +449,10 @@ impl Dispatcher {
             // Decide the wait before logging, so that the log line says when.
             let wait = if retry.is_empty() {
                 None
+            } else if target_down {
+                // The target is down, not this delivery: the attempt does not count,
+                // and the breaker decides when to try again.
+                Some(Duration::ZERO)
             } else {
                 let hint = retry
                     .iter()
@@ -327,7 +465,11 @@ impl Dispatcher {
                     .max(hint.unwrap_or_default());
                 let out_of_attempts = delivery.attempt >= policy.max_attempts;
                 // Saturating: a peer's `Retry-After` may be anything.
-                let out_of_time = first_try.elapsed().saturating_add(wait) > policy.max_elapsed;
+                let out_of_time = first_try
+                    .elapsed()
+                    .saturating_sub(breaker_wait)
+                    .saturating_add(wait)
+                    > policy.max_elapsed;
                 if out_of_attempts || out_of_time {
                     let why = if out_of_attempts {
                         format!("gave up after {} attempts", delivery.attempt)
@@ -349,6 +491,7 @@ impl Dispatcher {
             };
             for (recipient, e) in &retry {
                 DeliveryAttempted {
+                    update: &delivery.update,
                     channel: target.config.kind.as_str(),
                     target: &target.config.name,
                     recipient: recipient.as_deref(),
@@ -361,6 +504,7 @@ impl Dispatcher {
             }
             for (recipient, e) in permanent {
                 DeliveryAttempted {
+                    update: &delivery.update,
                     channel: target.config.kind.as_str(),
                     target: &target.config.name,
                     recipient: recipient.as_deref(),
@@ -371,7 +515,7 @@ impl Dispatcher {
                 }
                 .emit();
                 if self
-                    .dead_letter(target, &delivery, source, recipient, e)
+                    .dead_letter(target, &delivery, source, recipient, e, cancel)
                     .await
                     == Resolution::Abandoned
                 {
@@ -381,11 +525,16 @@ impl Dispatcher {
             let Some(wait) = wait else {
                 return Resolution::Resolved;
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.abort.cancelled() => return Resolution::Abandoned,
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = lane.head.changed.notified(), if target.config.supersede => {}
+                    _ = cancel.cancelled() => return Resolution::Abandoned,
+                }
             }
-            delivery.attempt += 1;
+            if !target_down {
+                delivery.attempt += 1;
+            }
             if timed_out {
                 // The recipients this attempt did not report are unknown: keep the
                 // same restriction and skip those that already ended.
@@ -404,7 +553,7 @@ impl Dispatcher {
 
     /// Makes one attempt: waits for a concurrency permit, then runs the channel's
     /// `send` until it answers, makes no progress for `attempt_timeout`, or panics.
-    /// `None` when the daemon aborts first.
+    /// `None` when the delivery is cancelled first.
     ///
     /// `attempt_timeout` is an idle timeout: every recipient a channel reports as
     /// ended (through `Delivery::progress`) restarts it, so a list of thousands of
@@ -421,14 +570,16 @@ impl Dispatcher {
         target: &Target,
         delivery: &mut Delivery,
         policy: &RetryPolicy,
+        cancel: &CancellationToken,
     ) -> Option<Attempt> {
         use futures::FutureExt as _;
         let _permit = tokio::select! {
             p = target.permits.acquire() => p,
-            _ = self.abort.cancelled() => return None,
+            _ = cancel.cancelled() => return None,
         };
         delivery.progress = Arc::default();
         let delivery = &*delivery;
+        let started = Instant::now();
         let send = std::panic::AssertUnwindSafe(target.channel.send(delivery)).catch_unwind();
         tokio::pin!(send);
         // Check for progress a few times per timeout, so an attempt that moves is
@@ -436,7 +587,7 @@ impl Dispatcher {
         let tick = (policy.attempt_timeout / 4).max(Duration::from_millis(1));
         let mut seen = 0;
         let mut last_progress = Instant::now();
-        loop {
+        let attempt = loop {
             tokio::select! {
                 r = &mut send => {
                     let outcome = r.unwrap_or_else(|panic| {
@@ -450,7 +601,7 @@ impl Dispatcher {
                             .with_code("panic");
                         stalled_outcome(delivery, e)
                     });
-                    return Some(Attempt { outcome, timed_out: false });
+                    break Attempt { outcome, timed_out: false };
                 }
                 _ = tokio::time::sleep(tick) => {
                     let n = delivery.progress.len();
@@ -467,16 +618,48 @@ impl Dispatcher {
                             None,
                         )
                         .with_code("timeout");
-                        return Some(Attempt { outcome: stalled_outcome(delivery, e), timed_out: true });
+                        break Attempt { outcome: stalled_outcome(delivery, e), timed_out: true };
                     }
                 }
-                _ = self.abort.cancelled() => return None,
+                _ = cancel.cancelled() => return None,
             }
+        };
+        crate::telemetry::send_duration(
+            &target.config.name,
+            target.config.kind.as_str(),
+            started.elapsed(),
+        );
+        Some(attempt)
+    }
+
+    /// Ends a delivery that a newer update of its incident made unnecessary.
+    async fn superseded(
+        &self,
+        target: &Target,
+        delivery: &Delivery,
+        source: &Source,
+        by: String,
+    ) -> Resolution {
+        DeliverySuperseded {
+            update: &delivery.update,
+            target: &target.config.name,
+            channel: target.config.kind.as_str(),
+            by: &by,
         }
+        .emit();
+        self.report(
+            delivery,
+            None,
+            None,
+            Some(by),
+            since_kafka_timestamp(source),
+        )
+        .await;
+        Resolution::Resolved
     }
 
     /// Writes one failed delivery (or one recipient of it) to the dead-letter topic,
-    /// and a dead recipient to its topic. `Abandoned` if the daemon stops first.
+    /// and a dead recipient to its topic. `Abandoned` if cancelled first.
     async fn dead_letter(
         &self,
         target: &Target,
@@ -484,6 +667,7 @@ impl Dispatcher {
         source: &Source,
         recipient: Option<String>,
         e: DeliveryError,
+        cancel: &CancellationToken,
     ) -> Resolution {
         let letter = DeadLetter {
             source,
@@ -499,7 +683,7 @@ impl Dispatcher {
                 idempotency_key: delivery.key.as_str(),
             }),
         };
-        if self.dlq.write(&letter, &self.abort).await.is_err() {
+        if self.dlq.write(&letter, cancel).await.is_err() {
             return Resolution::Abandoned;
         }
         if let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
@@ -517,7 +701,7 @@ impl Dispatcher {
             };
             if self
                 .dlq
-                .write_dead_recipient(topic, &record, &self.abort)
+                .write_dead_recipient(topic, &record, cancel)
                 .await
                 .is_err()
             {
@@ -525,17 +709,20 @@ impl Dispatcher {
             }
         }
         DeliveryDeadLettered {
+            update: &delivery.update,
             channel: target.config.kind.as_str(),
             target: &target.config.name,
             recipient: recipient.as_deref(),
             attempts: delivery.attempt,
             reason: &e.reason,
+            failure: failure_reason(&e),
         }
         .emit();
         self.report(
             delivery,
             recipient,
             Some(e.reason),
+            None,
             since_kafka_timestamp(source),
         )
         .await;
@@ -547,8 +734,21 @@ impl Dispatcher {
         d: &Delivery,
         recipient: Option<String>,
         dead: Option<String>,
+        superseded_by: Option<String>,
         latency: Duration,
     ) {
+        DeliveryEnded {
+            target: &d.target,
+            outcome: if dead.is_some() {
+                "dead_lettered"
+            } else if superseded_by.is_some() {
+                "superseded"
+            } else {
+                "delivered"
+            },
+            latency,
+        }
+        .emit();
         if let Some(tx) = &self.observer {
             let _ = tx
                 .send(DeliveryReport {
@@ -560,6 +760,7 @@ impl Dispatcher {
                     recipient,
                     attempts: d.attempt,
                     dead_letter_reason: dead,
+                    superseded_by,
                     latency,
                 })
                 .await;
@@ -581,6 +782,36 @@ impl Dispatcher {
             }
             Err(_) => Resolution::Abandoned,
         }
+    }
+}
+
+/// How an attempt went for the target as a whole: down when nothing got through
+/// and every failure was transient.
+fn verdict_of(outcome: &Outcome) -> Verdict {
+    let all_transient = !outcome.results.is_empty()
+        && outcome
+            .results
+            .iter()
+            .all(|r| r.result.as_ref().is_err_and(DeliveryError::is_retryable));
+    if all_transient {
+        Verdict::TargetDown
+    } else {
+        Verdict::TargetUp
+    }
+}
+
+/// The `reason` label of `clarion_notifications_failed_total`.
+fn failure_reason(e: &DeliveryError) -> &'static str {
+    match e.code.as_deref() {
+        Some("template") => return "template",
+        Some("panic") => return "panic",
+        Some("outage") => return "outage",
+        _ => {}
+    }
+    match e.class {
+        clarion_core::ErrorClass::Permanent => "permanent",
+        clarion_core::ErrorClass::RecipientGone => "recipient_gone",
+        clarion_core::ErrorClass::Retryable { .. } => "retries_exhausted",
     }
 }
 
@@ -755,6 +986,10 @@ mod tests {
             concurrency: 8,
             rules: Vec::new(),
             locale: None,
+            supersede: false,
+            start: crate::config::StartAt::Latest,
+            breaker: crate::breaker::BreakerConfig::default(),
+            max_in_flight: None,
             channel: ChannelConfig::Webhook(webhook),
         };
         let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
@@ -805,7 +1040,8 @@ mod tests {
         );
         let plans = d.plan(&update).expect("plan");
         let src = source();
-        let runs: Vec<_> = plans.into_iter().map(|p| d.run(p, &src)).collect();
+        let cancel = CancellationToken::new();
+        let runs: Vec<_> = plans.into_iter().map(|p| d.run(p, &src, &cancel)).collect();
         assert_eq!(
             futures::future::join_all(runs).await,
             vec![Resolution::Resolved]
@@ -855,7 +1091,9 @@ mod tests {
             let plans = d.plan(&Arc::new(u)).expect("plan");
             for p in plans {
                 let (d, src) = (d.clone(), src.clone());
-                handles.push(tokio::spawn(async move { d.run(p, &src).await }));
+                handles.push(tokio::spawn(async move {
+                    d.run(p, &src, &CancellationToken::new()).await
+                }));
             }
         }
         for h in handles {
@@ -923,7 +1161,10 @@ mod tests {
         );
         let src = source();
         for p in d.plan(&update).expect("plan") {
-            assert_eq!(d.run(p, &src).await, Resolution::Resolved);
+            assert_eq!(
+                d.run(p, &src, &CancellationToken::new()).await,
+                Resolution::Resolved
+            );
         }
         drop(d);
         let mut reports = Vec::new();

@@ -5,6 +5,7 @@
 //! This is the only crate that knows Kafka. It must never store an offset past an
 //! unresolved update, and never hold unbounded work: see `ARCHITECTURE.md`.
 
+pub mod breaker;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -12,6 +13,8 @@ pub mod dispatch;
 pub mod dlq;
 pub mod offsets;
 pub mod preview;
+pub mod stream;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use daemon::{Summary, run, run_with_secrets};

@@ -25,13 +25,22 @@ pub struct Ticket {
     generation: u64,
 }
 
+/// One admitted offset: how many of its admissions are unresolved, and when the
+/// first was admitted.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    offset: i64,
+    unresolved: u32,
+    since: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Partition {
     generation: u64,
     /// Admitted offsets in increasing order, each with how many of its admissions
     /// are still unresolved (0: resolved). Usually one admission per offset; more
     /// when the consumer hands an offset out again (a seek or an offset reset).
-    pending: VecDeque<(i64, u32)>,
+    pending: VecDeque<Pending>,
     /// The last offset [`Tracker::complete`] released for storing, if any.
     released: Option<i64>,
 }
@@ -43,6 +52,8 @@ struct State {
     /// Admitted and not yet resolved, over all partitions (kept, not counted: it is
     /// read on every admission and completion).
     unresolved: usize,
+    /// Admitted and not yet released, over all partitions.
+    window: usize,
 }
 
 /// Offset bookkeeping for every partition this consumer owns.
@@ -50,6 +61,9 @@ struct State {
 pub struct Tracker {
     state: Mutex<State>,
     changed: Condvar,
+    /// Notified when window room is given back (a release or a revoke), for the
+    /// consumer loop that waits for it.
+    pub room: tokio::sync::Notify,
 }
 
 impl Tracker {
@@ -79,11 +93,19 @@ impl Tracker {
             released: None,
         });
         let generation = p.generation;
-        let at = p.pending.partition_point(|(o, _)| *o < offset);
+        let at = p.pending.partition_point(|e| e.offset < offset);
         match p.pending.get_mut(at) {
-            Some((o, n)) if *o == offset => *n += 1,
-            _ => p.pending.insert(at, (offset, 1)),
+            Some(e) if e.offset == offset => e.unresolved += 1,
+            _ => p.pending.insert(
+                at,
+                Pending {
+                    offset,
+                    unresolved: 1,
+                    since: Instant::now(),
+                },
+            ),
         }
+        st.window += 1;
         if generation == next {
             st.next_generation += 1;
         }
@@ -101,26 +123,35 @@ impl Tracker {
     /// did not or when the partition has been revoked since the event was admitted.
     /// The released offset never goes backwards: after a reset to earlier offsets,
     /// the commit point stays where it was until the consumer passes it again.
-    pub fn complete(&self, ticket: &Ticket) -> Option<i64> {
+    pub fn complete(&self, ticket: &Ticket) -> Completion {
         let mut st = self.lock();
-        let p = st
+        let Some(p) = st
             .partitions
-            .get_mut(&(ticket.topic.clone(), ticket.partition))?;
+            .get_mut(&(ticket.topic.clone(), ticket.partition))
+        else {
+            return Completion::default();
+        };
         if p.generation != ticket.generation {
-            return None;
+            return Completion::default();
         }
-        let idx = p
-            .pending
-            .binary_search_by_key(&ticket.offset, |(o, _)| *o)
-            .ok()?;
-        if p.pending[idx].1 == 0 {
-            return None;
+        let Ok(idx) = p.pending.binary_search_by_key(&ticket.offset, |e| e.offset) else {
+            return Completion::default();
+        };
+        if p.pending[idx].unresolved == 0 {
+            return Completion::default();
         }
-        p.pending[idx].1 -= 1;
+        p.pending[idx].unresolved -= 1;
         let mut last = None;
-        while let Some(&(o, 0)) = p.pending.front() {
-            last = Some(o);
+        let mut freed = 0;
+        while let Some(&Pending {
+            offset,
+            unresolved: 0,
+            ..
+        }) = p.pending.front()
+        {
+            last = Some(offset);
             p.pending.pop_front();
+            freed += 1;
         }
         let next = last
             .map(|o| o + 1)
@@ -129,9 +160,29 @@ impl Tracker {
             p.released = next;
         }
         st.unresolved -= 1;
+        st.window -= freed;
         drop(st);
         self.changed.notify_all();
-        next
+        if freed > 0 {
+            self.room.notify_waiters();
+        }
+        Completion { store: next, freed }
+    }
+
+    /// Admitted offsets not yet released for commit, resolved or not: what a crash
+    /// would replay. The admission bound counts these.
+    pub fn window(&self) -> usize {
+        self.lock().window
+    }
+
+    /// How long the oldest unresolved update has been waiting, if any.
+    pub fn oldest_unresolved(&self) -> Option<Duration> {
+        self.lock()
+            .partitions
+            .values()
+            .flat_map(|p| p.pending.iter().filter(|e| e.unresolved > 0))
+            .map(|e| e.since.elapsed())
+            .max()
     }
 
     /// Events admitted and not yet resolved, over all partitions.
@@ -157,6 +208,8 @@ impl Tracker {
         for tp in tps {
             forget(&mut st, tp);
         }
+        drop(st);
+        self.room.notify_waiters();
     }
 
     /// Waits (blocking the calling thread) until the given partitions have nothing in
@@ -170,7 +223,7 @@ impl Tracker {
             let busy = tps.iter().any(|tp| {
                 st.partitions
                     .get(tp)
-                    .is_some_and(|p| p.pending.iter().any(|(_, n)| *n > 0))
+                    .is_some_and(|p| p.pending.iter().any(|e| e.unresolved > 0))
             });
             let now = Instant::now();
             if !busy || now >= deadline {
@@ -192,8 +245,19 @@ impl Tracker {
                 revoked.abandoned.push((tp.clone(), left));
             }
         }
+        drop(st);
+        self.room.notify_waiters();
         revoked
     }
+}
+
+/// What a completion changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The offset to store, when the released prefix grew.
+    pub store: Option<i64>,
+    /// Admitted offsets released by this completion: window room given back.
+    pub freed: usize,
 }
 
 /// What a revoke leaves to do.
@@ -215,10 +279,15 @@ fn forget(st: &mut State, tp: &Tp) -> Vec<i64> {
     let left: Vec<i64> = p
         .pending
         .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(o, _)| *o)
+        .filter(|e| e.unresolved > 0)
+        .map(|e| e.offset)
         .collect();
-    st.unresolved -= p.pending.iter().map(|(_, n)| *n as usize).sum::<usize>();
+    st.unresolved -= p
+        .pending
+        .iter()
+        .map(|e| e.unresolved as usize)
+        .sum::<usize>();
+    st.window -= p.pending.len();
     left
 }
 
@@ -233,11 +302,11 @@ mod tests {
         let b = t.admit("t", 0, 11);
         let c = t.admit("t", 0, 12);
         // Out of order: 12 and 11 finish before 10.
-        assert_eq!(t.complete(&c), None);
-        assert_eq!(t.complete(&b), None);
+        assert_eq!(t.complete(&c).store, None);
+        assert_eq!(t.complete(&b).store, None);
         assert_eq!(t.in_flight(), 1);
         // 10 finishing releases all three: the next offset to read is 13.
-        assert_eq!(t.complete(&a), Some(13));
+        assert_eq!(t.complete(&a).store, Some(13));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -246,18 +315,22 @@ mod tests {
         let t = Tracker::new();
         let a = t.admit("t", 0, 10);
         let b = t.admit("t", 0, 11);
-        assert_eq!(t.complete(&a), Some(11));
+        assert_eq!(t.complete(&a).store, Some(11));
         // The consumer is reset to an earlier offset while 11 is still in flight.
         let r5 = t.admit("t", 0, 5);
         let r6 = t.admit("t", 0, 6);
         assert_eq!(t.in_flight(), 3);
         // Found by position, not assumed to be last: each completes exactly once.
-        assert_eq!(t.complete(&r6), None);
-        assert_eq!(t.complete(&r6), None, "a second completion is ignored");
+        assert_eq!(t.complete(&r6).store, None);
+        assert_eq!(
+            t.complete(&r6).store,
+            None,
+            "a second completion is ignored"
+        );
         assert_eq!(t.in_flight(), 2);
         // 5 and 6 resolved: behind what was already released, so nothing to store.
-        assert_eq!(t.complete(&r5), None);
-        assert_eq!(t.complete(&b), Some(12));
+        assert_eq!(t.complete(&r5).store, None);
+        assert_eq!(t.complete(&b).store, Some(12));
         assert_eq!(t.in_flight(), 0);
     }
 
@@ -267,8 +340,8 @@ mod tests {
         let first = t.admit("t", 0, 3);
         let again = t.admit("t", 0, 3);
         assert_eq!(t.in_flight(), 2);
-        assert_eq!(t.complete(&first), None);
-        assert_eq!(t.complete(&again), Some(4));
+        assert_eq!(t.complete(&first).store, None);
+        assert_eq!(t.complete(&again).store, Some(4));
         assert_eq!(t.in_flight(), 0);
         // A revoke with a doubly admitted offset counts both out of the in-flight total.
         let _x = t.admit("t", 0, 4);
@@ -279,12 +352,34 @@ mod tests {
     }
 
     #[test]
+    fn the_window_counts_resolved_offsets_behind_an_unresolved_one() {
+        let t = Tracker::new();
+        let a = t.admit("t", 0, 1);
+        let b = t.admit("t", 0, 2);
+        let c = t.admit("t", 0, 3);
+        assert_eq!(t.complete(&b).freed, 0);
+        assert_eq!(t.complete(&c).freed, 0);
+        // Resolved, but a crash would replay them: they still take window room.
+        assert_eq!((t.in_flight(), t.window()), (1, 3));
+        assert!(t.oldest_unresolved().is_some());
+        assert_eq!(
+            t.complete(&a),
+            Completion {
+                store: Some(4),
+                freed: 3
+            }
+        );
+        assert_eq!((t.in_flight(), t.window()), (0, 0));
+        assert_eq!(t.oldest_unresolved(), None);
+    }
+
+    #[test]
     fn partitions_are_independent() {
         let t = Tracker::new();
         let a0 = t.admit("t", 0, 5);
         let a1 = t.admit("t", 1, 7);
-        assert_eq!(t.complete(&a1), Some(8));
-        assert_eq!(t.complete(&a0), Some(6));
+        assert_eq!(t.complete(&a1).store, Some(8));
+        assert_eq!(t.complete(&a0).store, Some(6));
     }
 
     #[test]
@@ -297,9 +392,9 @@ mod tests {
         t.assign(&[("t".into(), 0)]);
         let new = t.admit("t", 0, 3);
         // The old in-flight copy finishing must not resolve the new one.
-        assert_eq!(t.complete(&old), None);
+        assert_eq!(t.complete(&old).store, None);
         assert_eq!(t.in_flight(), 1);
-        assert_eq!(t.complete(&new), Some(4));
+        assert_eq!(t.complete(&new).store, Some(4));
     }
 
     #[test]
@@ -309,7 +404,7 @@ mod tests {
         let t2 = t.clone();
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            t2.complete(&a)
+            t2.complete(&a).store
         });
         let revoked = t.revoke(&[("t".into(), 0)], Duration::from_secs(30));
         assert!(revoked.abandoned.is_empty());

@@ -7,7 +7,7 @@
 //! Metric labels are low-cardinality only (channel, target, outcome, class): never an
 //! incident id.
 
-use clarion_core::ErrorClass;
+use clarion_core::{ErrorClass, IncidentUpdate};
 
 use std::time::Duration;
 
@@ -131,8 +131,14 @@ impl EventRejected<'_> {
 }
 
 /// One attempt's result for one recipient (or the whole target).
+///
+/// Every line about a delivery carries the incident, update, sequence, status,
+/// target, channel, masked recipient, attempt, outcome (the error class) and next
+/// step as fields of its own, so a WARN-only log still says which incident it is
+/// about (the `delivery` span's fields vanish when INFO is filtered out).
 #[derive(Debug)]
 pub struct DeliveryAttempted<'a> {
+    pub update: &'a IncidentUpdate,
     pub channel: &'static str,
     pub target: &'a str,
     pub recipient: Option<&'a str>,
@@ -150,9 +156,16 @@ impl DeliveryAttempted<'_> {
         let latency_ms = self.latency.as_millis() as u64;
         let recipient = mask(self.recipient);
         let recipient = recipient.as_str();
+        let u = self.update;
         match self.result {
             Ok(provider_id) => {
                 tracing::info!(
+                    incident_id = %u.incident_id,
+                    update_id = %u.update_id,
+                    sequence = u.sequence,
+                    status = u.status.as_str(),
+                    target = self.target,
+                    channel = self.channel,
                     attempt = self.attempt,
                     recipient,
                     outcome = "delivered",
@@ -165,53 +178,122 @@ impl DeliveryAttempted<'_> {
             }
             Err((class, reason)) => {
                 let outcome = class.as_str();
-                if let Some(wait) = self.next_retry {
-                    tracing::warn!(
-                        attempt = self.attempt,
-                        recipient,
-                        outcome,
-                        latency_ms,
-                        retry_in_ms = wait.as_millis() as u64,
-                        reason,
-                        "delivery failed, will retry"
-                    );
-                } else {
-                    tracing::warn!(
-                        attempt = self.attempt,
-                        recipient,
-                        outcome,
-                        latency_ms,
-                        reason,
-                        "delivery failed"
-                    );
-                }
+                let next = match self.next_retry {
+                    Some(w) if w.is_zero() => "wait for the target (breaker)".to_string(),
+                    Some(w) => format!("retry in {}", humantime::format_duration(round_ms(w))),
+                    None => "dead-letter".to_string(),
+                };
+                tracing::warn!(
+                    incident_id = %u.incident_id,
+                    update_id = %u.update_id,
+                    sequence = u.sequence,
+                    status = u.status.as_str(),
+                    target = self.target,
+                    channel = self.channel,
+                    attempt = self.attempt,
+                    recipient,
+                    outcome,
+                    latency_ms,
+                    next = next.as_str(),
+                    reason,
+                    "{}",
+                    if self.next_retry.is_some() { "delivery failed, will retry" } else { "delivery failed" }
+                );
                 metrics::counter!("clarion_delivery_attempts_total", "channel" => self.channel, "target" => self.target.to_string(), "outcome" => outcome).increment(1);
             }
         }
     }
 }
 
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 /// A delivery that ended in the dead-letter topic.
 #[derive(Debug)]
 pub struct DeliveryDeadLettered<'a> {
+    pub update: &'a IncidentUpdate,
     pub channel: &'static str,
     pub target: &'a str,
     pub recipient: Option<&'a str>,
     pub attempts: u32,
     pub reason: &'a str,
+    /// The `reason` label: permanent, recipient_gone, retries_exhausted, outage,
+    /// template, panic.
+    pub failure: &'static str,
 }
 
 impl DeliveryDeadLettered<'_> {
     pub fn emit(&self) {
+        let u = self.update;
         tracing::error!(
+            incident_id = %u.incident_id,
+            update_id = %u.update_id,
+            sequence = u.sequence,
+            status = u.status.as_str(),
+            target = self.target,
+            channel = self.channel,
             attempt = self.attempts,
             recipient = mask(self.recipient).as_str(),
             outcome = "dead_lettered",
+            failure = self.failure,
             reason = self.reason,
             "delivery given up; written to the dead-letter topic"
         );
         metrics::counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => self.target.to_string(), "channel" => self.channel).increment(1);
+        metrics::counter!("clarion_notifications_failed_total", "target" => self.target.to_string(), "channel" => self.channel, "reason" => self.failure).increment(1);
     }
+}
+
+/// A delivery that a newer update of its incident made unnecessary.
+#[derive(Debug)]
+pub struct DeliverySuperseded<'a> {
+    pub update: &'a IncidentUpdate,
+    pub target: &'a str,
+    pub channel: &'static str,
+    pub by: &'a str,
+}
+
+impl DeliverySuperseded<'_> {
+    pub fn emit(&self) {
+        let u = self.update;
+        tracing::info!(
+            incident_id = %u.incident_id,
+            update_id = %u.update_id,
+            sequence = u.sequence,
+            status = u.status.as_str(),
+            target = self.target,
+            channel = self.channel,
+            outcome = "superseded",
+            superseded_by = self.by,
+            "superseded by update {}; not sent",
+            self.by
+        );
+    }
+}
+
+/// The final outcome of one delivery (per recipient), as Alertmanager's
+/// `notifications_total` counts notifications.
+#[derive(Debug)]
+pub struct DeliveryEnded<'a> {
+    pub target: &'a str,
+    /// delivered, dead_lettered, superseded.
+    pub outcome: &'static str,
+    /// Since the update's Kafka timestamp.
+    pub latency: Duration,
+}
+
+impl DeliveryEnded<'_> {
+    pub fn emit(&self) {
+        metrics::counter!("clarion_notifications_total", "target" => self.target.to_string(), "outcome" => self.outcome).increment(1);
+        metrics::histogram!("clarion_end_to_end_latency_seconds", "target" => self.target.to_string(), "outcome" => self.outcome).record(self.latency.as_secs_f64());
+    }
+}
+
+/// How long one attempt's `send` took: the target's own speed, apart from the time
+/// spent waiting in backoff or for the breaker.
+pub fn send_duration(target: &str, channel: &'static str, took: Duration) {
+    metrics::histogram!("clarion_send_duration_seconds", "target" => target.to_string(), "channel" => channel).record(took.as_secs_f64());
 }
 
 /// Records that a rejected record was dead-lettered (the metric side of

@@ -1,0 +1,381 @@
+//! The circuit breaker of one target: after repeated target-level failures it stops
+//! the target's deliveries from hammering a peer that is down, lets one delivery
+//! through now and then as a probe, and closes again when a probe succeeds.
+//!
+//! A target-level failure is an attempt in which nothing got through and everything
+//! failed transiently (connection refused, timeouts, 5xx or 429 on every recipient).
+//! Per-delivery failures (a 4xx for one payload, one bad recipient) are not the
+//! target's fault, and neither trip nor feed the breaker.
+//!
+//! While the breaker is open, deliveries wait here without spending their own
+//! attempts, the target's stream stops consuming (its updates wait in Kafka), and
+//! other targets are untouched. An outage lasts until a probe succeeds or until the
+//! outage budget runs out; after that, waiting deliveries are dead-lettered with the
+//! time the target went down, while probes go on.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// How a target's breaker behaves (`[targets.NAME.breaker]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive target-level failures that open the breaker.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// Wait before the first probe once open; doubles after each failed probe.
+    #[serde(default = "default_probe", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// The longest wait between two probes.
+    #[serde(default = "default_max_probe", with = "humantime_serde")]
+    pub max_probe_interval: Duration,
+    /// How long an outage may last before the deliveries waiting for the target are
+    /// dead-lettered ("target down since T"). Probes go on after it.
+    #[serde(default = "default_outage_budget", with = "humantime_serde")]
+    pub outage_budget: Duration,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_probe() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_probe() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_outage_budget() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_failures(),
+            probe_interval: default_probe(),
+            max_probe_interval: default_max_probe(),
+            outage_budget: default_outage_budget(),
+        }
+    }
+}
+
+/// The state, for metrics: 0 closed, 1 half-open (a probe is out), 2 open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::Open => "open",
+        }
+    }
+
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        /// When the outage began (the breaker first opened).
+        since: Instant,
+        since_wall: jiff::Timestamp,
+        /// When the next probe may go.
+        next_probe: Instant,
+        wait: Duration,
+        probing: bool,
+    },
+}
+
+/// What a delivery may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Try normally.
+    Go,
+    /// Try as the probe: its result opens or closes the breaker.
+    Probe,
+    /// The target has been down longer than the outage budget: give up.
+    OutageOver { since: jiff::Timestamp },
+}
+
+/// How an attempt went, as far as the target (not the delivery) is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Something got through, or failed for a reason of its own.
+    TargetUp,
+    /// Everything failed transiently.
+    TargetDown,
+}
+
+/// One target's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    target: String,
+    config: BreakerConfig,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl Breaker {
+    pub fn new(target: &str, config: BreakerConfig) -> Self {
+        let b = Breaker {
+            target: target.to_string(),
+            config,
+            state: Mutex::new(State::Closed { failures: 0 }),
+            changed: Notify::new(),
+        };
+        b.publish(BreakerState::Closed);
+        b
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every change is one assignment: a poisoned lock holds a whole state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match &*self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { probing: true, .. } => BreakerState::HalfOpen,
+            State::Open { .. } => BreakerState::Open,
+        }
+    }
+
+    /// True while the target is considered down (open or probing).
+    pub fn is_open(&self) -> bool {
+        self.state() != BreakerState::Closed
+    }
+
+    /// Waits until a delivery may try (or must give up). Time spent here is not the
+    /// delivery's: callers leave it out of `max_elapsed`.
+    pub async fn pass(&self) -> Pass {
+        loop {
+            // Register for a change before looking, so none is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait_until = {
+                let mut st = self.lock();
+                match &mut *st {
+                    State::Closed { .. } => return Pass::Go,
+                    State::Open {
+                        since,
+                        since_wall,
+                        next_probe,
+                        probing,
+                        ..
+                    } => {
+                        let now = Instant::now();
+                        if !*probing && now >= *next_probe {
+                            *probing = true;
+                            drop(st);
+                            self.publish(BreakerState::HalfOpen);
+                            return Pass::Probe;
+                        }
+                        if now.duration_since(*since) >= self.config.outage_budget {
+                            return Pass::OutageOver { since: *since_wall };
+                        }
+                        if *probing { None } else { Some(*next_probe) }
+                    }
+                }
+            };
+            match wait_until {
+                Some(at) => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                None => {
+                    // A probe is out: wait for its verdict, but wake for the outage
+                    // budget too.
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(self.config.probe_interval) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records how an attempt went. `probe` says whether it went as the probe.
+    /// Returns true when the breaker is open after it (the attempt is then not
+    /// counted against the delivery: the target was down, not the delivery wrong).
+    pub fn record(&self, pass: Pass, verdict: Verdict, reason: &str) -> bool {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut transition = None;
+        let open_after = match (&mut *st, verdict) {
+            (State::Closed { failures }, Verdict::TargetUp) => {
+                *failures = 0;
+                false
+            }
+            (State::Closed { failures }, Verdict::TargetDown) => {
+                *failures += 1;
+                if *failures >= self.config.failures.max(1) {
+                    *st = State::Open {
+                        since: now,
+                        since_wall: jiff::Timestamp::now(),
+                        next_probe: now + self.config.probe_interval,
+                        wait: self.config.probe_interval,
+                        probing: false,
+                    };
+                    transition = Some((BreakerState::Open, None));
+                    true
+                } else {
+                    false
+                }
+            }
+            (State::Open { since, .. }, Verdict::TargetUp) => {
+                let down_for = now.duration_since(*since);
+                *st = State::Closed { failures: 0 };
+                transition = Some((BreakerState::Closed, Some(down_for)));
+                false
+            }
+            (
+                State::Open {
+                    next_probe,
+                    wait,
+                    probing,
+                    ..
+                },
+                Verdict::TargetDown,
+            ) => {
+                if pass == Pass::Probe {
+                    *wait = (*wait * 2).min(self.config.max_probe_interval);
+                    *next_probe = now + *wait;
+                    *probing = false;
+                    transition = Some((BreakerState::Open, None));
+                }
+                true
+            }
+        };
+        drop(st);
+        if let Some((to, down_for)) = transition {
+            self.log_transition(to, down_for, reason);
+            self.publish(to);
+            self.changed.notify_waiters();
+        }
+        open_after
+    }
+
+    /// Gives the probe slot back when a probe ended without a verdict (the delivery
+    /// was cancelled or superseded before it could try).
+    pub fn release_probe(&self, pass: Pass) {
+        if pass != Pass::Probe {
+            return;
+        }
+        if let State::Open { probing, .. } = &mut *self.lock() {
+            *probing = false;
+        }
+        self.publish(self.state());
+        self.changed.notify_waiters();
+    }
+
+    fn log_transition(&self, to: BreakerState, down_for: Option<Duration>, reason: &str) {
+        match (to, down_for) {
+            (BreakerState::Closed, Some(d)) => tracing::warn!(
+                target_name = %self.target,
+                down_for_s = d.as_secs(),
+                "target is back: breaker closed, its stream resumes"
+            ),
+            (BreakerState::Open, _) => {
+                if let State::Open { wait, .. } = &*self.lock() {
+                    tracing::warn!(
+                        target_name = %self.target,
+                        next_probe_in_ms = wait.as_millis() as u64,
+                        last_error = reason,
+                        "target is down: breaker open; its updates wait in Kafka, other targets are not affected"
+                    );
+                }
+            }
+            _ => {}
+        }
+        metrics::counter!("clarion_breaker_transitions_total", "target" => self.target.clone(), "to" => to.as_str()).increment(1);
+    }
+
+    fn publish(&self, s: BreakerState) {
+        metrics::gauge!("clarion_breaker_state", "target" => self.target.clone()).set(s.as_gauge());
+    }
+
+    /// Waits until the breaker's state may have changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Breaker {
+        Breaker::new(
+            "t",
+            BreakerConfig {
+                failures: 3,
+                probe_interval: Duration::from_millis(20),
+                max_probe_interval: Duration::from_millis(40),
+                outage_budget: Duration::from_secs(3600),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn opens_after_consecutive_target_failures_and_closes_on_a_good_probe() {
+        let b = breaker();
+        assert!(!b.record(Pass::Go, Verdict::TargetDown, "refused"));
+        // A success in between resets the count.
+        assert!(!b.record(Pass::Go, Verdict::TargetUp, ""));
+        assert!(!b.record(Pass::Go, Verdict::TargetDown, "refused"));
+        assert!(!b.record(Pass::Go, Verdict::TargetDown, "refused"));
+        assert!(b.record(Pass::Go, Verdict::TargetDown, "refused"));
+        assert_eq!(b.state(), BreakerState::Open);
+        // Only one delivery gets the probe; the others wait for its verdict.
+        assert_eq!(b.pass().await, Pass::Probe);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let waiter = tokio::time::timeout(Duration::from_millis(50), b.pass()).await;
+        assert!(
+            waiter.is_err(),
+            "a second delivery waits while the probe is out"
+        );
+        assert!(b.record(Pass::Probe, Verdict::TargetDown, "refused"));
+        assert_eq!(
+            b.pass().await,
+            Pass::Probe,
+            "probes again after the backoff"
+        );
+        assert!(!b.record(Pass::Probe, Verdict::TargetUp, ""));
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.pass().await, Pass::Go);
+    }
+
+    #[tokio::test]
+    async fn after_the_outage_budget_waiting_deliveries_give_up_but_probes_go_on() {
+        let b = Breaker::new(
+            "t",
+            BreakerConfig {
+                failures: 1,
+                probe_interval: Duration::from_secs(3600),
+                max_probe_interval: Duration::from_secs(3600),
+                outage_budget: Duration::ZERO,
+            },
+        );
+        assert!(b.record(Pass::Go, Verdict::TargetDown, "refused"));
+        assert!(matches!(b.pass().await, Pass::OutageOver { .. }));
+    }
+}

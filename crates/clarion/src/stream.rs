@@ -1,0 +1,710 @@
+//! One delivery stream: a consumer group of its own, reading the source topic, with
+//! its own admission window, offsets, lanes and retries. Consume → admit → deliver →
+//! commit, and nothing else.
+//!
+//! There are two kinds ([`Role`]):
+//! - the **events** stream (group `kafka.group_id`) looks at every record once for
+//!   the whole deployment: it dead-letters malformed records and unknown audiences,
+//!   and warns when no target takes an update;
+//! - one **target** stream per target (group `<group_id>.<target>`) delivers to that
+//!   target only, skipping what the events stream rejects.
+//!
+//! A target that is down therefore holds back only its own stream: its group's
+//! committed offset stays behind (Kafka lag, visible with `kafka-consumer-groups
+//! --describe`), while every other stream commits on. A stream never stores an
+//! offset past an unresolved update, and never holds more than its window of
+//! admitted, uncommitted updates.
+
+use crate::config::KafkaConfig;
+use crate::dispatch::{Dispatcher, Resolution};
+use crate::dlq::{DlqKind, Source, copy_headers};
+use crate::offsets::{Tp, Tracker};
+use crate::telemetry::{self, EventRejected};
+use anyhow::{Context as _, Result};
+use clarion_core::IncidentUpdate;
+use futures::FutureExt as _;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// After the grace period, how long cancelled deliveries get to return.
+pub const ABORT_WAIT: Duration = Duration::from_secs(5);
+/// How long the final commit and leaving the group may take.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a stream does with the records it reads.
+#[derive(Debug)]
+pub enum Role {
+    /// Event-level outcomes, once per deployment. The dispatcher has no targets; it
+    /// writes dead letters. `routes` are every target's routing, for the "no target
+    /// takes this update" warning.
+    Events {
+        dispatcher: Arc<Dispatcher>,
+        routes: Vec<(
+            std::collections::BTreeSet<String>,
+            Vec<clarion_render::Rule>,
+        )>,
+    },
+    /// Deliveries to one target: the dispatcher has exactly that target.
+    Target { dispatcher: Arc<Dispatcher> },
+}
+
+impl Role {
+    fn dispatcher(&self) -> &Arc<Dispatcher> {
+        match self {
+            Role::Events { dispatcher, .. } | Role::Target { dispatcher } => dispatcher,
+        }
+    }
+}
+
+/// A stream to run.
+#[derive(Debug)]
+pub struct Spec {
+    /// `events`, or the target's name.
+    pub name: String,
+    pub group_id: String,
+    /// Admitted and uncommitted updates at most (the stream's window).
+    pub max_in_flight: usize,
+    pub max_event_bytes: usize,
+    pub rebalance_drain: Duration,
+    pub shutdown_grace: Duration,
+    pub role: Role,
+}
+
+/// What a stream did, for the last log line.
+#[derive(Debug, Default, Clone)]
+pub struct StreamSummary {
+    pub consumed: u64,
+    pub abandoned: usize,
+    pub pauses: u64,
+}
+
+/// Consumer callbacks: rebalances drain revoked partitions before handing them over
+/// and cancel what the drain could not finish; statistics become lag metrics.
+#[derive(Debug)]
+pub struct Ctx {
+    stream: String,
+    tracker: Arc<Tracker>,
+    drain: Duration,
+    stopping: AtomicBool,
+    /// One token per owned partition: cancelled when the partition is handed over
+    /// with work still running, so the old owner never delivers after the new one.
+    cancels: Mutex<HashMap<Tp, CancellationToken>>,
+    abort: CancellationToken,
+}
+
+impl Ctx {
+    fn cancels(&self) -> std::sync::MutexGuard<'_, HashMap<Tp, CancellationToken>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The token of a partition's work (created on first use).
+    fn cancel_for(&self, tp: &Tp) -> CancellationToken {
+        self.cancels()
+            .entry(tp.clone())
+            .or_insert_with(|| self.abort.child_token())
+            .clone()
+    }
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut total = 0i64;
+        for (topic, t) in &statistics.topics {
+            for (id, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1
+                // means not known yet.
+                if *id < 0 || !p.desired || p.consumer_lag < 0 {
+                    continue;
+                }
+                total += p.consumer_lag;
+                metrics::gauge!(
+                    "clarion_partition_lag_records",
+                    "stream" => self.stream.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => id.to_string()
+                )
+                .set(p.consumer_lag as f64);
+            }
+        }
+        metrics::gauge!("clarion_stream_lag_records", "stream" => self.stream.clone())
+            .set(total as f64);
+    }
+}
+
+fn tps(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+fn fmt_tps(tps: &[Tp]) -> String {
+    tps.iter()
+        .map(|(t, p)| format!("{t}/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = tps(tpl);
+        if revoked.is_empty() {
+            return;
+        }
+        metrics::counter!("clarion_rebalances_total", "stream" => self.stream.clone(), "kind" => "revoke").increment(1);
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let timeout = if stopping { Duration::ZERO } else { self.drain };
+        tracing::info!(
+            stream = %self.stream,
+            partitions = %fmt_tps(&revoked),
+            drain_ms = timeout.as_millis() as u64,
+            "partitions revoked; draining their in-flight updates"
+        );
+        // Waiting here is the point: the partitions must not move while their work is
+        // unfinished. Drain, then commit what the drain resolved, synchronously, while
+        // these partitions are still ours: left to auto-commit, the commit can race
+        // the next owner's offset fetch, and that owner would redeliver it.
+        let drain_and_commit = || {
+            let result = self.tracker.revoke(&revoked, timeout);
+            if !result.commit.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for ((topic, partition), next) in &result.commit {
+                    let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+                }
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                    metrics::counter!("clarion_commit_failures_total", "stream" => self.stream.clone()).increment(1);
+                    tracing::warn!(stream = %self.stream, error = %e, "commit of revoked partitions failed; their next owner may redeliver some updates");
+                }
+            }
+            result
+        };
+        // The callback runs inside `recv()` on a runtime worker; both the wait and the
+        // commit block, so tell tokio to move other tasks off this thread first.
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(h)
+                if !stopping
+                    && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(drain_and_commit)
+            }
+            _ => drain_and_commit(),
+        };
+        // Whatever is still running for these partitions stops now: the next owner
+        // redelivers it, and must not be overtaken by an older copy.
+        let mut cancels = self.cancels();
+        for tp in &revoked {
+            if let Some(token) = cancels.remove(tp) {
+                token.cancel();
+            }
+        }
+        drop(cancels);
+        for ((topic, partition), offsets) in result.abandoned {
+            if !stopping {
+                tracing::warn!(
+                    stream = %self.stream,
+                    topic,
+                    partition,
+                    unresolved = offsets.len(),
+                    from_offset = offsets.first().copied().unwrap_or_default(),
+                    "partition handed over with updates still in flight; they were cancelled and its next owner redelivers them"
+                );
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned = tps(tpl);
+                self.tracker.assign(&assigned);
+                let mut cancels = self.cancels();
+                for tp in &assigned {
+                    if let Some(old) = cancels.insert(tp.clone(), self.abort.child_token()) {
+                        old.cancel();
+                    }
+                }
+                drop(cancels);
+                if !assigned.is_empty() {
+                    metrics::counter!("clarion_rebalances_total", "stream" => self.stream.clone(), "kind" => "assign").increment(1);
+                    tracing::info!(stream = %self.stream, partitions = %fmt_tps(&assigned), "partitions assigned");
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::error!(stream = %self.stream, error = %e, "rebalance failed")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                metrics::counter!("clarion_commit_failures_total", "stream" => self.stream.clone())
+                    .increment(1);
+                tracing::warn!(stream = %self.stream, error = %e, "offset commit failed; it is retried with the next one");
+            }
+        }
+    }
+}
+
+/// Runs a stream until `shutdown`, then drains within the grace period, abandons the
+/// rest (not committed, so redelivered), commits and leaves its group.
+pub async fn run(
+    spec: Spec,
+    config: ClientConfig,
+    kafka: &KafkaConfig,
+    shutdown: CancellationToken,
+) -> Result<StreamSummary> {
+    let tracker = Arc::new(Tracker::new());
+    let abort = spec.role.dispatcher().abort().clone();
+    let ctx = Ctx {
+        stream: spec.name.clone(),
+        tracker: tracker.clone(),
+        drain: spec.rebalance_drain,
+        stopping: AtomicBool::new(false),
+        cancels: Mutex::default(),
+        abort: abort.clone(),
+    };
+    let consumer: Arc<StreamConsumer<Ctx>> =
+        Arc::new(config.create_with_context(ctx).with_context(|| {
+            format!("stream `{}`: cannot create the Kafka consumer", spec.name)
+        })?);
+    consumer.subscribe(&[&kafka.topic]).with_context(|| {
+        format!(
+            "stream `{}`: cannot subscribe to {}",
+            spec.name, kafka.topic
+        )
+    })?;
+    let role = Arc::new(spec.role);
+    let tasks = TaskTracker::new();
+    let mut summary = StreamSummary::default();
+    // Backpressure with hysteresis: stop fetching when the window is full, fetch
+    // again only once a quarter of it is free, so that librdkafka's prefetch is not
+    // thrown away and fetched again for every finished update.
+    let high = spec.max_in_flight.max(1);
+    let low = high - high.div_ceil(4);
+    let mut paused = false;
+    let mut restore = tokio::time::interval(Duration::from_secs(1));
+    restore.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let breaker = match &*role {
+        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
+        Role::Events { .. } => None,
+    };
+    loop {
+        let window = tracker.window();
+        // A target that is down waits in Kafka: stop fetching while the breaker is
+        // open, but let one update in when nothing is in flight, to be the probe.
+        let target_down = breaker.as_ref().is_some_and(|b| b.is_open()) && window > 0;
+        let full = window >= high || target_down;
+        if full && !paused {
+            // Full: stop fetching but keep polling, so rebalances are served and the
+            // group does not evict us (max.poll.interval.ms).
+            paused = set_paused(&consumer, true);
+            if paused {
+                summary.pauses += 1;
+                metrics::counter!("clarion_stream_pauses_total", "stream" => spec.name.clone())
+                    .increment(1);
+                tracing::debug!(stream = %spec.name, window, target_down, "pausing consumption");
+            }
+        } else if paused && window <= low && !target_down {
+            // Only a resume that worked ends the pause: otherwise the next turn of
+            // the loop tries again.
+            paused = !set_paused(&consumer, false);
+        }
+        let msg = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = restore.tick() => {
+                // Store again what was released: a store can fail transiently (and
+                // is only logged where it happens), and the commit must not stay
+                // behind finished work because of it.
+                for ((topic, partition), next) in tracker.released() {
+                    store(&consumer, &spec.name, &topic, partition, next);
+                }
+                publish_gauges(&spec.name, &tracker);
+                continue;
+            }
+            _ = tracker.room.notified(), if paused => continue,
+            _ = async { match &breaker { Some(b) => b.changed().await, None => std::future::pending().await } }, if paused => continue,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(stream = %spec.name, error = %e, "kafka consumer error");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if paused {
+            // A record while paused comes from a partition assigned since the pause
+            // (assignments start unpaused): admit it, and pause that one too.
+            set_paused(&consumer, true);
+        }
+        summary.consumed += 1;
+        if matches!(*role, Role::Events { .. }) {
+            telemetry::consumed();
+        }
+        let source = Arc::new(Source {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: copy_headers(msg.headers()),
+        });
+        let tombstone = msg.payload().is_none();
+        drop(msg);
+        let tp = (source.topic.clone(), source.partition);
+        let cancel = consumer.context().cancel_for(&tp);
+        let ticket = tracker.admit(&source.topic, source.partition, source.offset);
+        let work = prepare(&role, &source, tombstone, spec.max_event_bytes);
+        let role = role.clone();
+        let consumer = consumer.clone();
+        let tracker = tracker.clone();
+        let name = spec.name.clone();
+        tasks.spawn(async move {
+            let handle = handle(&role, work, &source, &cancel);
+            // A panic here is a bug in the daemon itself (channel panics are caught
+            // per delivery). Left alone, it would leave the update unresolved and
+            // freeze its partition's commit point until a restart, which would
+            // replay it into the same panic. It is contained instead: the update goes
+            // to the dead-letter topic with the panic message.
+            let resolution = match std::panic::AssertUnwindSafe(handle).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => {
+                    let message = crate::dispatch::panic_message(&*panic);
+                    crate::telemetry::DeliveryPanicked {
+                        target: &name,
+                        message: &message,
+                    }
+                    .emit();
+                    let reason =
+                        format!("the daemon panicked while handling this update: {message}");
+                    role.dispatcher()
+                        .reject(&source, DlqKind::InternalError, reason)
+                        .await
+                }
+            };
+            if resolution == Resolution::Resolved
+                && let Some(next) = tracker.complete(&ticket).store
+            {
+                store(&consumer, &name, &source.topic, source.partition, next);
+            }
+        });
+    }
+
+    // Shutdown: stop taking work, give in-flight deliveries the grace period, then
+    // abandon what is left (its offsets stay uncommitted, so it is redelivered).
+    tracing::info!(
+        stream = %spec.name,
+        in_flight = tracker.in_flight(),
+        grace_ms = spec.shutdown_grace.as_millis() as u64,
+        "shutting down: consumption stopped, finishing in-flight deliveries"
+    );
+    tasks.close();
+    if tokio::time::timeout(spec.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        summary.abandoned = tracker.in_flight();
+        tracing::warn!(
+            stream = %spec.name,
+            abandoned = summary.abandoned,
+            "grace period over; abandoning the updates still in flight (they will be redelivered)"
+        );
+        abort.cancel();
+        // Cancelled work returns at its next await point; a channel stuck in a
+        // blocking call cannot, and is left behind.
+        let _ = tokio::time::timeout(ABORT_WAIT, tasks.wait()).await;
+    }
+    consumer.context().stopping.store(true, Ordering::SeqCst);
+    // Commit and leave the group off the runtime: each can block for as long as
+    // librdkafka's own timeouts when the brokers are gone. The whole step is bounded,
+    // so a stop always fits in a service manager's stop timeout (the shipped unit's
+    // TimeoutStopSec=60 > shutdown_grace 30 s + ABORT_WAIT + CLOSE_WAIT). If it runs
+    // out, what was resolved since the last auto-commit is redelivered.
+    let name = spec.name.clone();
+    let close = tokio::task::spawn_blocking(move || {
+        let commit = consumer.commit_consumer_state(CommitMode::Sync);
+        // Dropping the consumer closes it (leaves the group) on this blocking thread.
+        drop(consumer);
+        commit
+    });
+    match tokio::time::timeout(CLOSE_WAIT, close).await {
+        Ok(Ok(Ok(()))) => tracing::info!(stream = %name, "offsets of resolved updates committed"),
+        Ok(Ok(Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)))) => {
+            tracing::info!(stream = %name, "no new offsets to commit")
+        }
+        Ok(Ok(Err(e))) => {
+            tracing::error!(stream = %name, error = %e, "final offset commit failed; resolved updates since the last commit will be redelivered")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(stream = %name, error = %e, "closing the Kafka consumer failed")
+        }
+        Err(_) => tracing::error!(
+            stream = %name,
+            waited_s = CLOSE_WAIT.as_secs(),
+            "the brokers did not answer the final commit and leave in time; stopping anyway (updates resolved since the last commit will be redelivered)"
+        ),
+    }
+    Ok(summary)
+}
+
+/// What a record needs, decided in the consumer loop. Planning happens there, in
+/// consumption order, because that is what places each delivery behind the previous
+/// one of its incident; only the running is left to the spawned task.
+enum Work {
+    /// Nothing to do (a record the events stream handles, or no matching target).
+    Nothing,
+    /// The events stream's check: dead-letter it, or warn that nobody takes it.
+    Check(std::result::Result<Box<IncidentUpdate>, (DlqKind, String)>),
+    /// Deliveries to run.
+    Deliver(Vec<crate::dispatch::Planned>),
+}
+
+fn prepare(role: &Role, source: &Source, tombstone: bool, max_bytes: usize) -> Work {
+    match role {
+        Role::Events { dispatcher, .. } => Work::Check(
+            parse(source, tombstone, max_bytes, true)
+                .map_err(|reason| (DlqKind::MalformedEvent, reason))
+                .and_then(|update| {
+                    dispatcher
+                        .check(&update)
+                        .map(|()| Box::new(update))
+                        .map_err(|reason| (DlqKind::UnknownAudience, reason))
+                }),
+        ),
+        Role::Target { dispatcher } => {
+            // What the events stream rejects is none of this stream's business.
+            let Ok(update) = parse(source, tombstone, max_bytes, false) else {
+                return Work::Nothing;
+            };
+            match dispatcher.plan(&Arc::new(update)) {
+                Ok(plans) if !plans.is_empty() => Work::Deliver(plans),
+                _ => Work::Nothing,
+            }
+        }
+    }
+}
+
+/// Runs what [`prepare`] decided.
+async fn handle(
+    role: &Role,
+    work: Work,
+    source: &Source,
+    cancel: &CancellationToken,
+) -> Resolution {
+    match (role, work) {
+        (_, Work::Nothing) => Resolution::Resolved,
+        (Role::Events { dispatcher, routes }, Work::Check(checked)) => match checked {
+            Ok(update) => {
+                let taken = routes
+                    .iter()
+                    .any(|(aud, rules)| clarion_render::route(&update, aud, rules).matched);
+                if !taken {
+                    tracing::warn!(
+                        incident_id = %update.incident_id,
+                        update_id = %update.update_id,
+                        audiences = ?update.audiences,
+                        "no target serves this update's audiences; nothing to deliver"
+                    );
+                }
+                Resolution::Resolved
+            }
+            Err((kind, reason)) => {
+                EventRejected {
+                    topic: &source.topic,
+                    partition: source.partition,
+                    offset: source.offset,
+                    reason: &reason,
+                    kind: kind.as_str(),
+                }
+                .emit();
+                dispatcher.reject(source, kind, reason).await
+            }
+        },
+        (Role::Target { dispatcher }, Work::Deliver(plans)) => {
+            let mut resolution = Resolution::Resolved;
+            for p in plans {
+                if dispatcher.run(p, source, cancel).await == Resolution::Abandoned {
+                    resolution = Resolution::Abandoned;
+                }
+            }
+            resolution
+        }
+        // Each role prepares only its own kind of work.
+        _ => Resolution::Resolved,
+    }
+}
+
+/// Parses a record into an update, with a reason a person can act on when it is not
+/// one. With `check_key`, also warns when the record's key is not the incident id.
+pub fn parse(
+    source: &Source,
+    tombstone: bool,
+    max_bytes: usize,
+    check_key: bool,
+) -> std::result::Result<IncidentUpdate, String> {
+    if tombstone {
+        return Err("the record has no value (a tombstone); an incident update is a JSON object, and deleting an incident is not something Clarion can deliver".to_string());
+    }
+    if source.payload.is_empty() {
+        return Err("the record's value is empty; an incident update is a JSON object".to_string());
+    }
+    let update =
+        IncidentUpdate::from_slice(&source.payload, max_bytes).map_err(|e| e.to_string())?;
+    if check_key && source.key.as_deref() != Some(update.incident_id.as_bytes()) {
+        let key = source.key.as_deref().map(String::from_utf8_lossy);
+        telemetry::KeyMismatch {
+            topic: &source.topic,
+            partition: source.partition,
+            offset: source.offset,
+            incident_id: &update.incident_id,
+            key: key.as_deref(),
+        }
+        .emit();
+    }
+    Ok(update)
+}
+
+fn publish_gauges(stream: &str, tracker: &Tracker) {
+    metrics::gauge!("clarion_stream_in_flight", "stream" => stream.to_string())
+        .set(tracker.in_flight() as f64);
+    metrics::gauge!("clarion_stream_window", "stream" => stream.to_string())
+        .set(tracker.window() as f64);
+    metrics::gauge!("clarion_oldest_unresolved_age_seconds", "stream" => stream.to_string())
+        .set(tracker.oldest_unresolved().map_or(0.0, |d| d.as_secs_f64()));
+}
+
+fn store(consumer: &StreamConsumer<Ctx>, stream: &str, topic: &str, partition: i32, next: i64) {
+    let mut tpl = TopicPartitionList::new();
+    // `store_offsets` stores the offset as given (the next one to read); unlike
+    // `store_offset`, which adds one.
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(next))
+        .is_err()
+    {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Expected after a revoke: the partition's next owner redelivers.
+        tracing::debug!(stream, topic, partition, offset = next, error = %e, "offset not stored");
+    }
+}
+
+/// Pauses or resumes every assigned partition; true when it worked.
+fn set_paused(consumer: &StreamConsumer<Ctx>, pause: bool) -> bool {
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment to pause/resume it");
+            return false;
+        }
+    };
+    let r = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, pause, "pause/resume failed; trying again");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(key: Option<&[u8]>, payload: &[u8]) -> Source {
+        Source {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            timestamp_ms: None,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A log sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with logs captured; returns what was logged.
+    fn logs_of(f: impl FnOnce()) -> String {
+        let sink = Captured::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = sink.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_incident_id_is_delivered_but_warned_about() {
+        let update =
+            clarion_core::samples::lifecycle("INC-7", "u", &["customers"], jiff::Timestamp::now())
+                .remove(0);
+        let body = serde_json::to_vec(&update).expect("json");
+        let log = logs_of(|| {
+            assert!(parse(&source(Some(b"INC-7"), &body), false, 1 << 20, true).is_ok());
+        });
+        assert!(!log.contains("key is not the incident id"), "{log}");
+        for key in [Some(&b"other"[..]), None] {
+            let log = logs_of(|| {
+                assert!(parse(&source(key, &body), false, 1 << 20, true).is_ok());
+            });
+            assert!(log.contains("WARN"), "{log}");
+            assert!(log.contains("record key is not the incident id"), "{log}");
+            assert!(log.contains("INC-7"), "{log}");
+        }
+    }
+
+    #[test]
+    fn tombstones_and_empty_values_get_their_own_reason() {
+        let tomb = parse(&source(Some(b"k"), b""), true, 1024, true).expect_err("tombstone");
+        assert!(tomb.contains("tombstone"), "{tomb}");
+        assert!(!tomb.contains("EOF"), "{tomb}");
+        let empty = parse(&source(Some(b"k"), b""), false, 1024, true).expect_err("empty");
+        assert!(empty.contains("empty"), "{empty}");
+    }
+}

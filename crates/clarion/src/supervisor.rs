@@ -1,0 +1,385 @@
+//! The supervisor: builds what the streams share (the dead-letter producer, the
+//! channels), checks the topics, brings per-target groups to their starting point,
+//! starts one stream per target plus the events stream, and stops them. It does no
+//! consuming or delivering itself (`stream.rs` does).
+
+use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt, build_channel};
+use crate::daemon::{Summary, consumer_config, producer_config};
+use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
+use crate::dlq::DeadLetterWriter;
+use crate::stream::{self, Role, Spec};
+use anyhow::{Context as _, Result, anyhow};
+use clarion_core::SecretResolver;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The consumer group of a target's stream.
+pub fn target_group(kafka: &KafkaConfig, target: &str) -> String {
+    format!("{}.{target}", kafka.group_id)
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then drains and commits.
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+) -> Result<Summary> {
+    run_with_secrets(settings, &EnvSecrets, shutdown, observer).await
+}
+
+pub async fn run_with_secrets(
+    settings: Settings,
+    secrets: &dyn SecretResolver,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+) -> Result<Summary> {
+    let kafka = &settings.kafka;
+    let producer: FutureProducer = producer_config(kafka, secrets)?
+        .create()
+        .context("cannot create the dead-letter producer")?;
+    let outputs = Outputs {
+        dlq: DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone())
+            .with_max_record_bytes(
+                kafka
+                    .producer
+                    .get("message.max.bytes")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(crate::dlq::DEFAULT_MAX_RECORD_BYTES),
+            ),
+        dead_recipient_topic: kafka.dead_recipient_topic.clone(),
+        observer,
+    };
+    let mut targets = Vec::new();
+    for t in &settings.targets {
+        let channel = build_channel(t, secrets).with_context(|| format!("targets.{}", t.name))?;
+        targets.push(Target::new(t.clone(), channel));
+    }
+    let base = consumer_config(kafka, secrets)?;
+    check_topics(&base, kafka).await?;
+    seed_target_groups(&base, &settings).await;
+
+    let mut specs = Vec::new();
+    let routes = settings
+        .targets
+        .iter()
+        .map(|t| (t.audiences.clone(), t.rules.clone()))
+        .collect();
+    specs.push(Spec {
+        name: "events".into(),
+        group_id: kafka.group_id.clone(),
+        max_in_flight: settings.daemon.max_in_flight,
+        max_event_bytes: settings.daemon.max_event_bytes,
+        rebalance_drain: settings.daemon.rebalance_drain,
+        shutdown_grace: settings.daemon.shutdown_grace,
+        role: Role::Events {
+            dispatcher: Arc::new(Dispatcher::new(
+                Vec::new(),
+                settings.audiences.clone(),
+                settings.templates.clone(),
+                outputs.clone(),
+                CancellationToken::new(),
+            )),
+            routes,
+        },
+    });
+    for target in targets {
+        let name = target.config.name.to_string();
+        specs.push(Spec {
+            group_id: target_group(kafka, &name),
+            max_in_flight: target
+                .config
+                .max_in_flight
+                .unwrap_or(settings.daemon.max_in_flight),
+            max_event_bytes: settings.daemon.max_event_bytes,
+            rebalance_drain: settings.daemon.rebalance_drain,
+            shutdown_grace: settings.daemon.shutdown_grace,
+            role: Role::Target {
+                dispatcher: Arc::new(Dispatcher::new(
+                    vec![target],
+                    settings.audiences.clone(),
+                    settings.templates.clone(),
+                    outputs.clone(),
+                    CancellationToken::new(),
+                )),
+            },
+            name,
+        });
+    }
+    tracing::info!(
+        topic = %kafka.topic,
+        group = %kafka.group_id,
+        dead_letter_topic = %kafka.dead_letter_topic,
+        streams = %specs.iter().map(|s| s.group_id.as_str()).collect::<Vec<_>>().join(", "),
+        "clarion started: one stream per target, each in its own consumer group"
+    );
+    let mut handles = Vec::new();
+    for spec in specs {
+        let config = stream_config(&base, kafka, &spec.name, &spec.group_id);
+        let kafka = kafka.clone();
+        let shutdown = shutdown.clone();
+        handles.push(tokio::spawn(async move {
+            let name = spec.name.clone();
+            (name, stream::run(spec, config, &kafka, shutdown).await)
+        }));
+    }
+    let mut summary = Summary::default();
+    let mut failed = None;
+    for h in handles {
+        match h.await {
+            Ok((_, Ok(s))) => {
+                summary.consumed = summary.consumed.max(s.consumed);
+                summary.abandoned += s.abandoned;
+                summary.pauses += s.pauses;
+            }
+            Ok((name, Err(e))) => {
+                // A stream that cannot start stops the daemon: half a deployment
+                // would deliver to some targets and silently not to others.
+                shutdown.cancel();
+                failed.get_or_insert(e.context(format!("stream `{name}`")));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                failed.get_or_insert(anyhow!("a stream task failed: {e}"));
+            }
+        }
+    }
+    let flushed = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        producer.flush(rdkafka::util::Timeout::After(Duration::from_secs(5)))
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(6), flushed).await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    tracing::info!(
+        consumed = summary.consumed,
+        abandoned = summary.abandoned,
+        "clarion stopped"
+    );
+    Ok(summary)
+}
+
+/// A stream's consumer configuration: the base, its own group, and its identity.
+fn stream_config(
+    base: &ClientConfig,
+    kafka: &KafkaConfig,
+    stream: &str,
+    group: &str,
+) -> ClientConfig {
+    let mut c = base.clone();
+    c.set("group.id", group);
+    if c.get("client.id").is_none() {
+        c.set("client.id", format!("clarion-{stream}"));
+    }
+    if let Some(id) = &kafka.instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
+/// A consumer of `group` that never subscribes: for reading and writing the group's
+/// committed offsets and for metadata.
+fn group_client(base: &ClientConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+    let mut c = base.clone();
+    c.set("group.id", group);
+    c.create()
+}
+
+/// Checks the topics at start-up. The dead-letter and dead-recipient topics must
+/// exist: a mistyped name would otherwise be found only when the first dead letter
+/// cannot be written, in the middle of an incident, freezing its partition. The
+/// source topic may be created later (the streams pick it up), so a missing one is
+/// a warning. Brokers that cannot be reached yet are a warning too: librdkafka keeps
+/// trying, and nothing is consumed (so nothing needs a dead letter) until they answer.
+async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
+    let base = base.clone();
+    let mut topics = vec![kafka.topic.clone(), kafka.dead_letter_topic.clone()];
+    topics.extend(kafka.dead_recipient_topic.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        let c = group_client(&base, "clarion-topic-check")?;
+        let mut missing = Vec::new();
+        for t in topics {
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            if md
+                .topics()
+                .iter()
+                .any(|mt| mt.error().is_some() || mt.partitions().is_empty())
+            {
+                missing.push(t);
+            }
+        }
+        Ok::<_, KafkaError>(missing)
+    })
+    .await;
+    match r {
+        Ok(Ok(missing)) => {
+            let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
+            if !required.is_empty() {
+                return Err(anyhow!(
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic) before starting, or failed deliveries would have nowhere to go",
+                    required
+                        .iter()
+                        .map(|t| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !missing.is_empty() {
+                tracing::warn!(
+                    topic = %kafka.topic,
+                    "the source topic does not exist yet; consumption starts when it is created"
+                );
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, brokers = %kafka.brokers, "cannot reach the Kafka brokers yet; will keep trying")
+        }
+        Err(e) => tracing::warn!(error = %e, "topic check did not run"),
+    }
+    Ok(())
+}
+
+/// Gives every target group without a committed position its starting point, before
+/// any stream joins:
+/// - when no target group has any position yet (an upgrade from the single-group
+///   daemon, or a new deployment), each starts where the deployment's group
+///   (`kafka.group_id`) has committed, so an upgrade neither redelivers history nor
+///   skips anything; with nothing committed anywhere, at the beginning, as before;
+/// - a target added to a deployment with history starts at the end of the topic
+///   (`start = "latest"`, the default) or at its beginning (`start = "earliest"`).
+///
+/// Failures are logged, not fatal: a group that could not be seeded reads from the
+/// beginning (`auto.offset.reset = earliest`), which redelivers but loses nothing.
+async fn seed_target_groups(base: &ClientConfig, settings: &Settings) {
+    let base = base.clone();
+    let kafka = settings.kafka.clone();
+    let targets: Vec<(String, StartAt)> = settings
+        .targets
+        .iter()
+        .map(|t| (t.name.to_string(), t.start))
+        .collect();
+    let r = tokio::task::spawn_blocking(move || seed_blocking(&base, &kafka, &targets)).await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot set the starting offsets of new target streams; they read from the beginning")
+        }
+        Err(e) => tracing::warn!(error = %e, "offset seeding did not run"),
+    }
+}
+
+type Positions = BTreeMap<i32, i64>;
+
+fn seed_blocking(
+    base: &ClientConfig,
+    kafka: &KafkaConfig,
+    targets: &[(String, StartAt)],
+) -> Result<()> {
+    let timeout = Duration::from_secs(10);
+    let meta = group_client(base, &kafka.group_id)?;
+    let md = meta.fetch_metadata(Some(&kafka.topic), timeout)?;
+    let Some(topic) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == kafka.topic && t.error().is_none())
+    else {
+        return Ok(());
+    };
+    let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let committed = |group: &str| -> Result<Positions> {
+        let c = group_client(base, group)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition(&kafka.topic, *p);
+        }
+        let got = c.committed_offsets(tpl, timeout)?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    };
+    let deployment = committed(&kafka.group_id)?;
+    let mut positions = Vec::new();
+    for (name, start) in targets {
+        positions.push((name, *start, committed(&target_group(kafka, name))?));
+    }
+    let any_target_started = positions.iter().any(|(_, _, p)| !p.is_empty());
+    for (name, start, have) in &positions {
+        if !have.is_empty() {
+            continue;
+        }
+        let group = target_group(kafka, name);
+        let watermarks = |high: bool| -> Result<Positions> {
+            let mut out = Positions::new();
+            for p in &partitions {
+                let (lo, hi) = meta.fetch_watermarks(&kafka.topic, *p, timeout)?;
+                out.insert(*p, if high { hi } else { lo });
+            }
+            Ok(out)
+        };
+        // Every target group gets a position at its first start, even when it is
+        // the topic's beginning: "no position" then always means "never ran here",
+        // and a target whose stream had not committed yet when the deployment
+        // restarted is never mistaken for a new one.
+        let (seed, why): (Positions, &str) = if !any_target_started {
+            if deployment.is_empty() {
+                (
+                    watermarks(false)?,
+                    "at the beginning of the topic (a new deployment)",
+                )
+            } else {
+                let mut seed = watermarks(false)?;
+                seed.extend(deployment.iter());
+                (
+                    seed,
+                    "where the deployment's group had committed (upgrade from one group)",
+                )
+            }
+        } else {
+            match start {
+                StartAt::Earliest => (
+                    watermarks(false)?,
+                    "at the beginning of the topic (a target added later; start = \"earliest\")",
+                ),
+                StartAt::Latest => (
+                    watermarks(true)?,
+                    "at the end of the topic (a target added later; start = \"latest\")",
+                ),
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &seed {
+            tpl.add_partition_offset(&kafka.topic, *p, Offset::Offset(*o))?;
+        }
+        let c = group_client(base, &group)?;
+        c.assign(&tpl)?;
+        match c.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => tracing::info!(
+                stream = %name,
+                group = %group,
+                offsets = ?seed,
+                "new target stream starts {why}"
+            ),
+            // Another replica may have seeded it, or its stream already joined.
+            Err(e) => {
+                tracing::info!(stream = %name, group = %group, error = %e, "target stream's starting offsets not written (another replica may have)")
+            }
+        }
+    }
+    Ok(())
+}
