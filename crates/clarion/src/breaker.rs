@@ -43,7 +43,9 @@ fn default_probe() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_probe() -> Duration {
-    Duration::from_secs(300)
+    // Gentle on a peer that is down, yet a target that comes back is found within
+    // half a minute.
+    Duration::from_secs(30)
 }
 fn default_outage_budget() -> Duration {
     Duration::from_secs(24 * 3600)

@@ -162,6 +162,7 @@ pub async fn run_with_secrets(
     tracing::info!(
         consumed = summary.consumed,
         abandoned = summary.abandoned,
+        pauses = summary.pauses,
         "clarion stopped"
     );
     Ok(summary)
