@@ -87,6 +87,14 @@ pub struct Planned {
     lane: LaneEntry,
 }
 
+impl Planned {
+    /// Restricts the delivery to these recipients, as a retry does: for replaying a
+    /// per-recipient dead letter to that recipient only (`clarion dlq replay`).
+    pub fn restrict_to(&mut self, recipients: Vec<String>) {
+        self.delivery.recipients = Some(recipients);
+    }
+}
+
 /// The newest delivery planned in a lane, which older ones of a `supersede` target
 /// compare themselves with.
 #[derive(Debug, Default)]

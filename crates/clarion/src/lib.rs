@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod offsets;
 pub mod preview;
+pub mod replay;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Work with the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
     /// Show which targets would take an update, and the rule that decided (needs no
@@ -80,6 +85,36 @@ enum Command {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
+        /// The config file.
+        #[arg(
+            long,
+            short,
+            default_value = DEFAULT_CONFIG,
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Re-deliver one target's dead-lettered updates to that target only, with the
+    /// same idempotency keys (docs/dead-letter.md, "Replaying"). Exits 0 when every
+    /// one was delivered, 1 otherwise.
+    Replay {
+        /// The target whose failed deliveries are replayed.
+        #[arg(long)]
+        target: String,
+        /// Only this incident's dead letters.
+        #[arg(long)]
+        incident: Option<String>,
+        /// Only dead letters written since then: an RFC 3339 time, or a duration
+        /// such as `2h` meaning "two hours ago".
+        #[arg(long)]
+        since: Option<String>,
+        /// Print what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// The config file.
         #[arg(
             long,
@@ -181,6 +216,32 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 settings.targets.len()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    target,
+                    incident,
+                    since,
+                    dry_run,
+                    config,
+                },
+        } => {
+            let since = since
+                .map(|s| clarion::replay::parse_since(&s, jiff::Timestamp::now()))
+                .transpose()?;
+            let settings = load(&config)?;
+            let selection = clarion::replay::Selection {
+                target,
+                incident,
+                since,
+            };
+            let all_delivered = clarion::replay::run(settings, selection, dry_run).await?;
+            Ok(if all_delivered {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Demo => {
             clarion::demo::run().await?;
