@@ -3,9 +3,19 @@
 //! four webhook targets on loopback, and reports sustained deliveries per second,
 //! produce-to-delivery latency, and the daemon's peak RSS.
 //!
-//! Two modes: `--updates N` publishes N updates as fast as possible (throughput);
-//! `--rate R --seconds S` publishes R updates/s for S seconds (latency without
-//! saturation).
+//! Modes:
+//! - `--updates N` publishes N updates as fast as possible while the daemon runs
+//!   (throughput);
+//! - `--backlog N` publishes N updates first, then starts the daemon and times the
+//!   drain (the backlog after an outage);
+//! - `--rate R --seconds S` publishes R updates/s for S seconds (latency without
+//!   saturation); add `--outage-seconds D` to keep the first target down (nothing
+//!   listening on its port) for the first D seconds, and measure how the healthy
+//!   targets fare meanwhile and how long the down one takes to catch up.
+//!
+//! The daemon runs with the shipped defaults unless `--max-in-flight` says
+//! otherwise. Reported: deliveries/s, latency, the daemon's peak RSS, its CPU
+//! seconds and CPU µs per delivery, and how many times its streams paused.
 
 use anyhow::{Context, Result, bail};
 use axum::body::Bytes;
@@ -42,6 +52,17 @@ struct Args {
     /// Partitions of the source topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// Backlog mode: publish this many updates first, then start the daemon and
+    /// time the drain.
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// `daemon.max_in_flight` (default: the shipped default).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Fixed-rate mode: the first target is down (refuses connections) for this
+    /// many seconds from the start.
+    #[arg(long, default_value_t = 0)]
+    outage_seconds: u64,
 }
 
 /// Latencies in microseconds, as received.
@@ -50,6 +71,8 @@ struct Sink {
     latencies: Mutex<Vec<u64>>,
     count: AtomicU64,
     last_ns: AtomicU64,
+    /// When a target that was down came back (outage mode).
+    back_ns: AtomicU64,
 }
 
 async fn receive(State(s): State<Arc<Sink>>, body: Bytes) -> StatusCode {
@@ -120,6 +143,8 @@ async fn main() -> Result<()> {
     let w = Wiring::new(&args.brokers, "bench", args.partitions).await;
     let mut targets = String::new();
     let mut sinks = Vec::new();
+    // The first target's listener, kept back during an outage.
+    let mut held_back = None;
     for t in 0..args.targets {
         let sink = Arc::new(Sink::default());
         let app = axum::Router::new()
@@ -127,9 +152,15 @@ async fn main() -> Result<()> {
             .with_state(sink.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        if t == 0 && args.outage_seconds > 0 {
+            // Nothing listens on the port until the outage ends.
+            drop(listener);
+            held_back = Some((addr, app));
+        } else {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
         targets.push_str(&format!(
             "[targets.hook{t}]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"http://{addr}/hook\"\nsecrets = [{{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }}]\n\n"
         ));
@@ -138,32 +169,78 @@ async fn main() -> Result<()> {
     let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-bench"));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("clarion.toml");
-    std::fs::write(
-        &config,
-        w.config(&targets).replace(
+    let mut toml = w.config(&targets);
+    if let Some(n) = args.max_in_flight {
+        toml = toml.replace(
             "shutdown_grace = \"20s\"",
-            "shutdown_grace = \"20s\"\nmax_in_flight = 4096",
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("clarion.log"))?;
-    let mut daemon = std::process::Command::new(&args.clarion)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting clarion")?;
-    let pid = daemon.id();
-
+            &format!("shutdown_grace = \"20s\"\nmax_in_flight = {n}"),
+        );
+    }
+    std::fs::write(&config, toml)?;
+    let log_path = dir.join("clarion.log");
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "2")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    // Let the daemon join its group before the clock starts.
+    let start_daemon = || -> Result<std::process::Child> {
+        let log = std::fs::File::create(&log_path)?;
+        std::process::Command::new(&args.clarion)
+            .args(["run", "--config"])
+            .arg(&config)
+            // The final line with the pause count is INFO.
+            .env("RUST_LOG", "warn,clarion::supervisor=info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting clarion")
+    };
+    if let Some(n) = args.backlog {
+        let started = Instant::now();
+        publish(&producer, &w.topic, 0..n, None).await?;
+        eprintln!(
+            "bench: backlog of {n} updates published in {:.2} s; starting the daemon",
+            started.elapsed().as_secs_f64()
+        );
+        let mut daemon = start_daemon()?;
+        let pid = daemon.id();
+        let started = Instant::now();
+        let expected = n * args.targets as u64;
+        wait_for(&sinks, expected, Duration::from_secs(900)).await?;
+        let drained = started.elapsed();
+        let (rss, cpu) = (peak_rss_kib(pid), cpu_seconds(pid));
+        stop(&mut daemon);
+        let pauses = pauses_in(&log_path);
+        println!("mode:              backlog of {n} updates, drained from daemon start");
+        println!(
+            "targets:           {} webhooks on loopback (signed)",
+            args.targets
+        );
+        report_throughput(expected, drained, rss, cpu, pauses, args.max_in_flight);
+        return Ok(());
+    }
+    let mut daemon = start_daemon()?;
+    let pid = daemon.id();
+    // Let the daemon join its groups before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some((addr, app)) = held_back {
+        let outage = Duration::from_secs(args.outage_seconds);
+        let back = sinks[0].clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    back.back_ns.store(
+                        jiff::Timestamp::now().as_nanosecond() as u64,
+                        Ordering::Relaxed,
+                    );
+                    let _ = axum::serve(listener, app).await;
+                }
+                Err(e) => eprintln!("bench: cannot bring the down target back on {addr}: {e}"),
+            }
+        });
+    }
 
     let total = if args.rate > 0 {
         args.rate * args.seconds
@@ -172,66 +249,29 @@ async fn main() -> Result<()> {
     };
     let started = Instant::now();
     let start_ns = jiff::Timestamp::now().as_nanosecond() as u64;
-    let mut pending = Vec::with_capacity(10_000);
     let interval = if args.rate > 0 {
         Some(Duration::from_secs_f64(1.0 / args.rate as f64))
     } else {
         None
     };
-    for i in 0..total {
-        if let Some(iv) = interval {
-            let due = started + iv.mul_f64(i as f64);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let u = update(i);
-        let body = serde_json::to_vec(&u)?;
-        let fut = producer.send_result(
-            FutureRecord::to(&w.topic)
-                .key(&u.incident_id)
-                .payload(&body),
-        );
-        match fut {
-            Ok(f) => pending.push(f),
-            Err((e, _)) => bail!("produce: {e}"),
-        }
-        // Acknowledgements are awaited in batches, never one by one: waiting for each
-        // would hold the publisher to one update per broker round trip.
-        if pending.len() >= 10_000 {
-            for f in pending.drain(..) {
-                let _ = f.await;
-            }
-        }
-    }
-    for f in pending.drain(..) {
-        let _ = f.await;
-    }
-    producer.flush(Duration::from_secs(30))?;
+    publish(&producer, &w.topic, 0..total, interval).await?;
     let produced_in = started.elapsed();
 
     let expected = total * args.targets as u64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let got: u64 = sinks.iter().map(|s| s.count.load(Ordering::Relaxed)).sum();
-        if got >= expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {got} of {expected} deliveries after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&sinks, expected, Duration::from_secs(900)).await?;
     let last_ns = sinks
         .iter()
         .map(|s| s.last_ns.load(Ordering::Relaxed))
         .max()
         .unwrap_or(start_ns);
-    let rss = peak_rss_kib(pid);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = daemon.wait();
+    let (rss, cpu) = (peak_rss_kib(pid), cpu_seconds(pid));
+    stop(&mut daemon);
+    let pauses = pauses_in(&log_path);
 
-    let mut lat: Vec<u64> = sinks
+    // During an outage, the healthy targets' latency is what matters; the down
+    // target's own latency includes the outage.
+    let healthy = if args.outage_seconds > 0 { 1 } else { 0 };
+    let mut lat: Vec<u64> = sinks[healthy..]
         .iter()
         .flat_map(|s| {
             s.latencies
@@ -255,11 +295,149 @@ async fn main() -> Result<()> {
         produced_in.as_secs_f64()
     );
     println!(
-        "targets:           {} webhooks on loopback (signed)",
-        args.targets
+        "targets:           {} webhooks on loopback (signed){}",
+        args.targets,
+        if args.outage_seconds > 0 {
+            format!("; hook0 down for the first {} s", args.outage_seconds)
+        } else {
+            String::new()
+        }
     );
     println!(
-        "deliveries:        {expected} in {:.2} s (first publish to last delivery)",
+        "latency (ms):      p50 {:.1}  p99 {:.1}  max {:.1}  (publish to receiver, {}n={})",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0),
+        if healthy > 0 {
+            "healthy targets only, "
+        } else {
+            ""
+        },
+        lat.len()
+    );
+    if args.outage_seconds > 0 {
+        let back = sinks[0].back_ns.load(Ordering::Relaxed);
+        let caught_up = sinks[0].last_ns.load(Ordering::Relaxed);
+        println!(
+            "recovery:          the down target had its whole backlog {:.1} s after it came back",
+            Duration::from_nanos(caught_up.saturating_sub(back)).as_secs_f64()
+        );
+    }
+    report_throughput(expected, span, rss, cpu, pauses, args.max_in_flight);
+    Ok(())
+}
+
+/// Publishes updates `range` (at `interval` apart, or as fast as possible), keyed by
+/// incident, and waits for every acknowledgement.
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    range: std::ops::Range<u64>,
+    interval: Option<Duration>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(10_000);
+    for i in range {
+        if let Some(iv) = interval {
+            let due = started + iv.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let u = update(i);
+        let body = serde_json::to_vec(&u)?;
+        let fut = producer.send_result(FutureRecord::to(topic).key(&u.incident_id).payload(&body));
+        match fut {
+            Ok(f) => pending.push(f),
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+        // Acknowledgements are awaited in batches, never one by one: waiting for each
+        // would hold the publisher to one update per broker round trip.
+        if pending.len() >= 10_000 {
+            for f in pending.drain(..) {
+                let _ = f.await;
+            }
+        }
+    }
+    for f in pending.drain(..) {
+        let _ = f.await;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// Waits until the sinks together received `expected` deliveries.
+async fn wait_for(sinks: &[Arc<Sink>], expected: u64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got: u64 = sinks.iter().map(|s| s.count.load(Ordering::Relaxed)).sum();
+        if got >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {got} of {expected} deliveries after {} s",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop(daemon: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+}
+
+/// The daemon's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let tick = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    Some((utime + stime) / tick)
+}
+
+/// How many times the daemon paused consumption: the `pauses=` of its last line,
+/// or, for daemons before per-target streams, its "pausing consumption" warnings.
+fn pauses_in(log: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    if let Some(n) = text
+        .lines()
+        .filter(|l| l.contains("clarion stopped"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("pauses=").and_then(|v| v.parse().ok()))
+        })
+    {
+        return Some(n);
+    }
+    Some(text.matches("pausing consumption").count() as u64)
+}
+
+fn report_throughput(
+    expected: u64,
+    span: Duration,
+    rss: Option<u64>,
+    cpu: Option<f64>,
+    pauses: Option<u64>,
+    max_in_flight: Option<usize>,
+) {
+    println!(
+        "deliveries:        {expected} in {:.2} s",
         span.as_secs_f64()
     );
     println!(
@@ -267,16 +445,20 @@ async fn main() -> Result<()> {
         expected as f64 / span.as_secs_f64()
     );
     println!(
-        "latency (ms):      p50 {:.1}  p99 {:.1}  max {:.1}  (publish to receiver, n={})",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0),
-        lat.len()
-    );
-    println!(
-        "daemon peak RSS:   {} MiB",
+        "daemon peak RSS:   {} MiB (max_in_flight {})",
         rss.map(|k| format!("{:.1}", k as f64 / 1024.0))
-            .unwrap_or_else(|| "?".into())
+            .unwrap_or_else(|| "?".into()),
+        max_in_flight.map_or("default".to_string(), |n| n.to_string())
     );
-    Ok(())
+    match cpu {
+        Some(c) => println!(
+            "daemon CPU:        {c:.2} s = {:.1} µs per delivery",
+            c * 1e6 / expected as f64
+        ),
+        None => println!("daemon CPU:        ?"),
+    }
+    println!(
+        "pauses:            {}",
+        pauses.map_or("?".to_string(), |p| p.to_string())
+    );
 }

@@ -10,6 +10,7 @@ mod kafka;
 mod leaks;
 mod push;
 mod push_e2e;
+mod reload;
 mod sms;
 mod sms_e2e;
 mod webhook;

@@ -216,6 +216,11 @@ impl Process {
         Process { child, log, config }
     }
 
+    /// The config file the daemon reads (and re-reads on SIGHUP).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// Starts another daemon with the same config and log.
     pub fn restart(&self) -> Process {
         Self::start_with(self.config.clone(), self.log.clone())
