@@ -6,6 +6,7 @@ mod cli;
 mod email;
 mod email_e2e;
 mod hardening;
+mod isolation;
 mod kafka;
 mod leaks;
 mod push;

@@ -221,3 +221,23 @@ pub fn deployment_committed_and_end(
 pub fn all_committed(offsets: &[(i64, i64)]) -> bool {
     offsets.iter().all(|(c, end)| *end == 0 || c == end)
 }
+
+/// Commits `offsets` (partition, next offset to read) for `group` on `topic`, as a
+/// member of that group would: a consumer with manual assignment, never subscribed.
+/// The group must have no active members.
+pub fn commit_group(brokers: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::CommitMode;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("committer");
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .expect("partition offset");
+    }
+    c.assign(&tpl).expect("assign");
+    c.commit(&tpl, CommitMode::Sync).expect("commit");
+}

@@ -65,6 +65,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(behaviour: Behaviour) -> Receiver {
+        Self::start_on(0, behaviour).await
+    }
+
+    /// A receiver on a given port of 127.0.0.1: for a target that was down (nothing
+    /// listening on its URL) and comes back. Port 0 picks a free one.
+    pub async fn start_on(port: u16, behaviour: Behaviour) -> Receiver {
         let inner = Arc::new(Inner {
             behaviour,
             log: Mutex::new(Vec::new()),
@@ -75,7 +81,7 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hook", post(handle))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
