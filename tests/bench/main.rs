@@ -63,12 +63,26 @@ struct Args {
     /// many seconds from the start.
     #[arg(long, default_value_t = 0)]
     outage_seconds: u64,
+    /// Fixed-rate mode: measure a hand-over. `restart`: one daemon is SIGKILLed a
+    /// third of the way through and started again at once; `replica`: three run,
+    /// one is SIGKILLed and not restarted. Reports how long the updates published
+    /// just after the kill waited.
+    #[arg(long)]
+    takeover: Option<Takeover>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Takeover {
+    Restart,
+    Replica,
 }
 
 /// Latencies in microseconds, as received.
 #[derive(Default)]
 struct Sink {
     latencies: Mutex<Vec<u64>>,
+    /// (published at, in ns since the epoch; latency in µs), for the hand-over.
+    arrivals: Mutex<Vec<(u64, u64)>>,
     count: AtomicU64,
     last_ns: AtomicU64,
     /// When a target that was down came back (outage mode).
@@ -91,6 +105,10 @@ async fn receive(State(s): State<Arc<Sink>>, body: Bytes) -> StatusCode {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(us);
+        s.arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((t.as_nanosecond() as u64, us));
     }
     s.count.fetch_add(1, Ordering::Relaxed);
     s.last_ns
@@ -220,6 +238,9 @@ async fn main() -> Result<()> {
         report_throughput(expected, drained, rss, cpu, pauses, args.max_in_flight);
         return Ok(());
     }
+    if let Some(mode) = args.takeover {
+        return takeover(mode, &args, &w, &producer, &sinks, &start_daemon).await;
+    }
     let mut daemon = start_daemon()?;
     let pid = daemon.id();
     // Let the daemon join its groups before the clock starts.
@@ -324,6 +345,76 @@ async fn main() -> Result<()> {
         );
     }
     report_throughput(expected, span, rss, cpu, pauses, args.max_in_flight);
+    Ok(())
+}
+
+/// Hand-over: publishes at the fixed rate, SIGKILLs a daemon a third of the way
+/// through, and reports how long the updates published in the second after the kill
+/// waited for delivery (the partitions of the dead daemon wait for its session to
+/// expire, or for its restart).
+async fn takeover(
+    mode: Takeover,
+    args: &Args,
+    w: &Wiring,
+    producer: &FutureProducer,
+    sinks: &[Arc<Sink>],
+    start_daemon: &dyn Fn() -> Result<std::process::Child>,
+) -> Result<()> {
+    let replicas = match mode {
+        Takeover::Restart => 1,
+        Takeover::Replica => 3,
+    };
+    let mut daemons = Vec::new();
+    for _ in 0..replicas {
+        daemons.push(start_daemon()?);
+    }
+    // Let every replica join and the group settle before the clock starts.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rate = args.rate.max(1);
+    let total = rate * args.seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let kill_after = Duration::from_secs(args.seconds / 3);
+    let publishing = {
+        let producer = producer.clone();
+        let topic = w.topic.clone();
+        tokio::spawn(async move { publish(&producer, &topic, 0..total, Some(interval)).await })
+    };
+    tokio::time::sleep(kill_after).await;
+    let victim = daemons.remove(0);
+    let killed_ns = jiff::Timestamp::now().as_nanosecond() as u64;
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &victim.id().to_string()])
+        .status();
+    if matches!(mode, Takeover::Restart) {
+        daemons.push(start_daemon()?);
+    }
+    publishing.await??;
+    wait_for(sinks, total * args.targets as u64, Duration::from_secs(300)).await?;
+    let window = Duration::from_secs(1).as_nanos() as u64;
+    let waited: Vec<u64> = sinks
+        .iter()
+        .flat_map(|s| s.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .filter(|(at, _)| *at >= killed_ns && *at < killed_ns + window)
+        .map(|(_, us)| us)
+        .collect();
+    let worst = waited.iter().max().copied().unwrap_or(0);
+    for mut d in daemons {
+        stop(&mut d);
+    }
+    println!(
+        "mode:              hand-over ({}), {rate} updates/s for {} s, SIGKILL at {} s",
+        match mode {
+            Takeover::Restart => "one daemon, SIGKILLed and restarted at once",
+            Takeover::Replica => "three replicas, one SIGKILLed",
+        },
+        args.seconds,
+        kill_after.as_secs()
+    );
+    println!(
+        "takeover:          updates published in the second after the kill waited up to {:.1} s (n={})",
+        worst as f64 / 1e6,
+        waited.len()
+    );
     Ok(())
 }
 
