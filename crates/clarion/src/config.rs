@@ -53,6 +53,9 @@ pub struct RawConfig {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// What `/readyz` on the metrics listener checks (docs/runbook.md).
+    #[serde(default)]
+    pub health: HealthConfig,
     /// Message templates (docs/templates.md): a directory of minijinja files, the
     /// time zone and default locale they render in.
     #[serde(default)]
@@ -162,6 +165,29 @@ impl Default for DaemonConfig {
 pub struct MetricsConfig {
     /// Address to serve `/metrics` on, e.g. `"0.0.0.0:9464"`. Unset: no endpoint.
     pub listen: Option<String>,
+}
+
+/// What readiness (`/readyz`) checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A stream whose oldest unresolved update is older than this is stalled, and
+    /// the replica unready (default `"15m"`). A stream whose target's breaker is
+    /// open is only reported as degraded: its updates wait in Kafka by design.
+    #[serde(with = "humantime_serde", default = "default_max_unresolved_age")]
+    pub max_unresolved_age: Duration,
+}
+
+fn default_max_unresolved_age() -> Duration {
+    crate::health::DEFAULT_MAX_UNRESOLVED_AGE
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            max_unresolved_age: default_max_unresolved_age(),
+        }
+    }
 }
 
 /// A retry policy as written: every key optional, so a target can override one.
@@ -436,6 +462,7 @@ pub struct Settings {
     pub kafka: KafkaConfig,
     pub daemon: DaemonConfig,
     pub metrics: MetricsConfig,
+    pub health: HealthConfig,
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
     pub templates: Arc<clarion_render::TemplateSet>,
@@ -596,6 +623,7 @@ impl RawConfig {
             kafka: self.kafka,
             daemon: self.daemon,
             metrics: self.metrics,
+            health: self.health,
             audiences,
             targets,
             templates: Arc::new(templates),

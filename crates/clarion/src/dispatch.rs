@@ -975,10 +975,11 @@ mod tests {
         rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     ) {
         let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .expect("producer");
+        let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", cluster.bootstrap_servers())
+                .create_with_context(crate::health::ProducerCtx)
+                .expect("producer");
         let webhook: clarion_webhook::WebhookConfig =
             serde_json::from_value(serde_json::json!({"url": "http://127.0.0.1:1/"}))
                 .expect("config");

@@ -138,7 +138,9 @@ impl DeadLetter<'_> {
 ///   up after such an error instead.
 #[derive(Clone)]
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    /// With Clarion's client context, so its librdkafka errors are de-duplicated
+    /// with the streams' (`health.rs`).
+    producer: FutureProducer<crate::health::ProducerCtx>,
     topic: String,
     /// The largest record the producer accepts (`message.max.bytes`).
     max_record_bytes: usize,
@@ -219,7 +221,7 @@ pub enum Written {
 }
 
 impl DeadLetterWriter {
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: FutureProducer<crate::health::ProducerCtx>, topic: String) -> Self {
         DeadLetterWriter {
             producer,
             topic,

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod dlq;
+pub mod health;
 pub mod offsets;
 pub mod preview;
 pub mod replay;

@@ -163,10 +163,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let settings = load(&config)?;
-            if let Some(listen) = &settings.metrics.listen {
-                telemetry::init_metrics(listen)?;
-            }
             let shutdown = CancellationToken::new();
+            // Health and metrics are up before the streams start, so a probe sees
+            // "starting" rather than a refused connection.
+            match &settings.metrics.listen {
+                Some(listen) => telemetry::serve(listen, &settings, shutdown.clone()).await?,
+                None => telemetry::start_heartbeat(shutdown.clone()),
+            }
             tokio::spawn(signals(shutdown.clone()));
             clarion::run(settings, shutdown, None).await?;
             Ok(ExitCode::SUCCESS)

@@ -316,8 +316,9 @@ pub async fn run_with_secrets(
         .min(target_config.retry.max_elapsed);
     let channel = build_channel(&target_config, secrets)
         .with_context(|| format!("targets.{}", target_config.name))?;
-    let producer: rdkafka::producer::FutureProducer = producer_config(&kafka, secrets)?
-        .create()
+    let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
+        producer_config(&kafka, secrets)?
+            .create_with_context(crate::health::ProducerCtx)
         .context("cannot create the dead-letter producer")?;
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(64);
     let dispatcher = Dispatcher::new(

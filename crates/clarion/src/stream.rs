@@ -140,6 +140,18 @@ impl ClientContext for Ctx {
         }
         metrics::gauge!("clarion_stream_lag_records", "stream" => self.stream.clone())
             .set(total as f64);
+        crate::health::global().stats(&self.stream, &statistics);
+    }
+
+    // librdkafka's own errors and logs: with the brokers down it repeats the same
+    // lines several times a second per client; health de-duplicates them into one
+    // Clarion line per state change.
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::health::global().kafka_error(&self.stream, &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::health::global().kafka_log(&self.stream, level, fac, log_message);
     }
 }
 
@@ -167,6 +179,7 @@ impl ConsumerContext for Ctx {
             return;
         }
         metrics::counter!("clarion_rebalances_total", "stream" => self.stream.clone(), "kind" => "revoke").increment(1);
+        crate::health::global().revoked(&self.stream, &revoked);
         let stopping = self.stopping.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { self.drain };
         tracing::info!(
@@ -232,6 +245,7 @@ impl ConsumerContext for Ctx {
             Rebalance::Assign(tpl) => {
                 let assigned = tps(tpl);
                 self.tracker.assign(&assigned);
+                crate::health::global().assigned(&self.stream, &assigned);
                 let mut cancels = self.cancels();
                 for tp in &assigned {
                     if let Some(old) = cancels.insert(tp.clone(), self.abort.child_token()) {
@@ -348,7 +362,7 @@ pub async fn run(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(stream = %spec.name, error = %e, "kafka consumer error");
+                crate::health::global().consumer_error(&spec.name, &e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -591,8 +605,10 @@ fn publish_gauges(stream: &str, tracker: &Tracker) {
         .set(tracker.in_flight() as f64);
     metrics::gauge!("clarion_stream_window", "stream" => stream.to_string())
         .set(tracker.window() as f64);
+    let oldest = tracker.oldest_unresolved();
     metrics::gauge!("clarion_oldest_unresolved_age_seconds", "stream" => stream.to_string())
-        .set(tracker.oldest_unresolved().map_or(0.0, |d| d.as_secs_f64()));
+        .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
+    crate::health::global().oldest_unresolved(stream, oldest);
 }
 
 fn store(consumer: &StreamConsumer<Ctx>, stream: &str, topic: &str, partition: i32, next: i64) {

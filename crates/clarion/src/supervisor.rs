@@ -42,8 +42,11 @@ pub async fn run_with_secrets(
     observer: Option<mpsc::Sender<DeliveryReport>>,
 ) -> Result<Summary> {
     let kafka = &settings.kafka;
-    let producer: FutureProducer = producer_config(kafka, secrets)?
-        .create()
+    // Clarion's context de-duplicates the producer's librdkafka errors with the
+    // streams'; its statistics tell when it is connected.
+    let producer: FutureProducer<crate::health::ProducerCtx> = producer_config(kafka, secrets)?
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(crate::health::ProducerCtx)
         .context("cannot create the dead-letter producer")?;
     let outputs = Outputs {
         dlq: DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone())
@@ -125,11 +128,20 @@ pub async fn run_with_secrets(
         let config = stream_config(&base, kafka, &spec.name, &spec.group_id);
         let kafka = kafka.clone();
         let shutdown = shutdown.clone();
+        // Readiness follows the streams that run; a target's breaker open is degraded.
+        let breaker = match &spec.role {
+            Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
+            Role::Events { .. } => None,
+        };
+        let registration = crate::health::global().register_stream(&spec.name, breaker);
         handles.push(tokio::spawn(async move {
             let name = spec.name.clone();
-            (name, stream::run(spec, config, &kafka, shutdown).await)
+            let r = stream::run(spec, config, &kafka, shutdown).await;
+            crate::health::global().stream_ended(&name, registration);
+            (name, r)
         }));
     }
+    crate::health::global().started();
     let mut summary = Summary::default();
     let mut failed = None;
     for h in handles {
@@ -188,10 +200,13 @@ fn stream_config(
 
 /// A consumer of `group` that never subscribes: for reading and writing the group's
 /// committed offsets and for metadata.
-fn group_client(base: &ClientConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+fn group_client(
+    base: &ClientConfig,
+    group: &str,
+) -> Result<BaseConsumer<crate::health::AdminCtx>, KafkaError> {
     let mut c = base.clone();
     c.set("group.id", group);
-    c.create()
+    c.create_with_context(crate::health::AdminCtx)
 }
 
 /// Checks the topics at start-up. The dead-letter and dead-recipient topics must

@@ -48,22 +48,229 @@ pub fn init_logs(format: LogFormat) {
     };
 }
 
-/// Serves Prometheus metrics on `listen` (e.g. `0.0.0.0:9464`).
-pub fn init_metrics(listen: &str) -> anyhow::Result<()> {
+/// Installs the Prometheus recorder and serves `/metrics`, `/livez` and `/readyz`
+/// on `listen` (e.g. `0.0.0.0:9464`) until `shutdown`; every other path is 404.
+/// Every metric is registered first, with zero values, so `/metrics` is complete
+/// before any traffic (and alerts on `absent()` or `rate()` work from the start).
+pub async fn serve(
+    listen: &str,
+    settings: &crate::config::Settings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = listen
         .parse()
         .map_err(|e| anyhow::anyhow!("metrics.listen: `{listen}` is not host:port: {e}"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
             &[
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
             ],
         )?
-        .install()?;
+        .install_recorder()?;
     describe();
+    register(settings);
+    crate::health::global().configure(settings.health.max_unresolved_age);
+    // Bound before the daemon starts, so a port in use fails the start.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {addr}: {e}"))?;
+    tokio::spawn(heartbeat(Some(handle.clone()), shutdown.clone()));
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        handle.render(),
+                    )
+                }
+            }),
+        )
+        .route("/livez", axum::routing::get(livez))
+        .route("/readyz", axum::routing::get(readyz))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({
+                    "error": "not found; the paths are /metrics, /livez and /readyz"
+                })),
+            )
+        });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics and health listener stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics, /livez and /readyz");
     Ok(())
+}
+
+/// The runtime's heartbeat: a task that must be scheduled every second for
+/// `/livez` to pass and for systemd's watchdog to be fed, so a wedged runtime (every
+/// worker blocked) fails both. It also publishes `clarion_ready` and keeps the
+/// recorder's histograms drained.
+///
+/// Started by [`serve`]; without a metrics listener, call [`start_heartbeat`] so
+/// systemd's watchdog is still fed.
+pub fn start_heartbeat(shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(heartbeat(None, shutdown));
+}
+
+async fn heartbeat(
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let health = crate::health::global();
+    let watchdog = crate::health::watchdog_interval();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut turns: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => health.stopping(),
+        }
+        health.beat();
+        let ready = health.readiness().ready();
+        metrics::gauge!("clarion_ready").set(if ready { 1.0 } else { 0.0 });
+        if watchdog.is_some() {
+            crate::health::sd_notify("WATCHDOG=1");
+        }
+        turns += 1;
+        if let Some(handle) = &handle
+            && turns % 5 == 0
+        {
+            handle.run_upkeep();
+        }
+        if shutdown.is_cancelled() {
+            // Keep beating while the daemon drains, without spinning.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn livez() -> impl axum::response::IntoResponse {
+    let age = crate::health::global().heartbeat_age();
+    let alive = age < crate::health::LIVENESS_STALE;
+    let status = if alive {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "status": if alive { "alive" } else { "runtime stalled" },
+            "heartbeat_age_ms": age.as_millis() as u64,
+        })),
+    )
+}
+
+async fn readyz() -> impl axum::response::IntoResponse {
+    let r = crate::health::global().readiness();
+    let status = if r.ready() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(r))
+}
+
+/// The build, for `clarion_build_info`: the crate version and the git revision
+/// `build.rs` found ("unknown" outside a git checkout).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const REVISION: &str = env!("CLARION_GIT_REVISION");
+
+/// Every delivery outcome label of `clarion_delivery_attempts_total`.
+const ATTEMPT_OUTCOMES: &[&str] = &["delivered", "retryable", "permanent", "recipient_gone"];
+/// Every outcome label of `clarion_notifications_total`.
+const FINAL_OUTCOMES: &[&str] = &["delivered", "dead_lettered", "superseded"];
+/// Every `reason` label of `clarion_notifications_failed_total`.
+const FAILURE_REASONS: &[&str] = &[
+    "permanent",
+    "recipient_gone",
+    "retries_exhausted",
+    "outage",
+    "template",
+    "panic",
+];
+
+/// Registers every series with zero values: label-less ones, and per target and
+/// per stream those whose labels are known at start. Partition lag series appear
+/// when partitions are assigned.
+pub fn register(settings: &crate::config::Settings) {
+    use metrics::{counter, gauge, histogram};
+    gauge!("clarion_build_info", "version" => VERSION, "revision" => REVISION).set(1.0);
+    gauge!("clarion_ready").set(0.0);
+    // Reserved for config reload, which sets them on every SIGHUP: the config the
+    // process started with is a successful load.
+    gauge!("clarion_config_last_reload_success").set(1.0);
+    gauge!("clarion_config_last_reload_success_timestamp_seconds")
+        .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    counter!("clarion_events_consumed_total").absolute(0);
+    counter!("clarion_key_mismatches_total").absolute(0);
+    for kind in ["malformed_event", "unknown_audience"] {
+        counter!("clarion_events_rejected_total", "kind" => kind).absolute(0);
+        counter!("clarion_dead_letters_total", "kind" => kind, "target" => "-", "channel" => "-")
+            .absolute(0);
+    }
+    for record in ["dead_letter", "dead_recipient"] {
+        for class in ["transient", "too_large", "permanent"] {
+            counter!("clarion_dead_letter_write_failures_total", "record" => record, "class" => class).absolute(0);
+        }
+    }
+    gauge!("clarion_kafka_connected", "client" => crate::health::PRODUCER).set(0.0);
+    counter!("clarion_panics_total", "target" => "events").absolute(0);
+    let mut streams = vec!["events".to_string()];
+    for t in &settings.targets {
+        let target = t.name.to_string();
+        let channel = t.kind.as_str();
+        streams.push(target.clone());
+        gauge!("clarion_breaker_state", "target" => target.clone()).set(0.0);
+        for to in ["closed", "half_open", "open"] {
+            counter!("clarion_breaker_transitions_total", "target" => target.clone(), "to" => to)
+                .absolute(0);
+        }
+        for outcome in ATTEMPT_OUTCOMES {
+            counter!("clarion_delivery_attempts_total", "channel" => channel, "target" => target.clone(), "outcome" => *outcome).absolute(0);
+        }
+        for outcome in FINAL_OUTCOMES {
+            counter!("clarion_notifications_total", "target" => target.clone(), "outcome" => *outcome).absolute(0);
+            let _ = histogram!("clarion_end_to_end_latency_seconds", "target" => target.clone(), "outcome" => *outcome);
+        }
+        for reason in FAILURE_REASONS {
+            counter!("clarion_notifications_failed_total", "target" => target.clone(), "channel" => channel, "reason" => *reason).absolute(0);
+        }
+        counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => target.clone(), "channel" => channel).absolute(0);
+        counter!("clarion_panics_total", "target" => target.clone()).absolute(0);
+        let _ = histogram!("clarion_send_duration_seconds", "target" => target.clone(), "channel" => channel);
+        let _ = histogram!("clarion_delivery_latency_seconds", "channel" => channel, "target" => target.clone());
+    }
+    for stream in streams {
+        for name in [
+            "clarion_stream_lag_records",
+            "clarion_stream_in_flight",
+            "clarion_stream_window",
+            "clarion_oldest_unresolved_age_seconds",
+            "clarion_stream_assigned_partitions",
+            "clarion_kafka_connected",
+        ] {
+            let label = if name == "clarion_kafka_connected" { "client" } else { "stream" };
+            gauge!(name, label => stream.clone()).set(0.0);
+        }
+        counter!("clarion_stream_pauses_total", "stream" => stream.clone()).absolute(0);
+        counter!("clarion_commit_failures_total", "stream" => stream.clone()).absolute(0);
+        for kind in ["assign", "revoke"] {
+            counter!("clarion_rebalances_total", "stream" => stream.clone(), "kind" => kind)
+                .absolute(0);
+        }
+    }
 }
 
 fn describe() {
@@ -101,9 +308,89 @@ fn describe() {
         "clarion_key_mismatches_total",
         "Records whose Kafka key is not their incident id."
     );
+    describe_counter!(
+        "clarion_notifications_total",
+        "Deliveries ended per target, by final outcome (delivered, dead_lettered, superseded)."
+    );
+    describe_counter!(
+        "clarion_notifications_failed_total",
+        "Deliveries given up per target and channel, by reason."
+    );
+    describe_histogram!(
+        "clarion_send_duration_seconds",
+        Unit::Seconds,
+        "How long one attempt's send took: the target's own speed, without backoff."
+    );
+    describe_histogram!(
+        "clarion_end_to_end_latency_seconds",
+        Unit::Seconds,
+        "Time from the update's Kafka timestamp to the end of its delivery, by outcome."
+    );
     describe_gauge!(
-        "clarion_in_flight_events",
-        "Updates consumed and not yet resolved."
+        "clarion_stream_lag_records",
+        "Records of the source topic not yet consumed by this stream's partitions (librdkafka statistics)."
+    );
+    describe_gauge!(
+        "clarion_partition_lag_records",
+        "Consumer lag per assigned partition, per stream (0 once the partition is revoked)."
+    );
+    describe_gauge!(
+        "clarion_oldest_unresolved_age_seconds",
+        Unit::Seconds,
+        "Age of the stream's oldest admitted and unresolved update (0 when none)."
+    );
+    describe_gauge!(
+        "clarion_stream_in_flight",
+        "Updates admitted by the stream and not yet resolved."
+    );
+    describe_gauge!(
+        "clarion_stream_window",
+        "Admitted updates whose offsets are not committed yet (the backpressure window)."
+    );
+    describe_gauge!(
+        "clarion_stream_assigned_partitions",
+        "Partitions currently assigned to this replica's stream."
+    );
+    describe_counter!(
+        "clarion_stream_pauses_total",
+        "Times a stream paused fetching (window full or target down)."
+    );
+    describe_counter!(
+        "clarion_rebalances_total",
+        "Consumer-group rebalances seen by a stream, by kind (assign, revoke)."
+    );
+    describe_counter!(
+        "clarion_commit_failures_total",
+        "Offset commits that failed, per stream."
+    );
+    describe_gauge!(
+        "clarion_breaker_state",
+        "Circuit breaker per target: 0 closed, 1 half-open (probing), 2 open."
+    );
+    describe_counter!(
+        "clarion_breaker_transitions_total",
+        "Breaker state changes per target, by the state entered."
+    );
+    describe_gauge!(
+        "clarion_build_info",
+        "Always 1; the version and git revision of the running binary are its labels."
+    );
+    describe_gauge!(
+        "clarion_ready",
+        "1 when /readyz answers 200 (ready or degraded), else 0."
+    );
+    describe_gauge!(
+        "clarion_kafka_connected",
+        "1 when the Kafka client (a stream's consumer, or the producer) has a broker connection."
+    );
+    describe_gauge!(
+        "clarion_config_last_reload_success",
+        "1 when the last config load (start or SIGHUP) succeeded, else 0."
+    );
+    describe_gauge!(
+        "clarion_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful config load."
     );
 }
 
@@ -242,6 +529,7 @@ impl DeliveryDeadLettered<'_> {
         );
         metrics::counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => self.target.to_string(), "channel" => self.channel).increment(1);
         metrics::counter!("clarion_notifications_failed_total", "target" => self.target.to_string(), "channel" => self.channel, "reason" => self.failure).increment(1);
+        crate::health::global().dead_letter_written();
     }
 }
 
@@ -301,6 +589,7 @@ pub fn send_duration(target: &str, channel: &'static str, took: Duration) {
 /// kind (`malformed_event`, `unknown_audience`).
 pub fn record_dead_lettered(kind: &'static str) {
     metrics::counter!("clarion_dead_letters_total", "kind" => kind, "target" => "-", "channel" => "-").increment(1);
+    crate::health::global().dead_letter_written();
 }
 
 /// A recipient as logs show it: enough to tell recipients apart and match a dead
@@ -358,6 +647,11 @@ impl DeadLetterWriteFailed<'_> {
             ),
         }
         metrics::counter!("clarion_dead_letter_write_failures_total", "record" => self.what, "class" => self.class).increment(1);
+        // A refusal for good (authorization, a deleted topic) is what readiness
+        // reports; a transient failure is the broker outage, reported as such.
+        if self.class == "permanent" && self.what == "dead_letter" {
+            crate::health::global().dead_letter_failed(self.error);
+        }
     }
 }
 
