@@ -394,9 +394,15 @@ async fn three_replicas_one_killed_lose_nothing_for_any_target() {
     ]
     .join("\n");
     let toml = w.config(&targets);
-    let mut replicas: Vec<Process> = (0..3)
-        .map(|i| Process::start(&toml, &format!("replica{i}")))
-        .collect();
+    // The first replica sets up the deployment's groups alone; the other two join
+    // it. (Three first starts at once are the next test.)
+    let first = Process::start(&toml, "replica0");
+    wait_started(&first).await;
+    let mut replicas = vec![
+        first,
+        Process::start(&toml, "replica1"),
+        Process::start(&toml, "replica2"),
+    ];
     let updates = lifecycles("rep", 200);
     let n = updates.len();
     publish_updates(&brokers, &w.topic, &updates).await;
@@ -412,7 +418,33 @@ async fn three_replicas_one_killed_lose_nothing_for_any_target() {
     let back = Receiver::start_on(port, Behaviour::Always(200)).await;
     wait_all("a", &a, n).await;
     wait_all("b", &b, n).await;
-    wait_all("down", &back, n).await;
+    if unique(&back).len() < n
+        && !back
+            .wait_until(WAIT, |r| {
+                r.iter()
+                    .map(Received::update_id)
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= n
+            })
+            .await
+    {
+        panic!(
+            "down got {} of {n}; its group's (committed, end): {:?}; logs:\n{}",
+            unique(&back).len(),
+            committed_and_end(&brokers, &group_of(&w, "down"), &w.topic, PARTITIONS),
+            replicas
+                .iter()
+                .map(|r| r
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains("down") && !l.contains("INFO clarion::dispatch"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+    }
     let offsets = w.wait_committed(PARTITIONS).await;
     for i in [0, 2] {
         replicas[i].signal("TERM");
@@ -586,4 +618,85 @@ async fn dlq_replay_redelivers_to_that_target_only_with_the_same_idempotency_key
         2 * n,
         "a delivered replay writes no dead letter"
     );
+}
+
+/// Waits until a daemon process has started its streams.
+async fn wait_started(p: &Process) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !p.log_text().contains("clarion started") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon did not start; log:\n{}",
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_started_together_for_the_first_time_skip_nothing() {
+    let Some(brokers) = clarion_tests::kafka("isolation::three_replicas_started_together") else {
+        return;
+    };
+    const PARTITIONS: i32 = 6;
+    let w = Wiring::new(&brokers, "replicas-first", PARTITIONS).await;
+    let a = Receiver::start(Behaviour::Always(200)).await;
+    let b = Receiver::start(Behaviour::Always(200)).await;
+    let c = Receiver::start(Behaviour::Always(200)).await;
+    let targets = [
+        hook("a", &a.url, ""),
+        hook("b", &b.url, ""),
+        hook("c", &c.url, ""),
+    ]
+    .join("\n");
+    let toml = w.config(&targets);
+    // A new deployment rolled out with three replicas at once, while ops publish:
+    // every replica sets up the target groups' starting points at the same time, and
+    // none may mistake a target another replica just set up for one "added later"
+    // (which starts at the end of the topic, skipping what was published).
+    let updates = lifecycles("rf", 150);
+    let n = updates.len();
+    let publishing = tokio::spawn({
+        let (brokers, topic) = (brokers.clone(), w.topic.clone());
+        async move { publish_updates(&brokers, &topic, &updates).await }
+    });
+    let mut replicas: Vec<Process> = (0..3)
+        .map(|i| Process::start(&toml, &format!("first-replica{i}")))
+        .collect();
+    publishing.await.expect("publishing");
+    for (name, rx) in [("a", &a), ("b", &b), ("c", &c)] {
+        let ok = rx
+            .wait_until(WAIT, |r| {
+                r.iter()
+                    .map(Received::update_id)
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= n
+            })
+            .await;
+        let seeded: Vec<String> = replicas
+            .iter()
+            .flat_map(|p| {
+                p.log_text()
+                    .lines()
+                    .filter(|l| l.contains("new target stream starts"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            ok,
+            "{name} got {} of {n} updates; the replicas seeded the groups so:\n{}",
+            unique(rx).len(),
+            seeded.join("\n")
+        );
+    }
+    for p in &mut replicas {
+        p.signal("TERM");
+        assert_eq!(p.wait(Duration::from_secs(60)).await, Some(0));
+    }
+    for (name, rx) in [("a", &a), ("b", &b), ("c", &c)] {
+        assert_eq!(unique(rx).len(), n, "{name} lost updates");
+        assert_in_order(name, rx);
+    }
 }
