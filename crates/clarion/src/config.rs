@@ -60,6 +60,11 @@ pub struct RawConfig {
     /// time zone and default locale they render in.
     #[serde(default)]
     pub templates: clarion_render::TemplatesConfig,
+    /// Pre-approved holding statements for `clarion publish --statement NAME`: a
+    /// directory of `NAME.toml` files (docs/publishing.md), relative to this file's
+    /// directory. Default: `statements` beside this file, when it exists.
+    #[serde(default)]
+    pub statements: Option<PathBuf>,
     /// Named destinations, `[targets.NAME]`. Each has a `type` (`webhook`), the
     /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
     #[serde(default)]
@@ -466,6 +471,9 @@ pub struct Settings {
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
     pub templates: Arc<clarion_render::TemplateSet>,
+    /// The holding statements' directory (`statements`), resolved against the
+    /// config file's directory; `None` when not set and `statements/` is absent.
+    pub statements: Option<PathBuf>,
 }
 
 /// A rendered message as the channels receive it (`Delivery.content`), by part name.
@@ -618,6 +626,19 @@ impl RawConfig {
             }
         }
         let templates = build_templates(source, &self.templates, &targets)?;
+        // Statements are read by `publish` and `check-config` only; here the
+        // directory is just located, so that the daemon never depends on it.
+        let base = Path::new(source).parent().unwrap_or(Path::new("."));
+        let statements = match &self.statements {
+            Some(dir) if !base.join(dir).is_dir() => {
+                return Err(at(anyhow!(
+                    "statements: {} is not a directory",
+                    base.join(dir).display()
+                )));
+            }
+            Some(dir) => Some(base.join(dir)),
+            None => Some(base.join("statements")).filter(|d| d.is_dir()),
+        };
         Ok(Settings {
             source: source.to_string(),
             kafka: self.kafka,
@@ -627,6 +648,7 @@ impl RawConfig {
             audiences,
             targets,
             templates: Arc::new(templates),
+            statements,
         })
     }
 }

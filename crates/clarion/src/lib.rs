@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod health;
 pub mod offsets;
 pub mod preview;
+pub mod publish;
 pub mod replay;
 pub mod stream;
 pub mod supervisor;

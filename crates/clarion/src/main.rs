@@ -61,6 +61,11 @@ enum Command {
     },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
+    /// Publish an incident update: fills update_id, sequence and occurred_at, shows
+    /// where it goes, asks, and produces it keyed by incident (docs/publishing.md).
+    /// Exit 0 published (with --follow: every target reached), 2 some delivery
+    /// dead-lettered, 3 --follow timed out, 1 error or refused.
+    Publish(Box<PublishArgs>),
     /// Show which targets would take an update, and the rule that decided (needs no
     /// secrets).
     Route {
@@ -94,6 +99,79 @@ enum Command {
         )]
         config: PathBuf,
     },
+}
+
+/// `clarion publish`'s flags; each one set overrides the --file's or the
+/// --statement's value.
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    /// The incident id (the record key; every update of an incident carries it).
+    #[arg(long)]
+    incident: Option<String>,
+    /// investigating, identified, monitoring, resolved, scheduled, in_progress,
+    /// verifying or completed.
+    #[arg(long, value_parser = parse_enum::<clarion_core::Status>)]
+    status: Option<clarion_core::Status>,
+    /// none, minor, major or critical.
+    #[arg(long, value_parser = parse_enum::<clarion_core::Impact>)]
+    impact: Option<clarion_core::Impact>,
+    #[arg(long)]
+    title: Option<String>,
+    #[arg(long)]
+    message: Option<String>,
+    /// Who hears it, comma-separated: customers,business,employees,regulators,…
+    #[arg(long, value_delimiter = ',')]
+    audiences: Option<Vec<String>>,
+    /// Affected components, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    components: Option<Vec<String>>,
+    /// Affected regions, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    regions: Option<Vec<String>>,
+    /// An update as JSON (docs/events.md); update_id, sequence, occurred_at and
+    /// schema_version may be left out.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A pre-approved holding statement: statements/NAME.toml beside the config.
+    #[arg(long, value_name = "NAME", conflicts_with = "file")]
+    statement: Option<String>,
+    /// A statement placeholder's value, `NAME=VALUE` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    set: Vec<(String, String)>,
+    /// Allow an update after the incident was resolved (reopens it).
+    #[arg(long)]
+    reopen: bool,
+    /// Publish without asking (for scripts; without a terminal it is required).
+    #[arg(long, short)]
+    yes: bool,
+    /// How long to keep trying while Kafka is unreachable.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Then follow the deliveries in the ledger (needs kafka.ledger_topic).
+    #[arg(long)]
+    follow: bool,
+    /// How long --follow waits for every delivery to be final.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    follow_timeout: std::time::Duration,
+    /// The config file (the same as `run`'s).
+    #[arg(
+        long,
+        short,
+        default_value = DEFAULT_CONFIG,
+        env = "CLARION_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+/// A status or impact, by its name in the event schema.
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::from(s)).map_err(|e| e.to_string())
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}`: expected NAME=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +284,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     println!("ok      {detail}");
                 }
             }
+            // Holding statements are checked here, not in `load`: the daemon never
+            // reads them, so a broken one must not stop it, but it must be found
+            // before ops need it in a crisis.
+            for line in clarion::publish::check_statements(&settings)
+                .with_context(|| format!("{}: holding statements", config.display()))?
+            {
+                println!("ok      {line}");
+            }
             if failed {
                 eprintln!(
                     "error: {}: some targets are not reachable",
@@ -249,6 +335,34 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Demo => {
             clarion::demo::run().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish(args) => {
+            let a = *args;
+            // Like `route`: the targets' secrets are not needed to publish, only
+            // Kafka's own (resolved when the clients are built).
+            let settings = load_for_preview(&a.config)?;
+            let request = clarion::publish::Request {
+                incident: a.incident,
+                status: a.status,
+                impact: a.impact,
+                title: a.title,
+                message: a.message,
+                audiences: a.audiences,
+                components: a.components,
+                regions: a.regions,
+                file: a.file,
+                statement: a.statement,
+                set: a.set.into_iter().collect(),
+                reopen: a.reopen,
+            };
+            let options = clarion::publish::Options {
+                yes: a.yes,
+                timeout: a.timeout,
+                follow: a.follow,
+                follow_timeout: a.follow_timeout,
+            };
+            let code = clarion::publish::run(settings, request, options).await?;
+            Ok(ExitCode::from(code))
         }
         Command::Route { event, config } => {
             let settings = load_for_preview(&config)?;

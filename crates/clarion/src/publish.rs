@@ -1,0 +1,1222 @@
+//! `clarion publish`: one command from "we have an incident" to an update on the
+//! topic, keyed, numbered and checked the way the daemon will check it.
+//!
+//! It exists because hand-written JSON piped through kcat gets the sequence, the
+//! update id and the partitioner wrong under pressure. It builds the update from
+//! flags, a file or a pre-approved holding statement (`statements/NAME.toml`), takes
+//! the next `sequence` from what Kafka already holds for the incident, shows where
+//! the update will go, asks, and produces it with the incident id as key, Java's
+//! murmur2 partitioner, `acks=all` and idempotence, waiting out an unreachable
+//! cluster up to `--timeout`. `--follow` then watches the ledger (`follow`).
+//!
+//! It must never publish an update the daemon would reject, never reuse or lower a
+//! sequence it can see, and never publish without a confirmation (a TTY answer or
+//! `--yes`).
+
+pub mod follow;
+
+use crate::config::{ChannelConfig, Settings};
+use anyhow::{Context as _, Result, anyhow, bail};
+use clarion_core::{Impact, IncidentUpdate, Link, SecretResolver, Status};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What ops asked for: each field set on the command line overrides the file's or
+/// the statement's.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub incident: Option<String>,
+    pub status: Option<Status>,
+    pub impact: Option<Impact>,
+    pub title: Option<String>,
+    pub message: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub components: Option<Vec<String>>,
+    pub regions: Option<Vec<String>>,
+    /// An update JSON; `schema_version`, `update_id`, `sequence` and `occurred_at`
+    /// may be left out (they are filled in).
+    pub file: Option<PathBuf>,
+    /// A holding statement's name (`statements/NAME.toml`).
+    pub statement: Option<String>,
+    /// Values for a statement's own placeholders (`--set eta="18:00 UTC"`).
+    pub set: BTreeMap<String, String>,
+    /// Allow an update after `resolved` (or `completed`).
+    pub reopen: bool,
+}
+
+/// How `publish` behaves around the update.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Publish without asking.
+    pub yes: bool,
+    /// How long to keep trying an unreachable cluster.
+    pub timeout: Duration,
+    /// Watch the ledger after publishing.
+    pub follow: bool,
+    pub follow_timeout: Duration,
+}
+
+/// Exit codes, as docs/publishing.md lists them.
+pub const EXIT_REACHED: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_DEAD_LETTERED: u8 = 2;
+pub const EXIT_TIMED_OUT: u8 = 3;
+
+/// How many records from the end of the incident's partition of the source topic
+/// are read to find its latest sequence (besides the incident-state topic, which
+/// lags the source by the events stream's consumption, and is absent when not
+/// configured or no daemon runs).
+const SOURCE_TAIL: i64 = 5000;
+
+/// Publishes one update; returns the exit code.
+pub async fn run(settings: Settings, request: Request, options: Options) -> Result<u8> {
+    if options.follow && settings.kafka.ledger_topic.is_none() {
+        bail!(
+            "--follow reads the delivery ledger, and {} sets no kafka.ledger_topic (docs/ledger.md); publish without --follow, or configure the ledger",
+            settings.source
+        );
+    }
+    let draft = draft(&settings, &request)?;
+    let incident = draft
+        .get("incident_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("say which incident: --incident ID (or incident_id in --file)"))?;
+    let deadline = Instant::now() + options.timeout;
+    let reporter = Arc::new(Reporter::new(&settings.kafka.brokers, options.timeout));
+    let settings = Arc::new(settings);
+
+    // Everything that talks to Kafka below is blocking librdkafka calls.
+    let s = settings.clone();
+    let r = reporter.clone();
+    let id = incident.clone();
+    let known = tokio::task::spawn_blocking(move || {
+        wait_for_cluster(&s, &r, deadline)?;
+        latest(&s, &id, deadline)
+    })
+    .await
+    .context("the Kafka reader stopped")??;
+
+    let update = complete(draft, known.as_ref(), &request, jiff::Timestamp::now())?;
+    let bytes = serde_json::to_vec(&update)?;
+    let update = validate(&settings, &bytes)?;
+
+    let partitions = partition_count(&settings, deadline)?;
+    print!(
+        "{}",
+        preview(&settings, &update, known.as_ref(), partitions)?
+    );
+    if !confirmed(options.yes)? {
+        eprintln!("not published");
+        return Ok(EXIT_ERROR);
+    }
+
+    // Where the ledger ends now: every record of this update comes after it.
+    let ledger_start = match (&settings.kafka.ledger_topic, options.follow) {
+        (Some(topic), true) => {
+            let s = settings.clone();
+            let topic = topic.clone();
+            Some(
+                tokio::task::spawn_blocking(move || follow::ends(&s, &topic, deadline))
+                    .await
+                    .context("the ledger reader stopped")??,
+            )
+        }
+        _ => None,
+    };
+
+    let producer: FutureProducer<Reporter> = producer_config(
+        &settings.kafka,
+        &crate::config::EnvSecrets,
+        deadline.saturating_duration_since(Instant::now()),
+    )?
+    .create_with_context(Reporter::clone(&reporter))
+    .context("cannot create the Kafka producer")?;
+    let sent = producer
+        .send(
+            FutureRecord::to(&settings.kafka.topic)
+                .key(&update.incident_id)
+                .payload(&bytes),
+            rdkafka::util::Timeout::Never,
+        )
+        .await;
+    match sent {
+        Ok(delivery) => {
+            reporter.reached();
+            println!(
+                "published {} (sequence {}) to {} partition {} at offset {}",
+                update.update_id,
+                update.sequence,
+                settings.kafka.topic,
+                delivery.partition,
+                delivery.offset
+            );
+        }
+        Err((e, _)) => {
+            bail!(
+                "not published: {e} (gave up after --timeout {}; nothing was written, so running the same command again is safe)",
+                humantime::format_duration(options.timeout)
+            );
+        }
+    }
+
+    let Some(start) = ledger_start else {
+        return Ok(EXIT_REACHED);
+    };
+    let expected = follow::expected(&settings, &update);
+    let s = settings.clone();
+    let timeout = options.follow_timeout;
+    tokio::task::spawn_blocking(move || follow::watch(&s, &update, expected, start, timeout))
+        .await
+        .context("the ledger reader stopped")?
+}
+
+/// The update as far as ops gave it: a JSON object built from the file or the
+/// statement, then the flags.
+fn draft(settings: &Settings, r: &Request) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::Value;
+    if r.file.is_some() && r.statement.is_some() {
+        bail!("give either --file or --statement, not both");
+    }
+    let mut out = serde_json::Map::new();
+    if let Some(path) = &r.file {
+        let text =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        match serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?
+        {
+            Value::Object(m) => out = m,
+            _ => bail!("{}: an update is a JSON object", path.display()),
+        }
+    }
+    if let Some(name) = &r.statement {
+        let statement = load_statement(settings, name)?;
+        let incident = r
+            .incident
+            .as_deref()
+            .ok_or_else(|| anyhow!("--statement needs --incident ID"))?;
+        let values = placeholder_values(incident, r);
+        let filled = statement
+            .fill(&values)
+            .with_context(|| format!("statement `{name}`"))?;
+        out = serde_json::to_value(filled)?
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+    }
+    let mut set = |k: &str, v: Value| {
+        out.insert(k.to_string(), v);
+    };
+    if let Some(v) = &r.incident {
+        set("incident_id", Value::from(v.as_str()));
+    }
+    if let Some(v) = r.status {
+        set("status", Value::from(v.as_str()));
+    }
+    if let Some(v) = r.impact {
+        set("impact", Value::from(v.as_str()));
+    }
+    if let Some(v) = &r.title {
+        set("title", Value::from(v.as_str()));
+    }
+    if let Some(v) = &r.message {
+        set("message", Value::from(v.as_str()));
+    }
+    if let Some(v) = &r.audiences {
+        set("audiences", Value::from(v.clone()));
+    }
+    if let Some(v) = &r.components {
+        set("components", Value::from(v.clone()));
+    }
+    if let Some(v) = &r.regions {
+        set("regions", Value::from(v.clone()));
+    }
+    Ok(out)
+}
+
+/// What Kafka already holds for an incident: its latest update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub sequence: u64,
+    pub status: Status,
+    pub update_id: String,
+    /// The update itself: what a new one leaves out is carried forward from it.
+    pub update: Option<IncidentUpdate>,
+}
+
+/// What a new update takes from the incident's latest when ops leave it out: the
+/// facts of the incident, not the news (`message` and `status` are always new).
+const CARRIED: [&str; 7] = [
+    "title",
+    "impact",
+    "audiences",
+    "components",
+    "regions",
+    "links",
+    "locales",
+];
+
+/// Fills `schema_version`, `update_id`, `sequence` and `occurred_at`, and refuses
+/// what cannot follow `known`.
+pub fn complete(
+    mut draft: serde_json::Map<String, serde_json::Value>,
+    known: Option<&Known>,
+    request: &Request,
+    now: jiff::Timestamp,
+) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    let incident = draft
+        .get("incident_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if let Some(k) = known
+        && matches!(k.status, Status::Resolved | Status::Completed)
+        && !request.reopen
+    {
+        bail!(
+            "incident {incident} is {} (update {}, sequence {}); an update after that reopens it: pass --reopen if that is what you mean",
+            k.status,
+            k.update_id,
+            k.sequence
+        );
+    }
+    // The first update of an incident is sequence 1 (the event parser refuses 0).
+    let next = known.map_or(1, |k| k.sequence + 1);
+    let sequence = match draft.get("sequence").and_then(Value::as_u64) {
+        Some(given) if known.is_some_and(|k| given <= k.sequence) => bail!(
+            "sequence {given} would go backwards: incident {incident} is already at sequence {} (update {}); leave `sequence` out and it is filled in",
+            known.map_or(0, |k| k.sequence),
+            known.map_or("", |k| k.update_id.as_str())
+        ),
+        Some(given) => given,
+        None => next,
+    };
+    draft.insert("sequence".into(), Value::from(sequence));
+    if let Some(previous) = known
+        .and_then(|k| k.update.as_ref())
+        .and_then(|u| serde_json::to_value(u).ok())
+    {
+        for key in CARRIED {
+            if !draft.contains_key(key)
+                && let Some(v) = previous.get(key)
+            {
+                draft.insert(key.into(), v.clone());
+            }
+        }
+    }
+    draft
+        .entry("schema_version")
+        .or_insert(Value::from(clarion_core::SCHEMA_VERSION));
+    draft
+        .entry("update_id")
+        .or_insert_with(|| Value::from(format!("{incident}-u{sequence}")));
+    draft
+        .entry("occurred_at")
+        .or_insert_with(|| Value::from(now.to_string()));
+    Ok(Value::Object(draft))
+}
+
+/// Exactly the daemon's checks: the event parser with the configured size limit,
+/// then the configured audiences (the events stream dead-letters the rest).
+pub fn validate(settings: &Settings, bytes: &[u8]) -> Result<IncidentUpdate> {
+    let update = IncidentUpdate::from_slice(bytes, settings.daemon.max_event_bytes)
+        .map_err(|e| anyhow!("the daemon would reject this update: {e}"))?;
+    let unknown: Vec<&str> = update
+        .audiences
+        .iter()
+        .filter(|a| !settings.audiences.contains(*a))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "the daemon would dead-letter this update: unknown audience(s) {} (known: {})",
+            unknown.join(", "),
+            settings
+                .audiences
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(update)
+}
+
+/// The routing preview: the `clarion route` table, then one row per (target,
+/// audience) with recipients and SMS segments of the rendered text.
+pub fn preview(
+    settings: &Settings,
+    update: &IncidentUpdate,
+    known: Option<&Known>,
+    partitions: Option<i32>,
+) -> Result<String> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "update {} of incident {}: sequence {} ({}), {}, impact {}",
+        update.update_id,
+        update.incident_id,
+        update.sequence,
+        match known {
+            None => "a new incident".to_string(),
+            Some(k) => format!("after {} ({})", k.update_id, k.status),
+        },
+        update.status,
+        update.impact
+    );
+    let _ = writeln!(out, "title: {}", update.title);
+    if let Some(n) = partitions {
+        let _ = writeln!(
+            out,
+            "key {} -> partition {} of {} ({})",
+            update.incident_id,
+            partition_of(update.incident_id.as_bytes(), n),
+            n,
+            settings.kafka.topic
+        );
+    }
+    let _ = writeln!(out);
+    out.push_str(&crate::preview::route(settings, update));
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<12} {:>10}  NOTES",
+        "TARGET", "AUDIENCE", "RECIPIENTS"
+    );
+    let mut any = false;
+    for t in &settings.targets {
+        let decision = clarion_render::route(update, &t.audiences, &t.rules);
+        if !decision.matched {
+            continue;
+        }
+        any = true;
+        for audience in &decision.audiences {
+            let message = t
+                .render(&settings.templates, update, audience)
+                .map_err(|e| {
+                    anyhow!(
+                        "target {}: audience {audience}: the template does not render ({e}); the daemon would dead-letter this delivery",
+                        t.name
+                    )
+                })?;
+            let count = recipients(&t.channel, std::slice::from_ref(audience))
+                .map_or("-".to_string(), |n| n.to_string());
+            let note = match &t.channel {
+                ChannelConfig::Sms(c) => {
+                    let text = message.get(clarion_render::Part::Text).unwrap_or("").trim();
+                    let a = clarion_sms::encoding::analyze(text);
+                    format!(
+                        "SMS {:?}, {} segment(s) per recipient{}",
+                        a.encoding,
+                        a.segments,
+                        if a.segments > c.max_segments() {
+                            format!(", cut to {} (max_segments)", c.max_segments())
+                        } else {
+                            String::new()
+                        }
+                    )
+                }
+                _ => t.kind.as_str().to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<12} {:>10}  {note}",
+                &*t.name, audience, count
+            );
+        }
+    }
+    if !any {
+        let _ = writeln!(
+            out,
+            "(no target takes this update: it is published, and nobody is notified)"
+        );
+    }
+    let _ = writeln!(out);
+    Ok(out)
+}
+
+/// How many distinct recipients `channel` lists for `audiences` (as the channels
+/// de-duplicate them across audiences); `None` for channels without a list
+/// (webhooks).
+pub fn recipients(channel: &ChannelConfig, audiences: &[String]) -> Option<usize> {
+    let union = |map: &BTreeMap<String, Vec<String>>, expand: &dyn Fn(&str) -> Vec<String>| {
+        let mut seen = BTreeSet::new();
+        for a in audiences {
+            for entry in map.get(a).into_iter().flatten() {
+                seen.extend(expand(entry));
+            }
+        }
+        seen.len()
+    };
+    let plain = |e: &str| vec![e.to_string()];
+    Some(match channel {
+        ChannelConfig::Webhook(_) => return None,
+        ChannelConfig::Email(c) => {
+            // `list:NAME` entries expand to the list; addresses compare without
+            // regard to case, by the address inside `Name <address>`.
+            let address = |e: &str| {
+                let inner = e
+                    .rsplit_once('<')
+                    .and_then(|(_, rest)| rest.split_once('>'))
+                    .map_or(e, |(addr, _)| addr);
+                inner.trim().to_lowercase()
+            };
+            union(&c.recipients, &|e: &str| match e.strip_prefix("list:") {
+                Some(name) => c
+                    .lists
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| address(e))
+                    .collect(),
+                None => vec![address(e)],
+            })
+        }
+        ChannelConfig::Sms(c) => {
+            let map = match c {
+                clarion_sms::SmsConfig::Twilio(c) => &c.recipients,
+                clarion_sms::SmsConfig::Vonage(c) => &c.recipients,
+                clarion_sms::SmsConfig::Http(c) => &c.recipients,
+                clarion_sms::SmsConfig::Smpp(c) => &c.recipients,
+            };
+            union(map, &plain)
+        }
+        ChannelConfig::Fcm(c) => union(&c.device_tokens, &plain) + union(&c.topics, &plain),
+        ChannelConfig::Apns(c) => union(&c.device_tokens, &plain),
+    })
+}
+
+/// Asks on the terminal; without one, only `--yes` publishes.
+fn confirmed(yes: bool) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "refusing to publish without a confirmation: the input is not a terminal, so nobody can answer; read the preview above and pass --yes to publish from a script"
+        );
+    }
+    print!("Publish this update? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// The producer: the daemon's (acks=all, idempotent), with the partitioner set last
+/// so that a `kafka.producer` override cannot split an incident across partitions,
+/// and librdkafka's own retries bounded by what is left of `--timeout`.
+pub fn producer_config(
+    kafka: &crate::config::KafkaConfig,
+    secrets: &dyn SecretResolver,
+    timeout: Duration,
+) -> Result<ClientConfig> {
+    let mut c = crate::daemon::producer_config(kafka, secrets)?;
+    // Idempotence makes librdkafka's retries safe: one produce call, retried inside
+    // librdkafka until acknowledged or timed out, writes the record at most once.
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "0")
+        .set(
+            "message.timeout.ms",
+            timeout.as_millis().clamp(1, i32::MAX as u128).to_string(),
+        );
+    Ok(c)
+}
+
+/// Java's murmur2 (Kafka's `Utils.murmur2`), which librdkafka's `murmur2_random`
+/// partitioner implements too.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = SEED ^ (len as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() == 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Java clients (and librdkafka's `murmur2_random`) choose for a key.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    if partitions <= 0 {
+        return 0;
+    }
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+/// Says, once per change and not once per retry, whether Kafka can be reached.
+/// Also the librdkafka client context, so that librdkafka's own per-retry
+/// complaints become one line.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    down: Arc<AtomicBool>,
+    brokers: String,
+    timeout: Duration,
+}
+
+impl Reporter {
+    fn new(brokers: &str, timeout: Duration) -> Self {
+        Reporter {
+            down: Arc::default(),
+            brokers: brokers.to_string(),
+            timeout,
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        if !self.down.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "Kafka at {} is unreachable ({why}); still trying, for up to --timeout {} in all",
+                self.brokers,
+                humantime::format_duration(self.timeout)
+            );
+        }
+    }
+
+    fn reached(&self) {
+        if self.down.swap(false, Ordering::SeqCst) {
+            eprintln!("Kafka at {} is reachable again", self.brokers);
+        }
+    }
+}
+
+impl ClientContext for Reporter {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(?level, fac, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve) => {
+                self.unreachable(reason);
+            }
+            _ => tracing::debug!(%error, reason, "librdkafka"),
+        }
+    }
+}
+
+impl ConsumerContext for Reporter {}
+
+/// A consumer for one-off reads: no group membership, nothing committed.
+fn reader(settings: &Settings, reporter: Reporter) -> Result<BaseConsumer<Reporter>> {
+    let mut c = crate::daemon::consumer_config(&settings.kafka, &crate::config::EnvSecrets)?;
+    c.set("group.id", "clarion-publish")
+        .set("enable.auto.commit", "false")
+        .remove("statistics.interval.ms");
+    c.create_with_context(reporter)
+        .context("cannot create a Kafka consumer")
+}
+
+/// Waits until the brokers answer and the topic exists, saying so once per state
+/// change; gives up at `deadline`.
+fn wait_for_cluster(settings: &Settings, reporter: &Reporter, deadline: Instant) -> Result<()> {
+    let consumer = reader(settings, reporter.clone())?;
+    let topic = &settings.kafka.topic;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "gave up: Kafka at {} did not answer within --timeout {}; nothing was published",
+                settings.kafka.brokers,
+                humantime::format_duration(reporter.timeout)
+            );
+        }
+        match consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(5))) {
+            Ok(md) => {
+                reporter.reached();
+                let found = md.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                });
+                if !found {
+                    bail!(
+                        "topic `{topic}` (kafka.topic) does not exist on {}",
+                        settings.kafka.brokers
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                reporter.unreachable(&e.to_string());
+                std::thread::sleep(Duration::from_millis(500).min(left));
+            }
+        }
+    }
+}
+
+/// The source topic's partition count, for the preview (`None` if it cannot be
+/// read quickly: the preview then leaves the partition out).
+fn partition_count(settings: &Settings, deadline: Instant) -> Result<Option<i32>> {
+    let consumer = reader(
+        settings,
+        Reporter::new(&settings.kafka.brokers, Duration::ZERO),
+    )?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(10));
+    Ok(consumer
+        .fetch_metadata(Some(&settings.kafka.topic), left)
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == settings.kafka.topic)
+                .map(|t| t.partitions().len() as i32)
+        }))
+}
+
+/// The incident's latest update: the higher of the incident-state topic's record
+/// and the tail of the incident's partition of the source topic (the state topic
+/// lags the source, and is written only while a daemon runs).
+fn latest(settings: &Settings, incident: &str, deadline: Instant) -> Result<Option<Known>> {
+    let mut best: Option<Known> = None;
+    let mut consider = |u: &IncidentUpdate| {
+        if u.incident_id == incident && best.as_ref().is_none_or(|b| u.sequence > b.sequence) {
+            best = Some(Known {
+                sequence: u.sequence,
+                status: u.status,
+                update_id: u.update_id.clone(),
+                update: Some(u.clone()),
+            });
+        }
+    };
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+    };
+    if let Some(topic) = &settings.kafka.incident_state_topic {
+        for bytes in crate::ledger::read_key(
+            &settings.kafka,
+            &crate::config::EnvSecrets,
+            topic,
+            incident,
+            left(),
+        )? {
+            match serde_json::from_slice::<crate::ledger::IncidentState>(&bytes) {
+                Ok(state) => consider(&state.update),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an incident-state record that does not parse")
+                }
+            }
+        }
+    }
+    for update in source_tail(settings, incident, left())? {
+        consider(&update);
+    }
+    Ok(best)
+}
+
+/// The incident's updates among the last [`SOURCE_TAIL`] records of its partition.
+fn source_tail(
+    settings: &Settings,
+    incident: &str,
+    timeout: Duration,
+) -> Result<Vec<IncidentUpdate>> {
+    let consumer = reader(
+        settings,
+        Reporter::new(&settings.kafka.brokers, Duration::ZERO),
+    )?;
+    let topic = &settings.kafka.topic;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of `{topic}`"))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if n == 0 {
+        bail!("topic `{topic}` has no partitions");
+    }
+    let partition = partition_of(incident.as_bytes(), n);
+    let (lo, hi) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .with_context(|| format!("cannot read the end of `{topic}` [{partition}]"))?;
+    let mut out = Vec::new();
+    if hi <= lo {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(lo.max(hi - SOURCE_TAIL)))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if Instant::now() > deadline {
+            bail!("reading the end of `{topic}` [{partition}] took longer than {timeout:?}");
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.with_context(|| format!("reading `{topic}`"))?;
+        if m.key() == Some(incident.as_bytes())
+            && let Some(v) = m.payload()
+            && let Ok(u) = IncidentUpdate::from_slice(v, usize::MAX)
+        {
+            out.push(u);
+        }
+        if m.offset() + 1 >= hi {
+            return Ok(out);
+        }
+    }
+}
+
+/// A pre-approved holding statement: `statements/NAME.toml`. Text may hold
+/// placeholders `{incident}`, `{regions}`, `{components}` and any other `{name}`
+/// given with `--set name=value`; `{{` and `}}` are literal braces.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// What the statement is for and who approved it (shown by `check-config`).
+    #[serde(default, skip_serializing)]
+    pub description: String,
+    pub status: Status,
+    pub impact: Impact,
+    /// Who it goes to.
+    pub audiences: Vec<String>,
+    pub title: String,
+    /// The text every audience gets unless `audience_messages` has its own.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub audience_messages: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+impl Statement {
+    /// The statement with every placeholder replaced; an error names each one
+    /// without a value.
+    pub fn fill(&self, values: &BTreeMap<String, String>) -> Result<Statement> {
+        let mut missing = BTreeSet::new();
+        let mut f = |s: &str| fill(s, values, &mut missing);
+        let out = Statement {
+            description: self.description.clone(),
+            status: self.status,
+            impact: self.impact,
+            audiences: self.audiences.clone(),
+            title: f(&self.title),
+            message: f(&self.message),
+            audience_messages: self
+                .audience_messages
+                .iter()
+                .map(|(k, v)| (k.clone(), f(v)))
+                .collect(),
+            links: self
+                .links
+                .iter()
+                .map(|l| Link {
+                    title: f(&l.title),
+                    url: f(&l.url),
+                })
+                .collect(),
+        };
+        if !missing.is_empty() {
+            let flags: Vec<String> = missing
+                .iter()
+                .map(|m: &String| match m.as_str() {
+                    "regions" | "components" => format!("--{m}"),
+                    _ => format!("--set {m}=…"),
+                })
+                .collect();
+            bail!(
+                "placeholder(s) without a value: {}; give {}",
+                missing
+                    .iter()
+                    .map(|m| format!("{{{m}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                flags.join(", ")
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every placeholder the statement uses.
+    pub fn placeholders(&self) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let none = BTreeMap::new();
+        self.fill_into(&none, &mut found);
+        found
+    }
+
+    fn fill_into(&self, values: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) {
+        let texts = [&self.title, &self.message]
+            .into_iter()
+            .chain(self.audience_messages.values())
+            .chain(self.links.iter().flat_map(|l| [&l.title, &l.url]));
+        for t in texts {
+            fill(t, values, missing);
+        }
+    }
+}
+
+/// Replaces `{name}` with its value; names without one are added to `missing` and
+/// left as written.
+fn fill(text: &str, values: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('{')
+            && let Some(end) = tail.find('}')
+        {
+            let name = &tail[1..end];
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                match values.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        missing.insert(name.to_string());
+                        out.push_str(&tail[..=end]);
+                    }
+                }
+                rest = &tail[end + 1..];
+                continue;
+            }
+        }
+        out.push_str(&tail[..1]);
+        rest = &tail[1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The values a statement's placeholders take from the command line.
+fn placeholder_values(incident: &str, r: &Request) -> BTreeMap<String, String> {
+    let mut v = r.set.clone();
+    v.insert("incident".into(), incident.to_string());
+    if let Some(x) = &r.regions {
+        v.insert("regions".into(), x.join(", "));
+    }
+    if let Some(x) = &r.components {
+        v.insert("components".into(), x.join(", "));
+    }
+    v
+}
+
+/// Reads `NAME.toml` from the statements directory.
+pub fn load_statement(settings: &Settings, name: &str) -> Result<Statement> {
+    let Some(dir) = &settings.statements else {
+        bail!(
+            "no holding statements: {} sets no `statements` directory and there is no statements/ beside it",
+            settings.source
+        );
+    };
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        bail!(
+            "`{name}` is not a statement name (a file name in {} without .toml)",
+            dir.display()
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    if !path.is_file() {
+        let names = statement_names(dir).unwrap_or_default();
+        bail!(
+            "no statement `{name}` ({} not found); statements: {}",
+            path.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    read_statement(&path)
+}
+
+fn read_statement(path: &Path) -> Result<Statement> {
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<Statement>())
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The statements in `dir`, by name.
+pub fn statement_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml")
+            && let Some(stem) = path.file_stem()
+        {
+            names.push(stem.to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// `check-config`: every statement parses, makes an update the daemon accepts, and
+/// renders for every (target, audience) that would take it. Placeholders are filled
+/// with `<name>`. Returns one line per statement.
+pub fn check_statements(settings: &Settings) -> Result<Vec<String>> {
+    let Some(dir) = &settings.statements else {
+        return Ok(Vec::new());
+    };
+    let mut lines = Vec::new();
+    let mut problems = Vec::new();
+    for name in statement_names(dir)? {
+        match check_statement(settings, &name) {
+            Ok(line) => lines.push(line),
+            Err(e) => problems.push(format!("statement `{name}`: {e:#}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok(lines)
+}
+
+fn check_statement(settings: &Settings, name: &str) -> Result<String> {
+    let statement = load_statement(settings, name)?;
+    let values: BTreeMap<String, String> = statement
+        .placeholders()
+        .into_iter()
+        .map(|p| {
+            let v = format!("<{p}>");
+            (p, v)
+        })
+        .collect();
+    let filled = statement.fill(&values)?;
+    let mut draft = serde_json::to_value(&filled)?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    draft.insert("incident_id".into(), "INC-EXAMPLE".into());
+    let update = complete(
+        draft,
+        None,
+        &Request::default(),
+        jiff::Timestamp::UNIX_EPOCH,
+    )?;
+    let update = validate(settings, &serde_json::to_vec(&update)?)?;
+    let mut takers = Vec::new();
+    for t in &settings.targets {
+        let decision = clarion_render::route(&update, &t.audiences, &t.rules);
+        if !decision.matched {
+            continue;
+        }
+        for audience in &decision.audiences {
+            t.render(&settings.templates, &update, audience)
+                .map_err(|e| anyhow!("target {}: audience {audience}: {e}", t.name))?;
+        }
+        takers.push(t.name.to_string());
+    }
+    Ok(format!(
+        "statement {name} ({}, audiences: {}; rendered for {})",
+        update.status,
+        update.audiences.join(", "),
+        if takers.is_empty() {
+            "no target".to_string()
+        } else {
+            takers.join(", ")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_java_client() {
+        // The vectors of Kafka's own UtilsTest.testMurmur2.
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()), want, "murmur2({key:?})");
+        }
+    }
+
+    #[test]
+    fn the_producer_is_acknowledged_by_all_idempotent_and_murmur2_even_when_overridden() {
+        let raw = crate::config::parse_str(
+            r#"
+[kafka]
+brokers = "127.0.0.1:1"
+topic = "incidents"
+dead_letter_topic = "dlq"
+group_id = "g"
+[kafka.producer]
+partitioner = "consistent_random"
+"linger.ms" = "50"
+"#,
+        )
+        .expect("parses");
+        let c = producer_config(
+            &raw.kafka,
+            &crate::config::EnvSecrets,
+            Duration::from_secs(90),
+        )
+        .expect("builds");
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(c.get("message.timeout.ms"), Some("90000"));
+        assert_eq!(c.get("bootstrap.servers"), Some("127.0.0.1:1"));
+    }
+
+    fn known(sequence: u64, status: Status) -> Known {
+        Known {
+            sequence,
+            status,
+            update_id: format!("INC-1-u{sequence}"),
+            update: None,
+        }
+    }
+
+    fn draft() -> serde_json::Map<String, serde_json::Value> {
+        serde_json::json!({"incident_id": "INC-1", "status": "identified"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn sequences_follow_what_kafka_holds() {
+        let now: jiff::Timestamp = "2026-11-30T14:00:00Z".parse().expect("time");
+        let r = Request::default();
+        let first = complete(draft(), None, &r, now).expect("first");
+        assert_eq!(first["sequence"], 1);
+        assert_eq!(first["update_id"], "INC-1-u1");
+        assert_eq!(first["occurred_at"], "2026-11-30T14:00:00Z");
+        assert_eq!(first["schema_version"], 1);
+        let next = complete(draft(), Some(&known(4, Status::Identified)), &r, now).expect("next");
+        assert_eq!(next["sequence"], 5);
+        assert_eq!(next["update_id"], "INC-1-u5");
+    }
+
+    #[test]
+    fn a_follow_up_carries_the_incidents_facts_but_not_its_news() {
+        let previous = clarion_core::samples::lifecycle(
+            "INC-1",
+            "Calls failing",
+            &["customers", "regulators"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        let k = Known {
+            update: Some(previous.clone()),
+            ..known(1, Status::Investigating)
+        };
+        let mut d = draft();
+        d.insert("message".into(), "Fixed the fibre.".into());
+        let v = complete(
+            d,
+            Some(&k),
+            &Request::default(),
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .expect("completes");
+        assert_eq!(v["title"], previous.title.as_str());
+        assert_eq!(v["impact"], previous.impact.as_str());
+        assert_eq!(v["audiences"], serde_json::json!(previous.audiences));
+        assert_eq!(v["message"], "Fixed the fibre.");
+        assert_eq!(v["status"], "identified");
+    }
+
+    #[test]
+    fn resolved_needs_reopen_and_sequences_never_go_back() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let resolved = known(3, Status::Resolved);
+        let e = complete(draft(), Some(&resolved), &Request::default(), now)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("--reopen") && e.contains("INC-1-u3"), "{e}");
+        let reopen = Request {
+            reopen: true,
+            ..Request::default()
+        };
+        let v = complete(draft(), Some(&resolved), &reopen, now).expect("reopened");
+        assert_eq!(v["sequence"], 4);
+        let mut backwards = draft();
+        backwards.insert("sequence".into(), 2.into());
+        let e = complete(backwards, Some(&known(3, Status::Monitoring)), &reopen, now)
+            .expect_err("backwards")
+            .to_string();
+        assert!(e.contains("go backwards"), "{e}");
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_missing_ones_named() {
+        let s = Statement {
+            description: String::new(),
+            status: Status::Investigating,
+            impact: Impact::Major,
+            audiences: vec!["customers".into()],
+            title: "Outage in {regions}".into(),
+            message: "Ref {incident}; next update at {eta}. {{literal}}".into(),
+            audience_messages: BTreeMap::new(),
+            links: vec![],
+        };
+        assert_eq!(
+            s.placeholders().into_iter().collect::<Vec<_>>(),
+            ["eta", "incident", "regions"]
+        );
+        let mut values = BTreeMap::from([
+            ("incident".to_string(), "INC-7".to_string()),
+            ("regions".to_string(), "North, East".to_string()),
+        ]);
+        let e = s.fill(&values).expect_err("eta missing").to_string();
+        assert!(e.contains("{eta}") && e.contains("--set eta="), "{e}");
+        values.insert("eta".into(), "18:00 UTC".into());
+        let f = s.fill(&values).expect("filled");
+        assert_eq!(f.title, "Outage in North, East");
+        assert_eq!(f.message, "Ref INC-7; next update at 18:00 UTC. {literal}");
+    }
+}

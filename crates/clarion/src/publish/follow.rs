@@ -1,0 +1,392 @@
+//! `clarion publish --follow`: watches the delivery ledger for the update just
+//! published and shows each target's deliveries landing, until every expected
+//! delivery is final or the timeout passes.
+//!
+//! It reads the ledger from the ends it had before the update was produced (nothing
+//! of this update can be older), by manual assignment: it joins no group and commits
+//! nothing. On a terminal the view is redrawn in place; otherwise it prints one line
+//! per change, so a log of it reads as a timeline.
+
+use super::{EXIT_DEAD_LETTERED, EXIT_REACHED, EXIT_TIMED_OUT};
+use crate::config::Settings;
+use crate::ledger::LedgerRecord;
+use anyhow::{Context as _, Result, bail};
+use clarion_core::IncidentUpdate;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::time::{Duration, Instant};
+
+/// What one target should write to the ledger for the update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected {
+    pub target: String,
+    pub channel: String,
+    pub audiences: Vec<String>,
+    /// Final records that make the target done: its distinct recipients, or 1 for a
+    /// channel without a recipient list (webhooks). A whole-delivery record (no
+    /// recipient: superseded, a template failure) ends it too.
+    pub records: usize,
+}
+
+/// The targets that take `update`, and how many final records each owes.
+pub fn expected(settings: &Settings, update: &IncidentUpdate) -> Vec<Expected> {
+    settings
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let d = clarion_render::route(update, &t.audiences, &t.rules);
+            d.matched.then(|| Expected {
+                target: t.name.to_string(),
+                channel: t.kind.as_str().to_string(),
+                records: super::recipients(&t.channel, &d.audiences)
+                    .unwrap_or(1)
+                    .max(1),
+                audiences: d.audiences,
+            })
+        })
+        .collect()
+}
+
+/// The ledger's end offset per partition now.
+pub fn ends(settings: &Settings, topic: &str, deadline: Instant) -> Result<BTreeMap<i32, i64>> {
+    let consumer = super::reader(
+        settings,
+        super::Reporter::new(&settings.kafka.brokers, Duration::ZERO),
+    )?;
+    let timeout = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(5));
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("cannot read the metadata of the ledger topic `{topic}`"))?;
+    let Some(t) = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    else {
+        bail!("the ledger topic `{topic}` (kafka.ledger_topic) does not exist");
+    };
+    let mut out = BTreeMap::new();
+    for p in t.partitions() {
+        let (_, hi) = consumer
+            .fetch_watermarks(topic, p.id(), timeout)
+            .with_context(|| format!("cannot read the end of `{topic}` [{}]", p.id()))?;
+        out.insert(p.id(), hi);
+    }
+    Ok(out)
+}
+
+/// One target's progress.
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    delivered: BTreeSet<Option<String>>,
+    dead: BTreeSet<Option<String>>,
+    superseded: BTreeSet<Option<String>>,
+    /// The last provider id seen, shown beside the count.
+    provider: Option<String>,
+}
+
+impl Progress {
+    fn finals(&self) -> usize {
+        let all: BTreeSet<&Option<String>> = self
+            .delivered
+            .iter()
+            .chain(&self.dead)
+            .chain(&self.superseded)
+            .collect();
+        all.len()
+    }
+
+    fn whole(&self) -> bool {
+        self.delivered
+            .iter()
+            .chain(&self.dead)
+            .chain(&self.superseded)
+            .any(Option::is_none)
+    }
+
+    fn done(&self, e: &Expected) -> bool {
+        self.whole() || self.finals() >= e.records
+    }
+
+    fn word(&self, e: &Expected) -> &'static str {
+        match (self.done(e), self.dead.is_empty()) {
+            (false, _) if self.finals() == 0 => "waiting",
+            (false, _) => "landing",
+            (true, false) => "DEAD-LETTERED",
+            (true, true) if self.delivered.is_empty() => "superseded",
+            (true, true) => "delivered",
+        }
+    }
+}
+
+/// The view: one row per target (with its audiences), one per audience, and a
+/// progress bar.
+fn view(expected: &[Expected], progress: &BTreeMap<String, Progress>, elapsed: Duration) -> String {
+    let mut out = String::new();
+    let none = Progress::default();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:<24} {:<14} {:>9} {:>5} {:>5}  PROVIDER",
+        "TARGET", "CHANNEL", "AUDIENCES", "STATE", "DELIVERED", "DEAD", "SUPER"
+    );
+    for e in expected {
+        let p = progress.get(&e.target).unwrap_or(&none);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<24} {:<14} {:>9} {:>5} {:>5}  {}",
+            e.target,
+            e.channel,
+            e.audiences.join(","),
+            p.word(e),
+            format!("{}/{}", p.delivered.len(), e.records),
+            p.dead.len(),
+            p.superseded.len(),
+            p.provider.as_deref().unwrap_or("-")
+        );
+    }
+    let mut audiences: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for e in expected {
+        let p = progress.get(&e.target).unwrap_or(&none);
+        for a in &e.audiences {
+            let entry = audiences.entry(a).or_default();
+            entry.1 += 1;
+            if p.done(e) && p.dead.is_empty() {
+                entry.0 += 1;
+            }
+        }
+    }
+    for (a, (reached, of)) in &audiences {
+        let _ = writeln!(out, "audience {a:<12} {reached}/{of} targets reached");
+    }
+    let (done, total): (usize, usize) = expected.iter().fold((0, 0), |(d, t), e| {
+        let p = progress.get(&e.target).unwrap_or(&none);
+        (
+            d + p
+                .finals()
+                .min(e.records)
+                .max(usize::from(p.whole()) * e.records),
+            t + e.records,
+        )
+    });
+    let width = 30;
+    let filled = (done * width).checked_div(total).unwrap_or(width);
+    let _ = writeln!(
+        out,
+        "[{}{}] {done}/{total} deliveries final, {}s",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        elapsed.as_secs()
+    );
+    out
+}
+
+/// Follows the ledger until every expected delivery is final (exit 0, or 2 when
+/// some were dead-lettered) or `timeout` passes (exit 3).
+pub fn watch(
+    settings: &Settings,
+    update: &IncidentUpdate,
+    expected: Vec<Expected>,
+    start: BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<u8> {
+    let Some(topic) = settings.kafka.ledger_topic.clone() else {
+        bail!("no kafka.ledger_topic to follow");
+    };
+    let tty = std::io::stdout().is_terminal();
+    if expected.is_empty() {
+        println!("no target takes {}: nothing to follow", update.update_id);
+        return Ok(EXIT_REACHED);
+    }
+    println!(
+        "following {} in the ledger `{topic}` (up to --follow-timeout {})",
+        update.update_id,
+        humantime::format_duration(timeout)
+    );
+    let consumer: BaseConsumer<super::Reporter> = super::reader(
+        settings,
+        super::Reporter::new(&settings.kafka.brokers, timeout),
+    )?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, offset) in &start {
+        tpl.add_partition_offset(&topic, *p, Offset::Offset(*offset))?;
+    }
+    consumer.assign(&tpl)?;
+    let began = Instant::now();
+    let deadline = began + timeout;
+    let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut drawn_lines = 0usize;
+    let mut last_line = String::new();
+    let mut last_second = u64::MAX;
+    let all_done = |progress: &BTreeMap<String, Progress>| {
+        expected
+            .iter()
+            .all(|e| progress.get(&e.target).is_some_and(|p| p.done(e)))
+    };
+    let mut stdout = std::io::stdout();
+    loop {
+        let mut changed = false;
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.with_context(|| format!("reading the ledger `{topic}`"))?;
+            if m.key() == Some(update.incident_id.as_bytes())
+                && let Some(bytes) = m.payload()
+            {
+                match serde_json::from_slice::<LedgerRecord>(bytes) {
+                    Ok(r) if r.update_id == update.update_id => {
+                        let key = (
+                            r.idempotency_key.clone(),
+                            r.recipient_ref.clone(),
+                            r.outcome.clone(),
+                        );
+                        if seen.insert(key) {
+                            changed = true;
+                            if !tty {
+                                println!(
+                                    "{} {} {} {}: {} after {} attempt(s){}",
+                                    r.final_at,
+                                    r.target,
+                                    r.audiences.join(","),
+                                    r.recipient.as_deref().unwrap_or("-"),
+                                    r.outcome,
+                                    r.attempts,
+                                    r.provider_id
+                                        .as_deref()
+                                        .map(|p| format!(", provider id {p}"))
+                                        .unwrap_or_default()
+                                );
+                            }
+                            let p = progress.entry(r.target.clone()).or_default();
+                            let who = r.recipient_ref.clone();
+                            match r.outcome.as_str() {
+                                "delivered" => {
+                                    p.delivered.insert(who);
+                                }
+                                "dead_lettered" => {
+                                    p.dead.insert(who);
+                                }
+                                _ => {
+                                    p.superseded.insert(who);
+                                }
+                            }
+                            if r.provider_id.is_some() {
+                                p.provider = r.provider_id.clone();
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "skipping a ledger record this clarion does not read")
+                    }
+                }
+            }
+        }
+        let finished = all_done(&progress);
+        let elapsed = began.elapsed();
+        let timed_out = !finished && Instant::now() >= deadline;
+        if tty {
+            // Redraw in place once a second (the clock) or on any change.
+            if changed || finished || timed_out || elapsed.as_secs() != last_second {
+                last_second = elapsed.as_secs();
+                let text = view(&expected, &progress, elapsed);
+                let mut frame = String::new();
+                if drawn_lines > 0 {
+                    let _ = write!(frame, "\x1b[{drawn_lines}A");
+                }
+                for line in text.lines() {
+                    let _ = writeln!(frame, "\x1b[2K{line}");
+                }
+                drawn_lines = text.lines().count();
+                let _ = stdout.write_all(frame.as_bytes());
+                let _ = stdout.flush();
+            }
+        } else if changed || finished || timed_out {
+            let text = view(&expected, &progress, elapsed);
+            let line = text.lines().last().unwrap_or("").to_string();
+            let without_clock = line.rsplit_once(',').map_or(line.as_str(), |(l, _)| l);
+            if without_clock != last_line {
+                println!("{line}");
+                last_line = without_clock.to_string();
+            }
+            if finished || timed_out {
+                print!("{text}");
+            }
+        }
+        if finished {
+            let dead = progress.values().any(|p| !p.dead.is_empty());
+            return Ok(if dead {
+                println!(
+                    "some deliveries were dead-lettered: `clarion status {}` has the reasons",
+                    update.incident_id
+                );
+                EXIT_DEAD_LETTERED
+            } else {
+                println!("every target reached");
+                EXIT_REACHED
+            });
+        }
+        if timed_out {
+            println!(
+                "timed out after --follow-timeout {}: not every delivery is final yet (the daemon goes on; `clarion status {}` shows where it stands)",
+                humantime::format_duration(timeout),
+                update.incident_id
+            );
+            return Ok(EXIT_TIMED_OUT);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(target: &str, records: usize) -> Expected {
+        Expected {
+            target: target.into(),
+            channel: "webhook".into(),
+            audiences: vec!["customers".into()],
+            records,
+        }
+    }
+
+    #[test]
+    fn a_target_is_done_when_every_recipient_or_the_whole_delivery_is_final() {
+        let mut p = Progress::default();
+        let mail = e("mail", 2);
+        assert_eq!(p.word(&mail), "waiting");
+        p.delivered.insert(Some("a".into()));
+        assert_eq!(p.word(&mail), "landing");
+        p.dead.insert(Some("b".into()));
+        assert!(p.done(&mail));
+        assert_eq!(p.word(&mail), "DEAD-LETTERED");
+        let mut hook = Progress::default();
+        hook.superseded.insert(None);
+        assert!(hook.done(&e("hook", 1)));
+        assert_eq!(hook.word(&e("hook", 1)), "superseded");
+    }
+
+    #[test]
+    fn the_view_counts_deliveries_per_target_and_audience() {
+        let expected = [e("hook-a", 1), e("hook-b", 1)];
+        let mut progress = BTreeMap::new();
+        let mut a = Progress::default();
+        a.delivered.insert(None);
+        a.provider = Some("200".into());
+        progress.insert("hook-a".to_string(), a);
+        let text = view(&expected, &progress, Duration::from_secs(3));
+        assert!(
+            text.contains("audience customers    1/2 targets reached"),
+            "{text}"
+        );
+        assert!(text.contains("1/2 deliveries final, 3s"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("hook-a") && l.contains("delivered") && l.ends_with("200")),
+            "{text}"
+        );
+    }
+}
