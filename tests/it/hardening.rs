@@ -3,6 +3,7 @@
 //! mid-incident, and a stop that stays bounded with the brokers gone.
 
 use clarion_core::samples;
+use clarion_tests::broker::OwnBroker;
 use clarion_tests::daemon::{InProcess, Process, Wiring};
 use clarion_tests::kafka::read_all;
 use clarion_tests::receiver::{Behaviour, Receiver};
@@ -122,60 +123,6 @@ async fn a_missing_dead_letter_or_dead_recipient_topic_is_refused_at_start() {
         .await
         .expect_err("a missing dead-letter topic must stop the start");
     assert!(format!("{err:#}").contains(&missing_dlq.dlq), "{err:#}");
-}
-
-/// A broker of this test's own, so that it can be stopped.
-struct OwnBroker {
-    addr: String,
-    script: std::path::PathBuf,
-    /// scripts/kafka-broker's record of the last broker started, which points at
-    /// the shared broker a developer started by hand: put back when this one stops.
-    current_env: Option<(std::path::PathBuf, Vec<u8>)>,
-}
-
-impl OwnBroker {
-    fn start() -> OwnBroker {
-        let cache = std::env::var("CLARION_CACHE").unwrap_or_else(|_| "/var/cache/clarion".into());
-        let current = std::path::Path::new(&cache).join("run/current.env");
-        let current_env = std::fs::read(&current).ok().map(|b| (current, b));
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker");
-        let out = std::process::Command::new(&script)
-            .arg("start")
-            .output()
-            .expect("scripts/kafka-broker start");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let addr = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        OwnBroker {
-            addr,
-            script,
-            current_env,
-        }
-    }
-
-    fn stop(&self) {
-        let _ = std::process::Command::new(&self.script)
-            .args(["stop", &self.addr])
-            .status();
-        if let Some((path, bytes)) = &self.current_env {
-            let _ = std::fs::write(path, bytes);
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

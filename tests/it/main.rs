@@ -9,6 +9,7 @@ mod hardening;
 mod isolation;
 mod kafka;
 mod leaks;
+mod ops;
 mod push;
 mod push_e2e;
 mod reload;

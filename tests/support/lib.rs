@@ -98,6 +98,7 @@ pub fn unique_topic(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
+pub mod broker;
 pub mod capture;
 pub mod daemon;
 pub mod kafka;
