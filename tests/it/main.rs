@@ -10,6 +10,7 @@ mod isolation;
 mod kafka;
 mod leaks;
 mod ops;
+mod publish;
 mod push;
 mod push_e2e;
 mod reload;
