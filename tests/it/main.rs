@@ -3,6 +3,7 @@
 //! an HTTP/2 push stand-in). See `tests/support` for how peers are found.
 
 mod cli;
+mod deploy;
 mod email;
 mod email_e2e;
 mod hardening;
