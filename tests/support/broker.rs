@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A broker started for one test; stopped (and its run dir removed) on drop.
+#[derive(Debug)]
 pub struct OwnBroker {
     pub addr: String,
     script: PathBuf,
