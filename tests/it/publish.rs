@@ -77,7 +77,9 @@ fn update_args<'a>(incident: &'a str, status: &'a str) -> Vec<&'a str> {
 
 /// Every record of `topic` as (key, partition, value).
 async fn records(brokers: &str, topic: &str, want: usize) -> Vec<(String, i32, Value)> {
-    read_all(brokers, topic, want, Duration::from_secs(30))
+    // publish exits only once the broker acknowledged (acks=all), so what it wrote
+    // is readable at once; the wait is for an extra record that must not be there.
+    read_all(brokers, topic, want, Duration::from_secs(20))
         .await
         .into_iter()
         .map(|r| {
@@ -402,4 +404,240 @@ async fn follow_on_a_terminal_shows_every_target_delivered() {
     assert_eq!(status_page.delivered().len(), 1);
     assert_eq!(regulator.delivered().len(), 1);
     assert_eq!(regulator.received().len(), 3, "two 503s, then 200");
+}
+
+/// Email and SMS targets that are never reached (no daemon runs): they only shape
+/// the preview.
+const LISTED_TARGETS: &str = r#"
+[targets.regulator-mail]
+type = "email"
+audiences = ["regulators"]
+host = "127.0.0.1"
+port = 9
+tls = "none"
+from = "Incident Desk <incidents@example.com>"
+[targets.regulator-mail.recipients]
+regulators = ["duty@regulator.example", "Desk <DESK@regulator.example>", "list:eu"]
+[targets.regulator-mail.lists]
+eu = ["desk@regulator.example", "nis2@authority.example"]
+
+[targets.customer-sms]
+type = "sms"
+audiences = ["customers"]
+provider = "twilio"
+account_sid = "AC00000000000000000000000000000000"
+auth_token = { env = "G2_UNSET_TWILIO_TOKEN" }
+messaging_service_sid = "MG00000000000000000000000000000000"
+max_segments = 4
+[targets.customer-sms.recipients]
+customers = ["+15145550100", "+14185550101"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holding_statement_is_published_filled_in_and_checked_by_check_config() {
+    let Some(brokers) = clarion_tests::kafka(module_path!()) else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "publish-statement", 2).await;
+    let config = write_config(&w.config(LISTED_TARGETS), "publish-statement");
+    let dir = config.parent().expect("config dir").join("statements");
+    std::fs::create_dir_all(&dir).expect("statements dir");
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/statements/carrier-outage.toml"
+    );
+    std::fs::copy(shipped, dir.join("carrier-outage.toml")).expect("copy the shipped statement");
+
+    let base = [
+        "--statement",
+        "carrier-outage",
+        "--incident",
+        "INC-S1",
+        "--regions",
+        "North,East",
+        "--components",
+        "mobile-data",
+    ];
+    // A placeholder without a value is named, with the flag that gives it.
+    let missing = publish(&config, &[&base[..], &["--yes"]].concat());
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("--set next_update="),
+        "{}",
+        text(&missing)
+    );
+
+    let o = publish(
+        &config,
+        &[&base[..], &["--set", "next_update=15:30 UTC", "--yes"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // The preview: recipients as the channels count them (the email list's
+    // duplicate of DESK@ counts once), and the SMS text's segments.
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("regulator-mail") && l.split_whitespace().nth(2) == Some("3")),
+        "3 distinct regulator addresses:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("customer-sms")
+            && l.split_whitespace().nth(2) == Some("2")
+            && l.contains("segment(s) per recipient")),
+        "2 numbers and the segments:\n{out}"
+    );
+
+    let got = records(&brokers, &w.topic, 2).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let v = &got[0].2;
+    assert_eq!(got[0].0, "INC-S1");
+    assert_eq!(v["sequence"], 1);
+    assert_eq!(v["title"], "Service disruption: mobile-data in North, East");
+    let regulators = v["audience_messages"]["regulators"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        regulators.contains("INC-S1") && regulators.contains("15:30 UTC"),
+        "{regulators}"
+    );
+    for placeholder in ["{incident}", "{regions}", "{components}", "{next_update}"] {
+        assert!(
+            !v.to_string().contains(placeholder),
+            "{placeholder} left in {v}"
+        );
+    }
+
+    // check-config reads every statement: a broken one (an audience the config
+    // does not know) fails it, naming the statement.
+    std::fs::write(
+        dir.join("broken.toml"),
+        "status = \"investigating\"\nimpact = \"minor\"\naudiences = [\"partners\"]\ntitle = \"t\"\nmessage = \"m\"\n",
+    )
+    .expect("write");
+    let check = Command::new(binary())
+        .args(["check-config", "-c"])
+        .arg(&config)
+        .env("G2_UNSET_TWILIO_TOKEN", "x")
+        .output()
+        .expect("check-config");
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains("statement `broken`") && err.contains("partners"),
+        "{}",
+        text(&check)
+    );
+    std::fs::remove_file(dir.join("broken.toml")).expect("remove");
+    let check = Command::new(binary())
+        .args(["check-config", "-c"])
+        .arg(&config)
+        .env("G2_UNSET_TWILIO_TOKEN", "x")
+        .output()
+        .expect("check-config");
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("ok      statement carrier-outage"),
+        "{}",
+        text(&check)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_without_a_terminal_prints_each_outcome_and_exits_2_on_a_dead_letter() {
+    let Some(brokers) = clarion_tests::kafka(module_path!()) else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "publish-follow-dead", 2).await;
+    let ledger = unique_topic("publish-ledger");
+    create_topic(&brokers, &ledger, 2).await;
+    let good = Receiver::start(Behaviour::Always(200)).await;
+    // 400 is permanent: dead-lettered on the first attempt.
+    let bad = Receiver::start(Behaviour::Always(400)).await;
+    let toml = w
+        .config(&hooks(&[("good", &good.url), ("bad", &bad.url)]))
+        .replacen(
+            &format!("group_id = \"{}\"", w.group),
+            &format!("group_id = \"{}\"\nledger_topic = \"{ledger}\"", w.group),
+            1,
+        );
+    let daemon = Process::start(&toml, "publish-follow-dead");
+    let mut args = update_args("INC-DEAD", "investigating");
+    args.extend(["--yes", "--follow", "--follow-timeout", "100s"]);
+    let o = publish(daemon.config_path(), &args);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}\ndaemon log:\n{}",
+        text(&o),
+        daemon.log_text()
+    );
+    // One line per ledger record, and no terminal escapes in a pipe.
+    assert!(
+        out.lines().any(|l| l.contains(" good ")
+            && l.ends_with("provider id HTTP 200")
+            && l.contains("delivered after 1 attempt(s)")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" bad ") && l.contains("dead_lettered")),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "{out}");
+    assert!(out.contains("some deliveries were dead-lettered"), "{out}");
+    assert_eq!(good.delivered().len(), 1);
+    assert_eq!(bad.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_waits_for_a_cluster_that_comes_back_and_says_so_once_each_way() {
+    let Some(brokers) = clarion_tests::kafka(module_path!()) else {
+        return;
+    };
+    let w = Wiring::new(&brokers, "publish-late", 1).await;
+    // The config names a bootstrap address where nothing listens yet; after a few
+    // seconds a proxy to the real broker opens there (the broker's metadata then
+    // names its own address, as after a real outage).
+    let port = clarion_tests::free_port();
+    let toml = w
+        .config(&hooks(&[("hook", "http://127.0.0.1:9/hook")]))
+        .replacen(
+            &format!("brokers = \"{brokers}\""),
+            &format!("brokers = \"127.0.0.1:{port}\""),
+            1,
+        );
+    let config = write_config(&toml, "publish-late");
+    let upstream = brokers.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the late proxy");
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let mut args = update_args("INC-LATE", "investigating");
+    args.extend(["--yes", "--timeout", "60s"]);
+    let config2 = config.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let o = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        publish(&config2, &refs)
+    })
+    .await
+    .expect("publish ran");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(err.matches("is unreachable").count(), 1, "{}", text(&o));
+    assert_eq!(err.matches("is reachable again").count(), 1, "{}", text(&o));
+    let got = records(&brokers, &w.topic, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].2["update_id"], "INC-LATE-u1");
 }
