@@ -9,6 +9,7 @@ mod email_e2e;
 mod hardening;
 mod isolation;
 mod kafka;
+mod ledger;
 mod leaks;
 mod ops;
 mod publish;

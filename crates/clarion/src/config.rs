@@ -48,9 +48,11 @@ pub struct RawConfig {
     pub retry: RetryOverride,
     /// Audiences beyond the standard four (`customers`, `business`, `employees`,
     /// `regulators`), e.g. `["partners", "wholesale"]`. An update naming an audience
-    /// that is neither standard nor listed here is dead-lettered.
+    /// that is neither standard nor listed here is dead-lettered. Written as a table
+    /// instead, `[audiences.NAME]` both declares an audience and gives it deadlines
+    /// (`first_notice_within`, `[audiences.NAME.deadlines]`, `warn_at`).
     #[serde(default)]
-    pub audiences: Vec<String>,
+    pub audiences: AudiencesConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     /// What `/readyz` on the metrics listener checks (docs/runbook.md).
@@ -70,6 +72,96 @@ pub struct RawConfig {
     #[serde(default)]
     pub targets: BTreeMap<String, serde_json::Value>,
 }
+
+/// The top-level `audiences`: a list of extra names, or a table of audiences with
+/// their deadlines (a table also declares each audience it names).
+#[derive(Debug, Clone)]
+pub enum AudiencesConfig {
+    List(Vec<String>),
+    Table(BTreeMap<String, AudienceConfig>),
+}
+
+impl Default for AudiencesConfig {
+    fn default() -> Self {
+        AudiencesConfig::List(Vec::new())
+    }
+}
+
+impl AudiencesConfig {
+    pub fn names(&self) -> Vec<&String> {
+        match self {
+            AudiencesConfig::List(l) => l.iter().collect(),
+            AudiencesConfig::Table(t) => t.keys().collect(),
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`, whose only error is "did not match any
+// variant": a typo in a deadline key must be named.
+impl<'de> Deserialize<'de> for AudiencesConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AudiencesConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of audience names, or a table `[audiences.NAME]`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    out.push(name);
+                }
+                Ok(AudiencesConfig::List(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((name, config)) = map.next_entry::<String, AudienceConfig>()? {
+                    out.insert(name, config);
+                }
+                Ok(AudiencesConfig::Table(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[audiences.NAME]`: an audience and its notification deadlines
+/// (docs/configuration.md#deadlines).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    /// The longest time from the incident's first update (its `occurred_at`) to the
+    /// first successful delivery to this audience, e.g. `"120m"` for the FCC's
+    /// outage notification. Unset: no first-notice deadline.
+    #[serde(default, with = "humantime_serde")]
+    pub first_notice_within: Option<Duration>,
+    /// Deadlines per status, e.g. `resolved = "30m"`: from the `occurred_at` of the
+    /// incident's first update with that status to the first successful delivery of
+    /// an update with that status to this audience.
+    #[serde(default)]
+    pub deadlines: BTreeMap<clarion_core::Status, humantime_serde::Serde<Duration>>,
+    /// The share of a deadline after which it is "at risk": the daemon warns and
+    /// counts it in `clarion_deadline_at_risk`. Between 0 and 1; default 0.8.
+    #[serde(default)]
+    pub warn_at: Option<f64>,
+}
+
+/// An audience's validated deadlines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deadlines {
+    pub first_notice_within: Option<Duration>,
+    pub by_status: BTreeMap<clarion_core::Status, Duration>,
+    pub warn_at: f64,
+}
+
+/// The default warning lead: at 80 % of a deadline.
+pub const DEFAULT_WARN_AT: f64 = 0.8;
 
 /// Where updates come from and where failures go.
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +191,18 @@ pub struct KafkaConfig {
     /// dead-lettered.
     #[serde(default)]
     pub dead_recipient_topic: Option<String>,
+    /// The delivery ledger (docs/ledger.md): every final outcome of every delivery
+    /// (delivered, dead-lettered, superseded) as one JSON record keyed by incident
+    /// id, written with the dead letters' guarantee (an update resolves only once its
+    /// records are acknowledged). Must exist at start-up. Unset: nothing is recorded,
+    /// and `clarion status` / `clarion report` have nothing to show.
+    #[serde(default)]
+    pub ledger_topic: Option<String>,
+    /// A compacted topic holding the latest update of every incident (key: incident
+    /// id), written by the events stream; `clarion publish` reads it for the next
+    /// sequence. Must exist at start-up. Unset: not kept.
+    #[serde(default)]
+    pub incident_state_topic: Option<String>,
     /// librdkafka properties for both consumer and producer (TLS, SASL, client.id…),
     /// passed through as written, e.g. `"security.protocol" = "SASL_SSL"`.
     #[serde(default)]
@@ -471,6 +575,8 @@ pub struct Settings {
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
     pub templates: Arc<clarion_render::TemplateSet>,
+    /// Deadlines per audience (only audiences that have one).
+    pub deadlines: BTreeMap<String, Deadlines>,
     /// The holding statements' directory (`statements`), resolved against the
     /// config file's directory; `None` when not set and `statements/` is absent.
     pub statements: Option<PathBuf>,
@@ -552,6 +658,16 @@ impl RawConfig {
                 "kafka.dead_letter_topic: must differ from kafka.topic, or failures would be consumed again"
             )));
         }
+        for (key, t) in [
+            ("ledger_topic", &self.kafka.ledger_topic),
+            ("incident_state_topic", &self.kafka.incident_state_topic),
+        ] {
+            if t.as_ref().is_some_and(|t| *t == self.kafka.topic) {
+                return Err(at(anyhow!(
+                    "kafka.{key}: must differ from kafka.topic, or its records would be consumed as updates"
+                )));
+            }
+        }
         let sections: [(&str, Vec<&String>); 4] = [
             ("properties", self.kafka.properties.keys().collect()),
             ("consumer", self.kafka.consumer.keys().collect()),
@@ -592,12 +708,13 @@ impl RawConfig {
         }
         let mut audiences: BTreeSet<String> =
             STANDARD_AUDIENCES.iter().map(|s| s.to_string()).collect();
-        for a in &self.audiences {
+        for a in self.audiences.names() {
             if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(at(anyhow!("audiences: `{a}` is not a valid audience name")));
             }
             audiences.insert(a.clone());
         }
+        let deadlines = validate_deadlines(&self.audiences).map_err(at)?;
         let default_retry = RetryPolicy::default()
             .apply(&self.retry, "retry")
             .map_err(at)?;
@@ -648,9 +765,46 @@ impl RawConfig {
             audiences,
             targets,
             templates: Arc::new(templates),
+            deadlines,
             statements,
         })
     }
+}
+
+/// Checks `[audiences.NAME]` deadlines: positive durations, `warn_at` in (0, 1).
+fn validate_deadlines(config: &AudiencesConfig) -> Result<BTreeMap<String, Deadlines>> {
+    let AudiencesConfig::Table(table) = config else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for (name, a) in table {
+        let warn_at = a.warn_at.unwrap_or(DEFAULT_WARN_AT);
+        if !(warn_at > 0.0 && warn_at < 1.0) {
+            bail!("audiences.{name}.warn_at: must be between 0 and 1 (e.g. 0.8), not {warn_at}");
+        }
+        if a.first_notice_within.is_some_and(|d| d.is_zero()) {
+            bail!("audiences.{name}.first_notice_within: must be more than zero");
+        }
+        let mut by_status = BTreeMap::new();
+        for (status, d) in &a.deadlines {
+            if d.is_zero() {
+                bail!("audiences.{name}.deadlines.{status}: must be more than zero");
+            }
+            by_status.insert(*status, **d);
+        }
+        if a.first_notice_within.is_none() && by_status.is_empty() {
+            continue;
+        }
+        out.insert(
+            name.clone(),
+            Deadlines {
+                first_notice_within: a.first_notice_within,
+                by_status,
+                warn_at,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Reads the template files, compiles them, and renders every one against sample
@@ -1060,7 +1214,7 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
     fn errors_name_the_key() {
         check(
             &MINIMAL.replace("brokers", "brokerz"),
-            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `instance_id`, `dead_letter_topic`, `dead_recipient_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
+            "unknown field `brokerz`, expected one of `brokers`, `topic`, `group_id`, `instance_id`, `dead_letter_topic`, `dead_recipient_topic`, `ledger_topic`, `incident_state_topic`, `properties`, `secret_properties`, `consumer`, `producer` for key `kafka`",
         );
         check(
             &MINIMAL.replace("url =", "uri ="),

@@ -11,7 +11,9 @@
 
 use crate::breaker::{Breaker, Pass, Verdict};
 use crate::config::{RetryPolicy, TargetConfig};
+use crate::deadlines::DeadlineTracker;
 use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
+use crate::ledger::{LedgerRecord, LedgerWriter, StateWriter};
 use crate::telemetry::{
     DeliveryAttempted, DeliveryDeadLettered, DeliveryEnded, DeliverySuperseded,
 };
@@ -175,6 +177,31 @@ pub struct Dispatcher {
     templates: Arc<clarion_render::TemplateSet>,
     abort: CancellationToken,
     observer: Option<mpsc::Sender<DeliveryReport>>,
+    /// Where every final outcome is recorded (`kafka.ledger_topic`).
+    ledger: Option<LedgerWriter>,
+    /// The clocks of audiences' notification deadlines.
+    deadlines: Option<Arc<DeadlineTracker>>,
+    /// The incident-state topic's writer (the events stream's dispatcher only).
+    state: Option<Arc<StateWriter>>,
+}
+
+/// How a delivery (or one recipient of it) ended, for the ledger and the observer.
+#[derive(Debug, Default)]
+struct End {
+    recipient: Option<String>,
+    provider_id: Option<String>,
+    error: Option<DeliveryError>,
+    superseded_by: Option<String>,
+    tried: Tried,
+}
+
+/// The attempts a delivery made, for the ledger: each request to the peer counts,
+/// including those made while the breaker judged the target down (which do not
+/// count against `max_attempts`, so `Delivery::attempt` does not show them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tried {
+    first_at: Option<jiff::Timestamp>,
+    count: u32,
 }
 
 /// Where a dispatcher's deliveries end up besides the targets.
@@ -223,7 +250,44 @@ impl Dispatcher {
             templates,
             abort,
             observer: outputs.observer,
+            ledger: None,
+            deadlines: None,
+            state: None,
         }
+    }
+
+    /// Records every final outcome in the ledger before the delivery resolves.
+    pub fn with_ledger(mut self, ledger: Option<LedgerWriter>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Keeps the latest update per incident in `kafka.incident_state_topic`.
+    pub fn with_state(mut self, state: Option<Arc<StateWriter>>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Writes a checked update to the incident-state topic, when there is one;
+    /// `Abandoned` when cancelled before the broker acknowledged it.
+    pub async fn record_state(
+        &self,
+        update: &IncidentUpdate,
+        source: &Source,
+        cancel: &CancellationToken,
+    ) -> Resolution {
+        match &self.state {
+            Some(state) if state.write(update, source, cancel).await.is_err() => {
+                Resolution::Abandoned
+            }
+            _ => Resolution::Resolved,
+        }
+    }
+
+    /// Reports planned and successful deliveries to the deadline clocks.
+    pub fn with_deadlines(mut self, deadlines: Option<Arc<DeadlineTracker>>) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     /// Renders the target's templates for every audience of the delivery.
@@ -273,6 +337,9 @@ impl Dispatcher {
                 continue;
             }
             let served = decision.audiences;
+            if let Some(clocks) = &self.deadlines {
+                clocks.observe(update, &served);
+            }
             let key = (update.incident_id.clone(), idx);
             let (tx, rx) = oneshot::channel();
             let id = self.lanes.next.fetch_add(1, Ordering::Relaxed);
@@ -373,11 +440,12 @@ impl Dispatcher {
             Err(reason) => {
                 let e = DeliveryError::permanent(reason).with_code("template");
                 return self
-                    .dead_letter(target, &delivery, source, None, e, cancel)
+                    .dead_letter(target, &delivery, source, None, e, Tried::default(), cancel)
                     .await;
             }
         }
         let policy = &target.config.retry;
+        let mut tried = Tried::default();
         let mut ceilings = backoff_ceilings(policy);
         let first_try = Instant::now();
         // Time spent waiting for the target's breaker: not this delivery's own.
@@ -386,7 +454,9 @@ impl Dispatcher {
             if target.config.supersede
                 && let Some(by) = lane.superseded_by()
             {
-                return self.superseded(target, &delivery, source, by).await;
+                return self
+                    .superseded(target, &delivery, source, by, tried, cancel)
+                    .await;
             }
             let waited = Instant::now();
             let pass = tokio::select! {
@@ -406,9 +476,11 @@ impl Dispatcher {
                 )
                 .with_code("outage");
                 return self
-                    .dead_letter(target, &delivery, source, None, e, cancel)
+                    .dead_letter(target, &delivery, source, None, e, tried, cancel)
                     .await;
             }
+            tried.first_at.get_or_insert_with(jiff::Timestamp::now);
+            tried.count += 1;
             let Some(attempt) = self.attempt(target, &mut delivery, policy, cancel).await else {
                 target.breaker.release_probe(pass);
                 return Resolution::Abandoned;
@@ -427,6 +499,7 @@ impl Dispatcher {
             let mut permanent: Vec<(Option<String>, DeliveryError)> = Vec::new();
             // Recipients that ended in this attempt (delivered or failed for good).
             let mut ended: Vec<String> = Vec::new();
+            let mut delivered: Vec<End> = Vec::new();
             for r in outcome.results {
                 if let (Some(who), false) = (
                     &r.recipient,
@@ -447,12 +520,27 @@ impl Dispatcher {
                             next_retry: None,
                         }
                         .emit();
-                        self.report(&delivery, r.recipient, None, None, latency)
-                            .await;
+                        delivered.push(End {
+                            recipient: r.recipient,
+                            provider_id: receipt.provider_id,
+                            tried,
+                            ..End::default()
+                        });
                     }
                     Err(e) if e.is_retryable() => retry.push((r.recipient, e)),
                     Err(e) => permanent.push((r.recipient, e)),
                 }
+            }
+            // The recipients of one attempt are recorded together: one at a time, a
+            // list of thousands would wait for thousands of broker round trips.
+            let recorded = futures::future::join_all(
+                delivered
+                    .into_iter()
+                    .map(|end| self.report(target, &delivery, source, end, cancel)),
+            )
+            .await;
+            if recorded.contains(&Resolution::Abandoned) {
+                return Resolution::Abandoned;
             }
             // Decide the wait before logging, so that the log line says when.
             let wait = if retry.is_empty() {
@@ -523,7 +611,7 @@ impl Dispatcher {
                 }
                 .emit();
                 if self
-                    .dead_letter(target, &delivery, source, recipient, e, cancel)
+                    .dead_letter(target, &delivery, source, recipient, e, tried, cancel)
                     .await
                     == Resolution::Abandoned
                 {
@@ -647,6 +735,8 @@ impl Dispatcher {
         delivery: &Delivery,
         source: &Source,
         by: String,
+        tried: Tried,
+        cancel: &CancellationToken,
     ) -> Resolution {
         DeliverySuperseded {
             update: &delivery.update,
@@ -656,18 +746,22 @@ impl Dispatcher {
         }
         .emit();
         self.report(
+            target,
             delivery,
-            None,
-            None,
-            Some(by),
-            since_kafka_timestamp(source),
+            source,
+            End {
+                superseded_by: Some(by),
+                tried,
+                ..End::default()
+            },
+            cancel,
         )
-        .await;
-        Resolution::Resolved
+        .await
     }
 
     /// Writes one failed delivery (or one recipient of it) to the dead-letter topic,
     /// and a dead recipient to its topic. `Abandoned` if cancelled first.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
         target: &Target,
@@ -675,6 +769,7 @@ impl Dispatcher {
         source: &Source,
         recipient: Option<String>,
         e: DeliveryError,
+        tried: Tried,
         cancel: &CancellationToken,
     ) -> Resolution {
         let letter = DeadLetter {
@@ -727,24 +822,94 @@ impl Dispatcher {
         }
         .emit();
         self.report(
+            target,
             delivery,
-            recipient,
-            Some(e.reason),
-            None,
-            since_kafka_timestamp(source),
+            source,
+            End {
+                recipient,
+                error: Some(e),
+                tried,
+                ..End::default()
+            },
+            cancel,
         )
-        .await;
-        Resolution::Resolved
+        .await
     }
 
+    /// Records how a delivery (or one recipient of it) ended: first in the ledger,
+    /// acknowledged, since only then does it count as resolved; then in the metrics,
+    /// the deadline clocks and the observer. `Abandoned` when cancelled before the
+    /// ledger took it (it is then redelivered and recorded when it ends).
     async fn report(
         &self,
+        target: &Target,
         d: &Delivery,
-        recipient: Option<String>,
-        dead: Option<String>,
-        superseded_by: Option<String>,
-        latency: Duration,
-    ) {
+        source: &Source,
+        end: End,
+        cancel: &CancellationToken,
+    ) -> Resolution {
+        let latency = since_kafka_timestamp(source);
+        let End {
+            recipient,
+            provider_id,
+            error,
+            superseded_by,
+            tried,
+        } = end;
+        let outcome = if error.is_some() {
+            "dead_lettered"
+        } else if superseded_by.is_some() {
+            "superseded"
+        } else {
+            "delivered"
+        };
+        if let Some(ledger) = &self.ledger {
+            let u = &d.update;
+            let record = LedgerRecord {
+                schema_version: crate::ledger::SCHEMA_VERSION,
+                incident_id: u.incident_id.clone(),
+                update_id: u.update_id.clone(),
+                sequence: u.sequence,
+                status: u.status.as_str().to_string(),
+                impact: u.impact.as_str().to_string(),
+                target: d.target.to_string(),
+                channel: target.config.kind.as_str().to_string(),
+                audiences: d.audiences.to_vec(),
+                recipient: recipient
+                    .as_deref()
+                    .map(|r| crate::telemetry::mask(Some(r))),
+                recipient_ref: recipient
+                    .as_deref()
+                    .map(|r| crate::ledger::recipient_ref(r, d.key.as_str())),
+                outcome: outcome.to_string(),
+                attempts: tried.count,
+                first_attempt_at: tried.first_at,
+                final_at: jiff::Timestamp::now(),
+                occurred_at: u.occurred_at,
+                published_at: source
+                    .timestamp_ms
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
+                latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
+                provider_id: provider_id.clone(),
+                error: error.as_ref().map(|e| crate::ledger::LedgerError {
+                    class: e.class.as_str().to_string(),
+                    code: e.code.clone(),
+                    reason: e.reason.clone(),
+                }),
+                superseded_by: superseded_by.clone(),
+                idempotency_key: d.key.as_str().to_string(),
+                source: crate::ledger::SourceRef::of(source),
+            };
+            if ledger.write(&record, cancel).await.is_err() {
+                return Resolution::Abandoned;
+            }
+        }
+        if outcome == "delivered"
+            && let Some(clocks) = &self.deadlines
+        {
+            clocks.delivered(&d.update, &d.audiences);
+        }
+        let dead = error.map(|e| e.reason);
         DeliveryEnded {
             target: &d.target,
             outcome: if dead.is_some() {
@@ -773,6 +938,7 @@ impl Dispatcher {
                 })
                 .await;
         }
+        Resolution::Resolved
     }
 
     /// Dead-letters a record that cannot be turned into deliveries.

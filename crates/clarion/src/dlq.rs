@@ -338,6 +338,30 @@ impl DeadLetterWriter {
         }
     }
 
+    /// Publishes a record of another of Clarion's own topics (the delivery ledger,
+    /// the incident state) with the dead letters' guarantee: retried, transient and
+    /// permanent errors alike, until the broker acknowledges it or `abort`.
+    /// `GivenUp` only when the record is too large, which the caller must shorten.
+    pub async fn write_acknowledged(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+        abort: &CancellationToken,
+        what: &'static str,
+    ) -> Result<Written, Abandoned> {
+        let headers = to_owned_headers(headers);
+        match self
+            .produce(topic, Some(key), payload, headers, abort, what, false)
+            .await
+        {
+            Ok(()) => Ok(Written::Yes),
+            Err(Failure::Abandoned) => Err(Abandoned),
+            Err(Failure::TooLarge | Failure::Permanent) => Ok(Written::GivenUp),
+        }
+    }
+
     /// Produces one record, retrying transient errors until the broker acknowledges
     /// it or `abort`. A too-large record is handed back to the caller at once; other
     /// permanent errors are retried (`give_up_permanent == false`) or handed back.

@@ -8,14 +8,17 @@
 pub mod breaker;
 pub mod config;
 pub mod daemon;
+pub mod deadlines;
 pub mod demo;
 pub mod dispatch;
 pub mod dlq;
 pub mod health;
+pub mod ledger;
 pub mod offsets;
 pub mod preview;
 pub mod publish;
 pub mod replay;
+pub mod report;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;

@@ -99,6 +99,47 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// What the delivery ledger says about one incident: one row per update ×
+    /// target × recipient. Exit 0 when every notice was delivered (or superseded),
+    /// 1 when some were dead-lettered, 2 when the ledger has nothing on it.
+    Status {
+        /// The incident id.
+        incident: String,
+        /// Only deliveries to this audience (e.g. `regulators`).
+        #[arg(long)]
+        audience: Option<String>,
+        /// The ledger records as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The config file (for the brokers and kafka.ledger_topic).
+        #[arg(
+            long,
+            short,
+            default_value = DEFAULT_CONFIG,
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// The post-incident notification report of one incident: a timeline per
+    /// audience, every notice, time to first notice and deadlines (docs/publishing.md).
+    Report {
+        /// The incident id.
+        incident: String,
+        /// Write a self-contained HTML page here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Print the report's data as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The config file (brokers, kafka.ledger_topic, audiences' deadlines).
+        #[arg(
+            long,
+            short,
+            default_value = DEFAULT_CONFIG,
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
 }
 
 /// `clarion publish`'s flags; each one set overrides the --file's or the
@@ -336,6 +377,71 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             clarion::demo::run().await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            incident,
+            audience,
+            json,
+            config,
+        } => {
+            let (_, mut records) = ledger_of(&config, &incident).await?;
+            if let Some(a) = &audience {
+                records = clarion::report::only_audience(records, a);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else if records.is_empty() {
+                println!(
+                    "incident {incident}: no notice in the ledger{}",
+                    audience
+                        .as_deref()
+                        .map(|a| format!(" for audience `{a}`"))
+                        .unwrap_or_default()
+                );
+            } else {
+                print!("{}", clarion::report::status_table(&incident, &records));
+            }
+            Ok(if records.is_empty() {
+                ExitCode::from(2)
+            } else if clarion::report::all_reached(&records) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Report {
+            incident,
+            html,
+            json,
+            config,
+        } => {
+            if html.is_none() && !json {
+                anyhow::bail!("say what to produce: --html FILE, --json, or both");
+            }
+            let (settings, records) = ledger_of(&config, &incident).await?;
+            if records.is_empty() {
+                eprintln!("incident {incident}: no notice in the ledger; no report written");
+                return Ok(ExitCode::from(2));
+            }
+            let report = clarion::report::build(
+                &incident,
+                records,
+                &settings.deadlines,
+                jiff::Timestamp::now(),
+            );
+            if let Some(path) = &html {
+                std::fs::write(path, clarion::report::html(&report))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!(
+                    "report of incident {incident} written to {} ({} notices)",
+                    path.display(),
+                    report.notices.len()
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Publish(args) => {
             let a = *args;
             // Like `route`: the targets' secrets are not needed to publish, only
@@ -384,6 +490,26 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// How long `status` and `report` may take to read the ledger.
+const LEDGER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The ledger records of `incident` (for `status` and `report`), read without
+/// resolving the targets' secrets: only Kafka's own are needed.
+async fn ledger_of(
+    config: &std::path::Path,
+    incident: &str,
+) -> Result<(config::Settings, Vec<clarion::ledger::LedgerRecord>)> {
+    let settings = load_for_preview(config)?;
+    let kafka = settings.kafka.clone();
+    let id = incident.to_string();
+    let records = tokio::task::spawn_blocking(move || {
+        clarion::ledger::read_incident(&kafka, &EnvSecrets, &id, LEDGER_READ_TIMEOUT)
+    })
+    .await
+    .context("the ledger reader stopped")??;
+    Ok((settings, records))
 }
 
 fn load(path: &std::path::Path) -> Result<config::Settings> {

@@ -319,7 +319,7 @@ pub async fn run_with_secrets(
     let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
         producer_config(&kafka, secrets)?
             .create_with_context(crate::health::ProducerCtx)
-        .context("cannot create the dead-letter producer")?;
+            .context("cannot create the dead-letter producer")?;
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(64);
     let dispatcher = Dispatcher::new(
         vec![Target::new(target_config, channel)],

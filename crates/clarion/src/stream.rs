@@ -542,7 +542,9 @@ async fn handle(
                         "no target serves this update's audiences; nothing to deliver"
                     );
                 }
-                Resolution::Resolved
+                // The incident's latest update, for `clarion publish`: acknowledged
+                // before the update resolves, like a dead letter.
+                dispatcher.record_state(&update, source, cancel).await
             }
             Err((kind, reason)) => {
                 EventRejected {

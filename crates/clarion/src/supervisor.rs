@@ -60,6 +60,12 @@ pub async fn run_with_secrets(
         dead_recipient_topic: kafka.dead_recipient_topic.clone(),
         observer,
     };
+    // The delivery ledger, the incident-state writer and the deadline clocks
+    // (docs/ledger.md), shared by every stream.
+    let records = crate::ledger::Records::new(&settings, &outputs.dlq);
+    if let Some(clocks) = records.deadlines.clone() {
+        tokio::spawn(clocks.run(shutdown.clone()));
+    }
     let mut targets = Vec::new();
     for t in &settings.targets {
         let channel = build_channel(t, secrets).with_context(|| format!("targets.{}", t.name))?;
@@ -83,13 +89,16 @@ pub async fn run_with_secrets(
         rebalance_drain: settings.daemon.rebalance_drain,
         shutdown_grace: settings.daemon.shutdown_grace,
         role: Role::Events {
-            dispatcher: Arc::new(Dispatcher::new(
-                Vec::new(),
-                settings.audiences.clone(),
-                settings.templates.clone(),
-                outputs.clone(),
-                CancellationToken::new(),
-            )),
+            dispatcher: Arc::new(
+                Dispatcher::new(
+                    Vec::new(),
+                    settings.audiences.clone(),
+                    settings.templates.clone(),
+                    outputs.clone(),
+                    CancellationToken::new(),
+                )
+                .with_state(records.state.clone()),
+            ),
             routes,
         },
     });
@@ -105,13 +114,17 @@ pub async fn run_with_secrets(
             rebalance_drain: settings.daemon.rebalance_drain,
             shutdown_grace: settings.daemon.shutdown_grace,
             role: Role::Target {
-                dispatcher: Arc::new(Dispatcher::new(
-                    vec![target],
-                    settings.audiences.clone(),
-                    settings.templates.clone(),
-                    outputs.clone(),
-                    CancellationToken::new(),
-                )),
+                dispatcher: Arc::new(
+                    Dispatcher::new(
+                        vec![target],
+                        settings.audiences.clone(),
+                        settings.templates.clone(),
+                        outputs.clone(),
+                        CancellationToken::new(),
+                    )
+                    .with_ledger(records.ledger.clone())
+                    .with_deadlines(records.deadlines.clone()),
+                ),
             },
             name,
         });
@@ -219,6 +232,8 @@ async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
     let base = base.clone();
     let mut topics = vec![kafka.topic.clone(), kafka.dead_letter_topic.clone()];
     topics.extend(kafka.dead_recipient_topic.clone());
+    topics.extend(kafka.ledger_topic.clone());
+    topics.extend(kafka.incident_state_topic.clone());
     let r = tokio::task::spawn_blocking(move || {
         let c = group_client(&base, "clarion-topic-check")?;
         let mut missing = Vec::new();
@@ -240,7 +255,7 @@ async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
             let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
             if !required.is_empty() {
                 return Err(anyhow!(
-                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic) before starting, or failed deliveries would have nowhere to go",
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic) before starting, or failed deliveries would have nowhere to go",
                     required
                         .iter()
                         .map(|t| format!("`{t}`"))

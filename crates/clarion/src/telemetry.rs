@@ -111,17 +111,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// The runtime's heartbeat: a task that must be scheduled every second for
-/// `/livez` to pass and for systemd's watchdog to be fed, so a wedged runtime (every
-/// worker blocked) fails both. It also publishes `clarion_ready` and keeps the
-/// recorder's histograms drained.
-///
-/// Started by [`serve`]; without a metrics listener, call [`start_heartbeat`] so
-/// systemd's watchdog is still fed.
+/// Starts the runtime's heartbeat without a metrics listener ([`serve`] starts it
+/// otherwise), so that systemd's watchdog is fed either way.
 pub fn start_heartbeat(shutdown: tokio_util::sync::CancellationToken) {
     tokio::spawn(heartbeat(None, shutdown));
 }
 
+/// The runtime's heartbeat: a task that must be scheduled every second for
+/// `/livez` to pass and for systemd's watchdog to be fed, so a wedged runtime (every
+/// worker blocked) fails both. It also publishes `clarion_ready` and keeps the
+/// recorder's histograms drained.
 async fn heartbeat(
     handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -261,7 +260,11 @@ pub fn register(settings: &crate::config::Settings) {
             "clarion_stream_assigned_partitions",
             "clarion_kafka_connected",
         ] {
-            let label = if name == "clarion_kafka_connected" { "client" } else { "stream" };
+            let label = if name == "clarion_kafka_connected" {
+                "client"
+            } else {
+                "stream"
+            };
             gauge!(name, label => stream.clone()).set(0.0);
         }
         counter!("clarion_stream_pauses_total", "stream" => stream.clone()).absolute(0);
