@@ -17,6 +17,8 @@ pub struct OwnBroker {
     /// The broker's command line and run dir, kept by [`OwnBroker::kill`] for
     /// [`OwnBroker::restart`].
     killed: Option<(Vec<String>, PathBuf)>,
+    /// The broker process [`OwnBroker::restart`] started: reaped once stopped.
+    restarted: Option<std::process::Child>,
 }
 
 fn cache() -> PathBuf {
@@ -53,6 +55,7 @@ impl OwnBroker {
             script,
             current_env,
             killed: None,
+            restarted: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl OwnBroker {
         // setsid execs java in place (the test is not a group leader), so this is
         // the broker's pid: scripts/kafka-broker stop finds and stops it by it.
         std::fs::write(dir.join("broker.pid"), child.id().to_string()).expect("broker.pid");
+        self.restarted = Some(child);
         let port: u16 = self
             .addr
             .rsplit(':')
@@ -145,5 +149,10 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.stop();
+        // scripts/kafka-broker stop has ended it; reap it so no zombie is left.
+        if let Some(mut child) = self.restarted.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
