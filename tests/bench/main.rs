@@ -59,6 +59,10 @@ struct Args {
     /// `daemon.max_in_flight` (default: the shipped default).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// Write the delivery ledger (`kafka.ledger_topic`, one record per delivery) and
+    /// the incident-state topic, to measure what they cost.
+    #[arg(long)]
+    ledger: bool,
     /// Fixed-rate mode: the first target is down (refuses connections) for this
     /// many seconds from the start.
     #[arg(long, default_value_t = 0)]
@@ -192,6 +196,20 @@ async fn main() -> Result<()> {
         toml = toml.replace(
             "shutdown_grace = \"20s\"",
             &format!("shutdown_grace = \"20s\"\nmax_in_flight = {n}"),
+        );
+    }
+    if args.ledger {
+        let ledger = clarion_tests::unique_topic("bench-ledger");
+        let state = clarion_tests::unique_topic("bench-state");
+        clarion_tests::kafka::create_topic(&args.brokers, &ledger, args.partitions).await;
+        clarion_tests::kafka::create_topic(&args.brokers, &state, args.partitions).await;
+        toml = toml.replacen(
+            &format!("group_id = \"{}\"", w.group),
+            &format!(
+                "group_id = \"{}\"\nledger_topic = \"{ledger}\"\nincident_state_topic = \"{state}\"",
+                w.group
+            ),
+            1,
         );
     }
     std::fs::write(&config, toml)?;

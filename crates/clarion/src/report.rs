@@ -424,7 +424,7 @@ pub fn html(r: &IncidentReport) -> String {
 fn timeline_svg(r: &IncidentReport) -> String {
     const LEFT: f64 = 130.0;
     const WIDTH: f64 = 1000.0;
-    const LANE: f64 = 56.0;
+    const LANE: f64 = 70.0;
     const TOP: f64 = 34.0;
     let mut times: Vec<jiff::Timestamp> = Vec::new();
     for u in &r.updates {
@@ -478,10 +478,13 @@ fn timeline_svg(r: &IncidentReport) -> String {
             ty = y + 4.0,
             x2 = WIDTH - 20.0,
         );
-        for u in r
+        // Labels of updates published close together are staggered over three
+        // rows, so that they stay readable.
+        for (k, u) in r
             .updates
             .iter()
             .filter(|u| u.audiences.contains(&a.audience))
+            .enumerate()
         {
             let published = u.published_at.unwrap_or(u.occurred_at);
             let px = x(published);
@@ -493,7 +496,7 @@ fn timeline_svg(r: &IncidentReport) -> String {
                 seq = u.sequence,
                 st = esc(&u.status),
                 t = time(&published),
-                ly = y - 10.0,
+                ly = y - 9.0 - 9.0 * (k % 3) as f64,
             );
             if let Some(d) = u.first_delivered.get(&a.audience) {
                 let dx = x(*d);
