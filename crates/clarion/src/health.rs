@@ -701,5 +701,22 @@ mod tests {
         h.dead_letter_written();
         h.oldest_unresolved("t", Some(Duration::from_secs(1)));
         assert_eq!(h.readiness().status, "ready");
+
+        // The target goes down: its update waits in Kafka, as old as it gets, and
+        // the replica stays in service, saying what is degraded.
+        let failures = crate::breaker::BreakerConfig::default().failures;
+        for _ in 0..failures {
+            breaker.record(
+                crate::breaker::Pass::Go,
+                crate::breaker::Verdict::TargetDown,
+                "503",
+            );
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        h.oldest_unresolved("t", Some(Duration::from_secs(3600)));
+        let r = h.readiness();
+        assert_eq!(r.status, "degraded", "{r:?}");
+        assert!(r.ready());
+        assert!(r.degraded[0].contains("breaker open"), "{r:?}");
     }
 }
