@@ -346,7 +346,7 @@ async fn follow_on_a_terminal_shows_every_target_delivered() {
     let command = format!(
         "{bin} publish -c {config} --incident INC-FOLLOW --status investigating --impact major \
          --title 'Calls failing' --message 'We are investigating.' --audiences customers,regulators \
-         --yes --follow --follow-timeout 100s; echo \"EXIT=$?\"; sleep 600",
+         --follow --follow-timeout 100s; echo \"EXIT=$?\"; sleep 600",
         bin = binary().display(),
         config = config.display()
     );
@@ -367,8 +367,25 @@ async fn follow_on_a_terminal_shows_every_target_delivered() {
         .success();
     assert!(ok, "tmux new-session failed");
 
+    // On a terminal it asks, as it would ask ops; nothing is published before the
+    // answer.
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut screen = capture(&session);
+    while !screen.contains("Publish this update? [y/N]") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no question on the terminal:\n{screen}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        screen = capture(&session);
+    }
+    assert!(!screen.contains("published INC-FOLLOW"), "{screen}");
+    let answered = Command::new("tmux")
+        .args(["send-keys", "-t", &session, "y", "Enter"])
+        .status()
+        .expect("tmux send-keys")
+        .success();
+    assert!(answered, "tmux send-keys failed");
     while !screen.contains("EXIT=") && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         screen = capture(&session);

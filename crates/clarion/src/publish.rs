@@ -103,9 +103,12 @@ pub async fn run(settings: Settings, request: Request, options: Options) -> Resu
     let s = settings.clone();
     let r = reporter.clone();
     let id = incident.clone();
-    let known = tokio::task::spawn_blocking(move || {
+    let (known, partitions) = tokio::task::spawn_blocking(move || {
         wait_for_cluster(&s, &r, deadline)?;
-        latest(&s, &id, deadline)
+        anyhow::Ok((
+            latest(&s, &r, &id, deadline)?,
+            partition_count(&s, &r, deadline)?,
+        ))
     })
     .await
     .context("the Kafka reader stopped")??;
@@ -114,7 +117,6 @@ pub async fn run(settings: Settings, request: Request, options: Options) -> Resu
     let bytes = serde_json::to_vec(&update)?;
     let update = validate(&settings, &bytes)?;
 
-    let partitions = partition_count(&settings, deadline)?;
     print!(
         "{}",
         preview(&settings, &update, known.as_ref(), partitions)?
@@ -129,8 +131,9 @@ pub async fn run(settings: Settings, request: Request, options: Options) -> Resu
         (Some(topic), true) => {
             let s = settings.clone();
             let topic = topic.clone();
+            let r = reporter.clone();
             Some(
-                tokio::task::spawn_blocking(move || follow::ends(&s, &topic, deadline))
+                tokio::task::spawn_blocking(move || follow::ends(&s, &r, &topic, deadline))
                     .await
                     .context("the ledger reader stopped")??,
             )
@@ -683,11 +686,12 @@ fn wait_for_cluster(settings: &Settings, reporter: &Reporter, deadline: Instant)
 
 /// The source topic's partition count, for the preview (`None` if it cannot be
 /// read quickly: the preview then leaves the partition out).
-fn partition_count(settings: &Settings, deadline: Instant) -> Result<Option<i32>> {
-    let consumer = reader(
-        settings,
-        Reporter::new(&settings.kafka.brokers, Duration::ZERO),
-    )?;
+fn partition_count(
+    settings: &Settings,
+    reporter: &Reporter,
+    deadline: Instant,
+) -> Result<Option<i32>> {
+    let consumer = reader(settings, reporter.clone())?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .min(Duration::from_secs(10));
@@ -705,7 +709,12 @@ fn partition_count(settings: &Settings, deadline: Instant) -> Result<Option<i32>
 /// The incident's latest update: the higher of the incident-state topic's record
 /// and the tail of the incident's partition of the source topic (the state topic
 /// lags the source, and is written only while a daemon runs).
-fn latest(settings: &Settings, incident: &str, deadline: Instant) -> Result<Option<Known>> {
+fn latest(
+    settings: &Settings,
+    reporter: &Reporter,
+    incident: &str,
+    deadline: Instant,
+) -> Result<Option<Known>> {
     let mut best: Option<Known> = None;
     let mut consider = |u: &IncidentUpdate| {
         if u.incident_id == incident && best.as_ref().is_none_or(|b| u.sequence > b.sequence) {
@@ -738,7 +747,7 @@ fn latest(settings: &Settings, incident: &str, deadline: Instant) -> Result<Opti
             }
         }
     }
-    for update in source_tail(settings, incident, left())? {
+    for update in source_tail(settings, reporter, incident, left())? {
         consider(&update);
     }
     Ok(best)
@@ -747,13 +756,11 @@ fn latest(settings: &Settings, incident: &str, deadline: Instant) -> Result<Opti
 /// The incident's updates among the last [`SOURCE_TAIL`] records of its partition.
 fn source_tail(
     settings: &Settings,
+    reporter: &Reporter,
     incident: &str,
     timeout: Duration,
 ) -> Result<Vec<IncidentUpdate>> {
-    let consumer = reader(
-        settings,
-        Reporter::new(&settings.kafka.brokers, Duration::ZERO),
-    )?;
+    let consumer = reader(settings, reporter.clone())?;
     let topic = &settings.kafka.topic;
     let md = consumer
         .fetch_metadata(Some(topic), timeout)

@@ -52,11 +52,13 @@ pub fn expected(settings: &Settings, update: &IncidentUpdate) -> Vec<Expected> {
 }
 
 /// The ledger's end offset per partition now.
-pub fn ends(settings: &Settings, topic: &str, deadline: Instant) -> Result<BTreeMap<i32, i64>> {
-    let consumer = super::reader(
-        settings,
-        super::Reporter::new(&settings.kafka.brokers, Duration::ZERO),
-    )?;
+pub fn ends(
+    settings: &Settings,
+    reporter: &super::Reporter,
+    topic: &str,
+    deadline: Instant,
+) -> Result<BTreeMap<i32, i64>> {
+    let consumer = super::reader(settings, reporter.clone())?;
     let timeout = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(5));
