@@ -1363,4 +1363,43 @@ recipients = { employees = ["+12025550123"] }
             .expect("a preview needs no secrets");
         assert_eq!(s.targets.len(), 2);
     }
+
+    #[test]
+    fn audiences_as_a_table_declare_audiences_and_their_deadlines() {
+        let toml = MINIMAL.replace(
+            "[targets.StatusPage]",
+            "[audiences.regulators]\nfirst_notice_within = \"120m\"\n\n\
+             [audiences.regulators.deadlines]\nresolved = \"30m\"\n\n\
+             [audiences.partners]\n\n[targets.StatusPage]",
+        );
+        let settings = parse_str(&toml)
+            .and_then(|raw| raw.validate("test.toml", &EnvSecrets))
+            .expect("valid");
+        assert!(settings.audiences.contains("partners"));
+        let regs = &settings.deadlines["regulators"];
+        assert_eq!(regs.first_notice_within, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            regs.by_status.get(&clarion_core::Status::Resolved),
+            Some(&Duration::from_secs(1800))
+        );
+        assert_eq!(regs.warn_at, DEFAULT_WARN_AT);
+        assert!(
+            !settings.deadlines.contains_key("partners"),
+            "no deadline, no clock"
+        );
+        // A typo in a deadline key is named, not "did not match any variant".
+        let typo = toml.replace("first_notice_within", "first_notice_in");
+        let err = parse_str(&typo).map(|_| ()).expect_err("refused");
+        assert!(
+            format!("{err:#}").contains("unknown field `first_notice_in`"),
+            "{err:#}"
+        );
+        check(
+            &toml.replace(
+                "[audiences.partners]",
+                "[audiences.partners]\nwarn_at = 1.5",
+            ),
+            "test.toml: audiences.partners.warn_at: must be between 0 and 1 (e.g. 0.8), not 1.5",
+        );
+    }
 }
