@@ -240,9 +240,14 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // librdkafka keeps a partition's pause across a revoke and a later
+                // re-assignment to this consumer (librdkafka#1849): a partition revoked
+                // while the stream was paused would come back paused for good. Start
+                // every assignment unpaused; the loop pauses it again if it must.
+                let _ = consumer.resume(tpl);
                 let assigned = tps(tpl);
                 self.tracker.assign(&assigned);
                 crate::health::global().assigned(&self.stream, &assigned);
