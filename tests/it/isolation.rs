@@ -405,7 +405,7 @@ async fn three_replicas_one_killed_lose_nothing_for_any_target() {
     // it. (Three first starts at once are the next test.)
     let first = Process::start(&toml, "replica0");
     wait_started(&first).await;
-    let mut replicas = vec![
+    let mut replicas = [
         first,
         Process::start(&toml, "replica1"),
         Process::start(&toml, "replica2"),
