@@ -398,11 +398,10 @@ async fn takeover(
         tokio::spawn(async move { publish(&producer, &topic, 0..total, Some(interval)).await })
     };
     tokio::time::sleep(kill_after).await;
-    let victim = daemons.remove(0);
+    let mut victim = daemons.remove(0);
     let killed_ns = jiff::Timestamp::now().as_nanosecond() as u64;
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &victim.id().to_string()])
-        .status();
+    let _ = victim.kill();
+    let _ = victim.wait();
     if matches!(mode, Takeover::Restart) {
         daemons.push(start_daemon()?);
     }

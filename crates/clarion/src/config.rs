@@ -245,7 +245,10 @@ pub struct DaemonConfig {
 }
 
 fn default_max_in_flight() -> usize {
-    1024
+    // Per stream: each target has its own window now, so four targets hold four
+    // times this. 256 keeps a target's `concurrency` (64) busy with room to spare,
+    // and bounds what a crash replays to that target.
+    256
 }
 fn default_max_event_bytes() -> usize {
     256 * 1024
@@ -575,6 +578,10 @@ pub struct Settings {
     pub audiences: BTreeSet<String>,
     pub targets: Vec<TargetConfig>,
     pub templates: Arc<clarion_render::TemplateSet>,
+    /// What each target was built from, as written, together with everything
+    /// shared that shapes its deliveries (default retry, audiences, templates): a
+    /// reload restarts a target's stream only when this changed.
+    pub fingerprints: BTreeMap<String, String>,
     /// Deadlines per audience (only audiences that have one).
     pub deadlines: BTreeMap<String, Deadlines>,
     /// The holding statements' directory (`statements`), resolved against the
@@ -723,6 +730,22 @@ impl RawConfig {
                 "targets: no target is configured, nothing would be delivered"
             )));
         }
+        // Everything shared that shapes a target's deliveries, for reloads.
+        let shared = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            self.retry,
+            audiences,
+            self.templates,
+            self.templates.dir.as_ref().map(|d| read_templates(
+                &Path::new(source).parent().unwrap_or(Path::new(".")).join(d)
+            )
+            .ok())
+        );
+        let fingerprints: BTreeMap<String, String> = self
+            .targets
+            .iter()
+            .map(|(name, value)| (name.clone(), format!("{value}|{shared}")))
+            .collect();
         let mut targets = Vec::new();
         for (name, value) in self.targets {
             match validate_target(&name, value, &audiences, &default_retry, secrets) {
@@ -765,6 +788,7 @@ impl RawConfig {
             audiences,
             targets,
             templates: Arc::new(templates),
+            fingerprints,
             deadlines,
             statements,
         })

@@ -1,6 +1,12 @@
 //! `clarion`: the command line. Parses arguments, sets up logging, and hands over to
 //! the library; errors end here as a message and a non-zero exit code.
 
+// Profiled (docs/benchmarks.md): with glibc's allocator, a third of the daemon's CPU
+// under a backlog went to malloc and free, from four threads of librdkafka, tokio
+// and hyper allocating small buffers per record and per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clarion::config::{self, EnvSecrets};
@@ -290,7 +296,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 None => telemetry::start_heartbeat(shutdown.clone()),
             }
             tokio::spawn(signals(shutdown.clone()));
-            clarion::run(settings, shutdown, None).await?;
+            let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(reload_on_sighup(config.clone(), reload_tx));
+            clarion::supervisor::run_reloadable(
+                settings,
+                &clarion::config::EnvSecrets,
+                shutdown,
+                None,
+                reloads,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig {
@@ -528,6 +543,36 @@ fn load_for_preview(path: &std::path::Path) -> Result<config::Settings> {
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now (in-flight updates are
 /// not committed, so they are redelivered on restart).
+/// SIGHUP: read and validate the config file again; hand a valid one to the
+/// supervisor, refuse an invalid one (the running config stays in force).
+async fn reload_on_sighup(
+    config: std::path::PathBuf,
+    reloads: tokio::sync::mpsc::Sender<clarion::config::Settings>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; config reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %config.display(), "SIGHUP received: reloading the config");
+        match load(&config) {
+            Ok(settings) => {
+                if reloads.send(settings).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                metrics::gauge!("clarion_config_last_reload_success").set(0.0);
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "config reload refused: the new config is invalid; the running config stays in force"
+                );
+            }
+        }
+    }
+}
+
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (

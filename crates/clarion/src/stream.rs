@@ -40,6 +40,10 @@ use tokio_util::task::TaskTracker;
 
 /// After the grace period, how long cancelled deliveries get to return.
 pub const ABORT_WAIT: Duration = Duration::from_secs(5);
+/// How long a full window may wait for room before the stream pauses its
+/// partitions (see the consumer loop).
+const SHORT_STALL: Duration = Duration::from_secs(2);
+
 /// How long the final commit and leaving the group may take.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -80,6 +84,64 @@ pub struct Spec {
     pub rebalance_drain: Duration,
     pub shutdown_grace: Duration,
     pub role: Role,
+    /// Parsed records, shared with the daemon's other streams.
+    pub parses: Arc<Parses>,
+}
+
+/// Records parsed by one stream, for the others: every stream reads every record,
+/// and parsing it once instead of once per stream is most of the CPU that
+/// per-target streams would otherwise add. Keyed by where the record is (partition,
+/// offset, timestamp), which does not change; bounded, oldest out first.
+#[derive(Debug)]
+pub struct Parses {
+    inner: Mutex<ParsesInner>,
+}
+
+#[derive(Debug, Default)]
+struct ParsesInner {
+    map: HashMap<(i32, i64, Option<i64>), Parsed>,
+    order: std::collections::VecDeque<(i32, i64, Option<i64>)>,
+    capacity: usize,
+}
+
+/// A record's parse: the update, or why it is not one.
+type Parsed = std::result::Result<Arc<IncidentUpdate>, String>;
+
+impl Parses {
+    pub fn new(capacity: usize) -> Self {
+        Parses {
+            inner: Mutex::new(ParsesInner {
+                capacity: capacity.max(1),
+                ..ParsesInner::default()
+            }),
+        }
+    }
+
+    fn get_or_parse(&self, source: &Source, tombstone: bool, max_bytes: usize) -> Parsed {
+        let key = (source.partition, source.offset, source.timestamp_ms);
+        if let Some(hit) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .get(&key)
+        {
+            return hit.clone();
+        }
+        // Parsed outside the lock; two streams may both parse a record, which is
+        // harmless.
+        let parsed = parse(source, tombstone, max_bytes, false).map(Arc::new);
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.map.insert(key, parsed.clone()).is_none() {
+            inner.order.push_back(key);
+            while inner.order.len() > inner.capacity {
+                if let Some(old) = inner.order.pop_front() {
+                    inner.map.remove(&old);
+                }
+            }
+        }
+        parsed
+    }
 }
 
 /// What a stream did, for the last log line.
@@ -332,6 +394,25 @@ pub async fn run(
         // open, but let one update in when nothing is in flight, to be the probe.
         let target_down = breaker.as_ref().is_some_and(|b| b.is_open()) && window > 0;
         let full = window >= high || target_down;
+        if full && !paused && !target_down {
+            // Leave what librdkafka prefetched in its bounded queue and wait a
+            // little for room without polling: pausing would throw the prefetch
+            // away and fetch it again on resume, once per cycle. Only a stall that
+            // lasts (a slow or down target) pauses, so that the consumer goes on
+            // polling for rebalances and max.poll.interval.ms.
+            let room = tracker.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if tracker.window() >= high {
+                tokio::select! {
+                    _ = &mut room => continue,
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(SHORT_STALL) => {}
+                }
+            } else {
+                continue;
+            }
+        }
         if full && !paused {
             // Full: stop fetching but keep polling, so rebalances are served and the
             // group does not evict us (max.poll.interval.ms).
@@ -395,13 +476,22 @@ pub async fn run(
         let tp = (source.topic.clone(), source.partition);
         let cancel = consumer.context().cancel_for(&tp);
         let ticket = tracker.admit(&source.topic, source.partition, source.offset);
-        let work = prepare(&role, &source, tombstone, spec.max_event_bytes);
+        let work = prepare(
+            &role,
+            &source,
+            tombstone,
+            spec.max_event_bytes,
+            &spec.parses,
+        );
         let role = role.clone();
         let consumer = consumer.clone();
         let tracker = tracker.clone();
         let name = spec.name.clone();
         tasks.spawn(async move {
-            let handle = handle(&role, work, &source, &cancel);
+            // Boxed: the delivery's state machine is large, and a task that holds it
+            // inline is moved whole at every spawn and state change (a tenth of the
+            // CPU under a backlog, profiled).
+            let handle = Box::pin(handle(&role, work, &source, &cancel));
             // A panic here is a bug in the daemon itself (channel panics are caught
             // per delivery). Left alone, it would leave the update unresolved and
             // freeze its partition's commit point until a restart, which would
@@ -495,29 +585,37 @@ enum Work {
     /// Nothing to do (a record the events stream handles, or no matching target).
     Nothing,
     /// The events stream's check: dead-letter it, or warn that nobody takes it.
-    Check(std::result::Result<Box<IncidentUpdate>, (DlqKind, String)>),
+    Check(std::result::Result<Arc<IncidentUpdate>, (DlqKind, String)>),
     /// Deliveries to run.
     Deliver(Vec<crate::dispatch::Planned>),
 }
 
-fn prepare(role: &Role, source: &Source, tombstone: bool, max_bytes: usize) -> Work {
+fn prepare(
+    role: &Role,
+    source: &Source,
+    tombstone: bool,
+    max_bytes: usize,
+    parses: &Parses,
+) -> Work {
+    let parsed = parses.get_or_parse(source, tombstone, max_bytes);
     match role {
         Role::Events { dispatcher, .. } => Work::Check(
-            parse(source, tombstone, max_bytes, true)
+            parsed
                 .map_err(|reason| (DlqKind::MalformedEvent, reason))
                 .and_then(|update| {
+                    check_key(source, &update);
                     dispatcher
                         .check(&update)
-                        .map(|()| Box::new(update))
+                        .map(|()| update)
                         .map_err(|reason| (DlqKind::UnknownAudience, reason))
                 }),
         ),
         Role::Target { dispatcher } => {
             // What the events stream rejects is none of this stream's business.
-            let Ok(update) = parse(source, tombstone, max_bytes, false) else {
+            let Ok(update) = parsed else {
                 return Work::Nothing;
             };
-            match dispatcher.plan(&Arc::new(update)) {
+            match dispatcher.plan(&update) {
                 Ok(plans) if !plans.is_empty() => Work::Deliver(plans),
                 _ => Work::Nothing,
             }
@@ -593,7 +691,16 @@ pub fn parse(
     }
     let update =
         IncidentUpdate::from_slice(&source.payload, max_bytes).map_err(|e| e.to_string())?;
-    if check_key && source.key.as_deref() != Some(update.incident_id.as_bytes()) {
+    if check_key {
+        self::check_key(source, &update);
+    }
+    Ok(update)
+}
+
+/// Warns (once per record, from the events stream) when a record's key is not its
+/// incident id.
+fn check_key(source: &Source, update: &IncidentUpdate) {
+    if source.key.as_deref() != Some(update.incident_id.as_bytes()) {
         let key = source.key.as_deref().map(String::from_utf8_lossy);
         telemetry::KeyMismatch {
             topic: &source.topic,
@@ -604,7 +711,6 @@ pub fn parse(
         }
         .emit();
     }
-    Ok(update)
 }
 
 fn publish_gauges(stream: &str, tracker: &Tracker) {
@@ -720,6 +826,35 @@ mod tests {
             assert!(log.contains("record key is not the incident id"), "{log}");
             assert!(log.contains("INC-7"), "{log}");
         }
+    }
+
+    #[test]
+    fn a_record_is_parsed_once_for_every_stream_and_the_cache_stays_bounded() {
+        let update =
+            clarion_core::samples::lifecycle("INC-8", "u", &["customers"], jiff::Timestamp::now())
+                .remove(0);
+        let body = serde_json::to_vec(&update).expect("json");
+        let parses = Parses::new(2);
+        let at = |offset: i64| Source {
+            offset,
+            ..source(Some(b"INC-8"), &body)
+        };
+        let first = parses.get_or_parse(&at(1), false, 1 << 20).expect("parses");
+        let again = parses.get_or_parse(&at(1), false, 1 << 20).expect("parses");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second stream gets the same parse"
+        );
+        let bad = parses.get_or_parse(&source(Some(b"k"), b"{"), false, 1 << 20);
+        assert!(bad.is_err(), "failures are shared too");
+        let _ = parses.get_or_parse(&at(2), false, 1 << 20);
+        let _ = parses.get_or_parse(&at(3), false, 1 << 20);
+        let inner = parses.inner.lock().expect("lock");
+        assert_eq!(
+            (inner.map.len(), inner.order.len()),
+            (2, 2),
+            "oldest out first"
+        );
     }
 
     #[test]

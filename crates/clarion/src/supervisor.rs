@@ -7,7 +7,7 @@ use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt, build_channel};
 use crate::daemon::{Summary, consumer_config, producer_config};
 use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
 use crate::dlq::DeadLetterWriter;
-use crate::stream::{self, Role, Spec};
+use crate::stream::{self, Role, Spec, StreamSummary};
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::SecretResolver;
 use rdkafka::config::ClientConfig;
@@ -41,6 +41,41 @@ pub async fn run_with_secrets(
     shutdown: CancellationToken,
     observer: Option<mpsc::Sender<DeliveryReport>>,
 ) -> Result<Summary> {
+    let (_keep, reloads) = mpsc::channel(1);
+    run_reloadable(settings, secrets, shutdown, observer, reloads).await
+}
+
+/// A stream that is running: how to stop it, and its task.
+struct Running {
+    fingerprint: String,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<StreamSummary>>,
+}
+
+/// What every stream of one run shares.
+struct Shared<'a> {
+    secrets: &'a dyn SecretResolver,
+    base: ClientConfig,
+    outputs: Outputs,
+    /// The delivery ledger, the incident-state writer and the deadline clocks
+    /// (docs/ledger.md), shared by every stream.
+    records: crate::ledger::Records,
+    /// Records parsed once for every stream.
+    parses: Arc<stream::Parses>,
+}
+
+/// Like [`run_with_secrets`], and applies each validated config received on
+/// `reloads` (SIGHUP): streams of targets whose config did not change keep running
+/// undisturbed; added targets start (at `start`), removed ones drain and stop,
+/// changed ones drain and restart with the new config. Kafka and daemon settings are
+/// read once: a reload that changes them is refused (they need a restart).
+pub async fn run_reloadable(
+    settings: Settings,
+    secrets: &dyn SecretResolver,
+    shutdown: CancellationToken,
+    observer: Option<mpsc::Sender<DeliveryReport>>,
+    mut reloads: mpsc::Receiver<Settings>,
+) -> Result<Summary> {
     let kafka = &settings.kafka;
     // Clarion's context de-duplicates the producer's librdkafka errors with the
     // streams'; its statistics tell when it is connected.
@@ -48,133 +83,88 @@ pub async fn run_with_secrets(
         .set("statistics.interval.ms", "5000")
         .create_with_context(crate::health::ProducerCtx)
         .context("cannot create the dead-letter producer")?;
-    let outputs = Outputs {
-        dlq: DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone())
-            .with_max_record_bytes(
-                kafka
-                    .producer
-                    .get("message.max.bytes")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(crate::dlq::DEFAULT_MAX_RECORD_BYTES),
-            ),
-        dead_recipient_topic: kafka.dead_recipient_topic.clone(),
-        observer,
+    let mut shared = Shared {
+        secrets,
+        base: consumer_config(kafka, secrets)?,
+        outputs: Outputs {
+            dlq: DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone())
+                .with_max_record_bytes(
+                    kafka
+                        .producer
+                        .get("message.max.bytes")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(crate::dlq::DEFAULT_MAX_RECORD_BYTES),
+                ),
+            dead_recipient_topic: kafka.dead_recipient_topic.clone(),
+            observer,
+        },
+        records: crate::ledger::Records::default(),
+        // Enough for every stream's window at the default, so that streams a
+        // little apart still share their parses.
+        parses: Arc::new(stream::Parses::new(
+            settings.daemon.max_in_flight.saturating_mul(4),
+        )),
     };
-    // The delivery ledger, the incident-state writer and the deadline clocks
-    // (docs/ledger.md), shared by every stream.
-    let records = crate::ledger::Records::new(&settings, &outputs.dlq);
-    if let Some(clocks) = records.deadlines.clone() {
+    shared.records = crate::ledger::Records::new(&settings, &shared.outputs.dlq);
+    if let Some(clocks) = shared.records.deadlines.clone() {
         tokio::spawn(clocks.run(shutdown.clone()));
     }
-    let mut targets = Vec::new();
-    for t in &settings.targets {
-        let channel = build_channel(t, secrets).with_context(|| format!("targets.{}", t.name))?;
-        targets.push(Target::new(t.clone(), channel));
-    }
-    let base = consumer_config(kafka, secrets)?;
-    check_topics(&base, kafka).await?;
-    seed_target_groups(&base, &settings).await;
-
-    let mut specs = Vec::new();
-    let routes = settings
-        .targets
-        .iter()
-        .map(|t| (t.audiences.clone(), t.rules.clone()))
-        .collect();
-    specs.push(Spec {
-        name: "events".into(),
-        group_id: kafka.group_id.clone(),
-        max_in_flight: settings.daemon.max_in_flight,
-        max_event_bytes: settings.daemon.max_event_bytes,
-        rebalance_drain: settings.daemon.rebalance_drain,
-        shutdown_grace: settings.daemon.shutdown_grace,
-        role: Role::Events {
-            dispatcher: Arc::new(
-                Dispatcher::new(
-                    Vec::new(),
-                    settings.audiences.clone(),
-                    settings.templates.clone(),
-                    outputs.clone(),
-                    CancellationToken::new(),
-                )
-                .with_state(records.state.clone()),
-            ),
-            routes,
-        },
-    });
-    for target in targets {
-        let name = target.config.name.to_string();
-        specs.push(Spec {
-            group_id: target_group(kafka, &name),
-            max_in_flight: target
-                .config
-                .max_in_flight
-                .unwrap_or(settings.daemon.max_in_flight),
-            max_event_bytes: settings.daemon.max_event_bytes,
-            rebalance_drain: settings.daemon.rebalance_drain,
-            shutdown_grace: settings.daemon.shutdown_grace,
-            role: Role::Target {
-                dispatcher: Arc::new(
-                    Dispatcher::new(
-                        vec![target],
-                        settings.audiences.clone(),
-                        settings.templates.clone(),
-                        outputs.clone(),
-                        CancellationToken::new(),
-                    )
-                    .with_ledger(records.ledger.clone())
-                    .with_deadlines(records.deadlines.clone()),
-                ),
-            },
-            name,
-        });
-    }
+    // Build every channel before anything starts: a bad target stops the start.
+    let specs = specs(&settings, &shared)?;
+    check_topics(&shared.base, kafka).await?;
+    seed_target_groups(&shared.base, &settings).await;
     tracing::info!(
         topic = %kafka.topic,
         group = %kafka.group_id,
         dead_letter_topic = %kafka.dead_letter_topic,
-        streams = %specs.iter().map(|s| s.group_id.as_str()).collect::<Vec<_>>().join(", "),
+        streams = %specs.iter().map(|(s, _)| s.group_id.as_str()).collect::<Vec<_>>().join(", "),
         "clarion started: one stream per target, each in its own consumer group"
     );
-    let mut handles = Vec::new();
-    for spec in specs {
-        let config = stream_config(&base, kafka, &spec.name, &spec.group_id);
-        let kafka = kafka.clone();
-        let shutdown = shutdown.clone();
-        // Readiness follows the streams that run; a target's breaker open is degraded.
-        let breaker = match &spec.role {
-            Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
-            Role::Events { .. } => None,
-        };
-        let registration = crate::health::global().register_stream(&spec.name, breaker);
-        handles.push(tokio::spawn(async move {
-            let name = spec.name.clone();
-            let r = stream::run(spec, config, &kafka, shutdown).await;
-            crate::health::global().stream_ended(&name, registration);
-            (name, r)
-        }));
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    for (spec, fingerprint) in specs {
+        let group = spec.group_id.clone();
+        running.insert(
+            group,
+            start(spec, fingerprint, &shared.base, kafka, &shutdown),
+        );
     }
     crate::health::global().started();
+    let mut current = settings;
     let mut summary = Summary::default();
-    let mut failed = None;
-    for h in handles {
-        match h.await {
-            Ok((_, Ok(s))) => {
-                summary.consumed = summary.consumed.max(s.consumed);
-                summary.abandoned += s.abandoned;
-                summary.pauses += s.pauses;
+    let mut failed: Option<anyhow::Error> = None;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(new) = reloads.recv() => {
+                match reload(&mut running, &current, &new, &shared, &shutdown, &mut summary).await {
+                    Ok(()) => {
+                        reload_metrics(true);
+                        current = new;
+                    }
+                    Err(e) => {
+                        reload_metrics(false);
+                        tracing::error!(error = %format!("{e:#}"), "config reload refused; the running config stays in force");
+                    }
+                }
             }
-            Ok((name, Err(e))) => {
-                // A stream that cannot start stops the daemon: half a deployment
-                // would deliver to some targets and silently not to others.
-                shutdown.cancel();
-                failed.get_or_insert(e.context(format!("stream `{name}`")));
-            }
-            Err(e) => {
-                shutdown.cancel();
-                failed.get_or_insert(anyhow!("a stream task failed: {e}"));
+            _ = check.tick() => {
+                // A stream that ended on its own failed to start or lost its
+                // consumer: stop the daemon rather than deliver to some targets and
+                // silently not to others.
+                if let Some(group) = running.iter().find(|(_, r)| r.handle.is_finished()).map(|(g, _)| g.clone())
+                    && let Some(r) = running.remove(&group)
+                {
+                    finish(&group, r.handle.await, &mut summary, &mut failed);
+                    shutdown.cancel();
+                    break;
+                }
             }
         }
+    }
+    shutdown.cancel();
+    for (group, r) in std::mem::take(&mut running) {
+        finish(&group, r.handle.await, &mut summary, &mut failed);
     }
     let flushed = tokio::task::spawn_blocking(move || {
         use rdkafka::producer::Producer;
@@ -191,6 +181,207 @@ pub async fn run_with_secrets(
         "clarion stopped"
     );
     Ok(summary)
+}
+
+/// Adds a finished stream to the summary, or keeps its error.
+fn finish(
+    group: &str,
+    joined: Result<Result<StreamSummary>, tokio::task::JoinError>,
+    summary: &mut Summary,
+    failed: &mut Option<anyhow::Error>,
+) {
+    match joined {
+        Ok(Ok(s)) => {
+            summary.consumed = summary.consumed.max(s.consumed);
+            summary.abandoned += s.abandoned;
+            summary.pauses += s.pauses;
+        }
+        Ok(Err(e)) => {
+            failed.get_or_insert(e.context(format!("stream of group `{group}`")));
+        }
+        Err(e) => {
+            failed.get_or_insert(anyhow!("the stream of group `{group}` failed: {e}"));
+        }
+    }
+}
+
+fn reload_metrics(ok: bool) {
+    metrics::gauge!("clarion_config_last_reload_success").set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        metrics::gauge!("clarion_config_last_reload_success_timestamp_seconds")
+            .set(jiff::Timestamp::now().as_second() as f64);
+    }
+}
+
+/// The streams of a config, each with its fingerprint: the events stream (which
+/// changes whenever any target does, because it routes over all of them) and one per
+/// target.
+fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>> {
+    let kafka = &settings.kafka;
+    let mut out = Vec::new();
+    let routes = settings
+        .targets
+        .iter()
+        .map(|t| (t.audiences.clone(), t.rules.clone()))
+        .collect();
+    out.push((
+        Spec {
+            name: "events".into(),
+            group_id: kafka.group_id.clone(),
+            max_in_flight: settings.daemon.max_in_flight,
+            max_event_bytes: settings.daemon.max_event_bytes,
+            rebalance_drain: settings.daemon.rebalance_drain,
+            shutdown_grace: settings.daemon.shutdown_grace,
+            parses: shared.parses.clone(),
+            role: Role::Events {
+                dispatcher: Arc::new(
+                    Dispatcher::new(
+                        Vec::new(),
+                        settings.audiences.clone(),
+                        settings.templates.clone(),
+                        shared.outputs.clone(),
+                        CancellationToken::new(),
+                    )
+                    .with_state(shared.records.state.clone()),
+                ),
+                routes,
+            },
+        },
+        settings
+            .fingerprints
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ));
+    for t in &settings.targets {
+        let channel =
+            build_channel(t, shared.secrets).with_context(|| format!("targets.{}", t.name))?;
+        let name = t.name.to_string();
+        out.push((
+            Spec {
+                group_id: target_group(kafka, &name),
+                max_in_flight: t.max_in_flight.unwrap_or(settings.daemon.max_in_flight),
+                max_event_bytes: settings.daemon.max_event_bytes,
+                rebalance_drain: settings.daemon.rebalance_drain,
+                shutdown_grace: settings.daemon.shutdown_grace,
+                parses: shared.parses.clone(),
+                role: Role::Target {
+                    dispatcher: Arc::new(
+                        Dispatcher::new(
+                            vec![Target::new(t.clone(), channel)],
+                            settings.audiences.clone(),
+                            settings.templates.clone(),
+                            shared.outputs.clone(),
+                            CancellationToken::new(),
+                        )
+                        .with_ledger(shared.records.ledger.clone())
+                        .with_deadlines(shared.records.deadlines.clone()),
+                    ),
+                },
+                name: name.clone(),
+            },
+            settings
+                .fingerprints
+                .get(&name)
+                .cloned()
+                .unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+fn start(
+    spec: Spec,
+    fingerprint: String,
+    base: &ClientConfig,
+    kafka: &KafkaConfig,
+    shutdown: &CancellationToken,
+) -> Running {
+    let config = stream_config(base, kafka, &spec.name, &spec.group_id);
+    let kafka = kafka.clone();
+    let stop = shutdown.child_token();
+    let token = stop.clone();
+    // Readiness follows the streams that run; a target's breaker open is degraded.
+    let breaker = match &spec.role {
+        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
+        Role::Events { .. } => None,
+    };
+    let registration = crate::health::global().register_stream(&spec.name, breaker);
+    Running {
+        fingerprint,
+        shutdown: stop,
+        handle: tokio::spawn(async move {
+            let name = spec.name.clone();
+            let r = stream::run(spec, config, &kafka, token).await;
+            crate::health::global().stream_ended(&name, registration);
+            r
+        }),
+    }
+}
+
+/// Applies a new config to the running streams.
+async fn reload(
+    running: &mut BTreeMap<String, Running>,
+    current: &Settings,
+    new: &Settings,
+    shared: &Shared<'_>,
+    shutdown: &CancellationToken,
+    summary: &mut Summary,
+) -> Result<()> {
+    if format!("{:?}", current.kafka) != format!("{:?}", new.kafka)
+        || format!("{:?}", current.daemon) != format!("{:?}", new.daemon)
+    {
+        return Err(anyhow!(
+            "[kafka] or [daemon] changed: those are read at start; restart the daemon to apply them"
+        ));
+    }
+    // Build the new streams first: a target that cannot be built refuses the whole
+    // reload, and nothing running is touched.
+    let specs = specs(new, shared)?;
+    seed_target_groups(&shared.base, new).await;
+    let wanted: BTreeMap<String, (Spec, String)> = specs
+        .into_iter()
+        .map(|(s, f)| (s.group_id.clone(), (s, f)))
+        .collect();
+    let mut stopped = Vec::new();
+    let mut started = Vec::new();
+    let mut kept = Vec::new();
+    // Stop what was removed or changed; each drains within its grace period.
+    let stale: Vec<String> = running
+        .iter()
+        .filter(|(g, r)| wanted.get(*g).is_none_or(|(_, f)| *f != r.fingerprint))
+        .map(|(g, _)| g.clone())
+        .collect();
+    for group in stale {
+        if let Some(r) = running.remove(&group) {
+            r.shutdown.cancel();
+            let mut failed = None;
+            finish(&group, r.handle.await, summary, &mut failed);
+            if let Some(e) = failed {
+                tracing::warn!(group = %group, error = %format!("{e:#}"), "a stream stopped for the reload had failed");
+            }
+            stopped.push(group);
+        }
+    }
+    for (group, (spec, fingerprint)) in wanted {
+        if running.contains_key(&group) {
+            kept.push(group);
+            continue;
+        }
+        running.insert(
+            group.clone(),
+            start(spec, fingerprint, &shared.base, &new.kafka, shutdown),
+        );
+        started.push(group);
+    }
+    tracing::info!(
+        started = ?started,
+        stopped = ?stopped,
+        unchanged = ?kept,
+        "config reloaded"
+    );
+    Ok(())
 }
 
 /// A stream's consumer configuration: the base, its own group, and its identity.
