@@ -31,7 +31,9 @@ pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
     // Validation already refused overrides of OWNED_KAFKA_PROPERTIES, and they are
     // set after the pass-through ones anyway.
     let mut c = base_client(kafka, secrets)?;
-    c.set("auto.commit.interval.ms", "1000")
+    // Stored offsets are committed every 200 ms: what a crash replays beyond the
+    // window is what a stream resolved in that time.
+    c.set("auto.commit.interval.ms", "200")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         // A dead replica's partitions wait for its session to expire: 6 s (the

@@ -500,6 +500,10 @@ async fn seed_target_groups(base: &ClientConfig, settings: &Settings) {
 
 type Positions = BTreeMap<i32, i64>;
 
+/// The commit metadata of a starting position written by `seed_target_groups`, so
+/// that a seed is never taken for a stream's own progress.
+const SEED_MARK: &str = "clarion:seed";
+
 fn seed_blocking(
     base: &ClientConfig,
     kafka: &KafkaConfig,
@@ -519,28 +523,42 @@ fn seed_blocking(
     if partitions.is_empty() {
         return Ok(());
     }
-    let committed = |group: &str| -> Result<Positions> {
+    // A group's committed positions, and whether any of them was written by a
+    // stream (rather than by this seeding, which marks its commits).
+    let committed = |group: &str| -> Result<(Positions, bool)> {
         let c = group_client(base, group)?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(&kafka.topic, *p);
         }
         let got = c.committed_offsets(tpl, timeout)?;
-        Ok(got
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect())
+        let mut positions = Positions::new();
+        let mut by_a_stream = false;
+        for e in got.elements() {
+            if let Offset::Offset(o) = e.offset()
+                && o >= 0
+            {
+                positions.insert(e.partition(), o);
+                by_a_stream |= e.metadata() != SEED_MARK;
+            }
+        }
+        Ok((positions, by_a_stream))
     };
-    let deployment = committed(&kafka.group_id)?;
+    let (deployment, _) = committed(&kafka.group_id)?;
     let mut positions = Vec::new();
     for (name, start) in targets {
-        positions.push((name, *start, committed(&target_group(kafka, name))?));
+        let (have, _) = committed(&target_group(kafka, name))?;
+        positions.push((name, *start, have));
     }
-    let any_target_started = positions.iter().any(|(_, _, p)| !p.is_empty());
+    // "Added later" needs a deployment with history whose target streams have
+    // run: seeds written by a replica starting at the same moment do not count, so
+    // replicas starting together all make the same choice.
+    let mut any_target_started = false;
+    if !deployment.is_empty() {
+        for (name, _) in targets {
+            any_target_started |= committed(&target_group(kafka, name))?.1;
+        }
+    }
     for (name, start, have) in &positions {
         if !have.is_empty() {
             continue;
@@ -584,9 +602,16 @@ fn seed_blocking(
                 ),
             }
         };
+        // Another replica may have seeded it meanwhile: its choice stands.
+        if !committed(&group)?.0.is_empty() {
+            continue;
+        }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &seed {
             tpl.add_partition_offset(&kafka.topic, *p, Offset::Offset(*o))?;
+            if let Some(mut e) = tpl.find_partition(&kafka.topic, *p) {
+                e.set_metadata(SEED_MARK);
+            }
         }
         let c = group_client(base, &group)?;
         c.assign(&tpl)?;
