@@ -289,6 +289,45 @@ pub async fn run_with_secrets(
             .await
             .context("the dead-letter reader did not finish")??
     };
+    // A dead letter whose delivery later succeeded (a restart redelivered it, or an
+    // earlier replay) is not sent again: the ledger knows.
+    let already = {
+        let (kafka, letters_keys) = (
+            kafka.clone(),
+            letters
+                .iter()
+                .filter_map(|l| l.update.as_ref().map(|u| u.incident_id.clone()))
+                .collect::<std::collections::BTreeSet<_>>(),
+        );
+        let target = sel.target.clone();
+        let records = tokio::task::spawn_blocking({
+            let secrets_ok = kafka.ledger_topic.is_some();
+            move || -> Vec<crate::ledger::LedgerRecord> {
+                if !secrets_ok {
+                    return Vec::new();
+                }
+                letters_keys
+                    .iter()
+                    .flat_map(|incident| {
+                        crate::ledger::read_incident(
+                            &kafka,
+                            &EnvSecrets,
+                            incident,
+                            Duration::from_secs(60),
+                        )
+                        .unwrap_or_default()
+                    })
+                    .filter(|r| r.target == target && r.is_delivered())
+                    .collect()
+            }
+        })
+        .await
+        .unwrap_or_default();
+        letters
+            .iter()
+            .map(|l| delivered_since(l, &sel.target, &records))
+            .collect::<Vec<_>>()
+    };
     println!(
         "{} dead letter(s) of target `{}` to replay from {}{}",
         letters.len(),
@@ -300,8 +339,14 @@ pub async fn run_with_secrets(
             ""
         }
     );
-    for l in &letters {
-        println!("  {}", describe(l));
+    for (l, done) in letters.iter().zip(&already) {
+        match done {
+            Some(at) => println!(
+                "  {} (the ledger shows it delivered at {at}, after it was dead-lettered: skipped)",
+                describe(l)
+            ),
+            None => println!("  {}", describe(l)),
+        }
     }
     if dry_run || letters.is_empty() {
         return Ok(true);
@@ -336,7 +381,16 @@ pub async fn run_with_secrets(
     let mut ended = Vec::new();
     // One at a time, in source order: the updates of an incident reach the target in
     // the order they were published, as they would from the daemon.
-    for l in &letters {
+    let mut ledger_skipped = 0;
+    for (l, done) in letters.iter().zip(&already) {
+        if let Some(at) = done {
+            ledger_skipped += 1;
+            println!(
+                "skipped              {}: the ledger shows it delivered at {at}",
+                short(l)
+            );
+            continue;
+        }
         let outcome = replay_one(&dispatcher, l, &cancel, &mut rx).await;
         match &outcome {
             Ended::Delivered => println!("delivered            {}", short(l)),
@@ -362,11 +416,37 @@ pub async fn run_with_secrets(
         .count();
     let skipped = ended.len() - delivered - again;
     println!(
-        "replayed {} to `{}`: {delivered} delivered, {again} dead-lettered again, {skipped} skipped",
+        "replayed {} to `{}`: {delivered} delivered, {again} dead-lettered again, {skipped} skipped, {ledger_skipped} already delivered (ledger)",
         ended.len(),
         sel.target
     );
     Ok(delivered == ended.len())
+}
+
+/// When the ledger shows this dead letter's delivery delivered after it was
+/// dead-lettered: the time it was delivered.
+fn delivered_since(
+    l: &Letter,
+    target: &str,
+    records: &[crate::ledger::LedgerRecord],
+) -> Option<jiff::Timestamp> {
+    let update = l.update.as_ref()?;
+    let dead_at: jiff::Timestamp = l.at.parse().ok()?;
+    let key = clarion_core::IdempotencyKey::new(&update.update_id, target);
+    let want_ref = l
+        .recipient
+        .as_deref()
+        .map(|r| crate::ledger::recipient_ref(r, key.as_str()));
+    records
+        .iter()
+        .filter(|r| {
+            r.update_id == update.update_id
+                && r.target == target
+                && r.recipient_ref == want_ref
+                && r.final_at > dead_at
+        })
+        .map(|r| r.final_at)
+        .max()
 }
 
 /// Runs one dead letter's delivery through the dispatcher and reads how it ended
@@ -580,5 +660,73 @@ mod tests {
                 .as_deref()
                 .is_some_and(|w| w.contains("re-publish"))
         );
+    }
+
+    #[test]
+    fn a_dead_letter_delivered_later_is_found_in_the_ledger() {
+        let update = clarion_core::samples::lifecycle(
+            "INC-L",
+            "u",
+            &["customers"],
+            jiff::Timestamp::now(),
+        )
+        .remove(0);
+        let body = serde_json::to_vec(&update).expect("json");
+        let mut l = select(
+            &sel("x"),
+            Some(b"INC-L"),
+            &body,
+            headers(&[
+                ("clarion.dlq.kind", "delivery_failed"),
+                ("clarion.dlq.target", "x"),
+                ("clarion.dlq.recipient", "+15550001111"),
+                ("clarion.dlq.at", "2026-11-30T10:00:00Z"),
+            ]),
+            1 << 20,
+        )
+        .expect("selected");
+        l.at = "2026-11-30T10:00:00Z".into();
+        let key = clarion_core::IdempotencyKey::new(&update.update_id, "x");
+        let record = |recipient: &str, at: &str| crate::ledger::LedgerRecord {
+            schema_version: 1,
+            incident_id: update.incident_id.clone(),
+            update_id: update.update_id.clone(),
+            sequence: update.sequence,
+            status: "investigating".into(),
+            impact: "major".into(),
+            target: "x".into(),
+            channel: "sms".into(),
+            audiences: vec!["customers".into()],
+            recipient: Some("+1***1111".into()),
+            recipient_ref: Some(crate::ledger::recipient_ref(recipient, key.as_str())),
+            outcome: "delivered".into(),
+            attempts: 1,
+            first_attempt_at: None,
+            final_at: at.parse().expect("time"),
+            occurred_at: update.occurred_at,
+            published_at: None,
+            latency_ms: 0,
+            provider_id: None,
+            error: None,
+            superseded_by: None,
+            idempotency_key: key.as_str().to_string(),
+            source: crate::ledger::SourceRef {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+        };
+        // Delivered before it was dead-lettered (an earlier update's attempt), or to
+        // someone else: not this dead letter.
+        assert_eq!(
+            delivered_since(&l, "x", &[record("+15550001111", "2026-11-30T09:00:00Z")]),
+            None
+        );
+        assert_eq!(
+            delivered_since(&l, "x", &[record("+15550002222", "2026-11-30T11:00:00Z")]),
+            None
+        );
+        let later = record("+15550001111", "2026-11-30T11:00:00Z");
+        assert_eq!(delivered_since(&l, "x", &[later.clone()]), Some(later.final_at));
     }
 }
