@@ -81,7 +81,7 @@ audiences = ["employees"]
 provider = "smpp"
 address = "127.0.0.1:{port}"
 system_id = "clarion"
-password = {{ value = "secret" }}
+password = {{ value = "e2eSmpp7" }}
 source_addr = "ACME"
 reconnect_backoff = "100ms"
 response_timeout = "20s"

@@ -79,4 +79,6 @@ pub struct Summary {
     /// Times a stream paused consumption because its window was full or its target
     /// down.
     pub pauses: u64,
+    /// Records read, per stream (by consumer group).
+    pub consumed_by_group: std::collections::BTreeMap<String, u64>,
 }

@@ -664,13 +664,9 @@ mod tests {
 
     #[test]
     fn a_dead_letter_delivered_later_is_found_in_the_ledger() {
-        let update = clarion_core::samples::lifecycle(
-            "INC-L",
-            "u",
-            &["customers"],
-            jiff::Timestamp::now(),
-        )
-        .remove(0);
+        let update =
+            clarion_core::samples::lifecycle("INC-L", "u", &["customers"], jiff::Timestamp::now())
+                .remove(0);
         let body = serde_json::to_vec(&update).expect("json");
         let mut l = select(
             &sel("x"),
@@ -727,6 +723,9 @@ mod tests {
             None
         );
         let later = record("+15550001111", "2026-11-30T11:00:00Z");
-        assert_eq!(delivered_since(&l, "x", &[later.clone()]), Some(later.final_at));
+        assert_eq!(
+            delivered_since(&l, "x", &[later.clone()]),
+            Some(later.final_at)
+        );
     }
 }

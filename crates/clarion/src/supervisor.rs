@@ -192,6 +192,10 @@ fn finish(
 ) {
     match joined {
         Ok(Ok(s)) => {
+            *summary
+                .consumed_by_group
+                .entry(group.to_string())
+                .or_default() += s.consumed;
             summary.consumed = summary.consumed.max(s.consumed);
             summary.abandoned += s.abandoned;
             summary.pauses += s.pauses;
