@@ -73,6 +73,10 @@ struct Args {
     /// just after the kill waited.
     #[arg(long)]
     takeover: Option<Takeover>,
+    /// Extra librdkafka consumer properties for the daemon, `key=value`, repeatable
+    /// (to measure a setting without rebuilding).
+    #[arg(long = "consumer-property")]
+    consumer_properties: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -209,6 +213,19 @@ async fn main() -> Result<()> {
                 "group_id = \"{}\"\nledger_topic = \"{ledger}\"\nincident_state_topic = \"{state}\"",
                 w.group
             ),
+            1,
+        );
+    }
+    if !args.consumer_properties.is_empty() {
+        let pairs: Vec<String> = args
+            .consumer_properties
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| format!("{k:?} = {v:?}"))
+            .collect();
+        toml = toml.replacen(
+            "[kafka]\n",
+            &format!("[kafka]\nconsumer = {{ {} }}\n", pairs.join(", ")),
             1,
         );
     }

@@ -45,6 +45,11 @@ pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
         // of targets. 2 MiB holds thousands of updates; the window bounds the rest.
         .set("queued.max.messages.kbytes", "2048")
         .set("fetch.max.bytes", "2097152")
+        // With a consumer per stream, a fetch could wait the broker's default
+        // 500 ms for data a sibling stream's fetch had just taken: measured at
+        // 1,000 updates/s, p99 went from 315 ms to 11 ms with 100 ms here (20 ms
+        // gave 9 ms, at five times the idle fetch requests).
+        .set("fetch.wait.max.ms", "100")
         // Lag per partition and per stream comes from librdkafka's statistics.
         .set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.consumer {
