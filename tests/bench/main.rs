@@ -372,10 +372,23 @@ async fn main() -> Result<()> {
         lat.len()
     );
     if args.outage_seconds > 0 {
+        // The backlog: what was published while the target was down. Recovered
+        // when the last of it arrived.
         let back = sinks[0].back_ns.load(Ordering::Relaxed);
-        let caught_up = sinks[0].last_ns.load(Ordering::Relaxed);
+        let arrivals = sinks[0]
+            .arrivals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let backlog: Vec<u64> = arrivals
+            .iter()
+            .filter(|(published, _)| *published < back)
+            .map(|(published, us)| published + us * 1000)
+            .collect();
+        let caught_up = backlog.iter().max().copied().unwrap_or(back);
         println!(
-            "recovery:          the down target had its whole backlog {:.1} s after it came back",
+            "recovery:          the down target had its backlog of {} updates {:.1} s after it came back",
+            backlog.len(),
             Duration::from_nanos(caught_up.saturating_sub(back)).as_secs_f64()
         );
     }
