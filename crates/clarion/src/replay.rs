@@ -724,7 +724,7 @@ mod tests {
         );
         let later = record("+15550001111", "2026-11-30T11:00:00Z");
         assert_eq!(
-            delivered_since(&l, "x", &[later.clone()]),
+            delivered_since(&l, "x", std::slice::from_ref(&later)),
             Some(later.final_at)
         );
     }
