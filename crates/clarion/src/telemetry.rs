@@ -702,11 +702,6 @@ impl KeyMismatch<'_> {
     }
 }
 
-/// The in-flight gauge.
-pub fn in_flight(n: usize) {
-    metrics::gauge!("clarion_in_flight_events").set(n as f64);
-}
-
 /// Counts a consumed record.
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
