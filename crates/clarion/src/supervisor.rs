@@ -112,7 +112,7 @@ pub async fn run_reloadable(
     // Build every channel before anything starts: a bad target stops the start.
     let specs = specs(&settings, &shared)?;
     check_topics(&shared.base, kafka).await?;
-    seed_target_groups(&shared.base, &settings).await;
+    seed_target_groups(&shared.base, &settings, false).await;
     tracing::info!(
         topic = %kafka.topic,
         group = %kafka.group_id,
@@ -343,7 +343,10 @@ async fn reload(
     // Build the new streams first: a target that cannot be built refuses the whole
     // reload, and nothing running is touched.
     let specs = specs(new, shared)?;
-    seed_target_groups(&shared.base, new).await;
+    // The deployment is running: a target that a reload brings is added later,
+    // whatever the groups have committed so far (a running stream may not have
+    // committed its first delivery yet).
+    seed_target_groups(&shared.base, new, true).await;
     let wanted: BTreeMap<String, (Spec, String)> = specs
         .into_iter()
         .map(|(s, f)| (s.group_id.clone(), (s, f)))
@@ -480,11 +483,12 @@ async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
 ///   (`kafka.group_id`) has committed, so an upgrade neither redelivers history nor
 ///   skips anything; with nothing committed anywhere, at the beginning, as before;
 /// - a target added to a deployment with history starts at the end of the topic
-///   (`start = "latest"`, the default) or at its beginning (`start = "earliest"`).
+///   (`start = "latest"`, the default) or at its beginning (`start = "earliest"`);
+///   a target that a SIGHUP reload brings (`reload`) is always one added later.
 ///
 /// Failures are logged, not fatal: a group that could not be seeded reads from the
 /// beginning (`auto.offset.reset = earliest`), which redelivers but loses nothing.
-async fn seed_target_groups(base: &ClientConfig, settings: &Settings) {
+async fn seed_target_groups(base: &ClientConfig, settings: &Settings, reload: bool) {
     let base = base.clone();
     let kafka = settings.kafka.clone();
     let targets: Vec<(String, StartAt)> = settings
@@ -492,7 +496,7 @@ async fn seed_target_groups(base: &ClientConfig, settings: &Settings) {
         .iter()
         .map(|t| (t.name.to_string(), t.start))
         .collect();
-    let r = tokio::task::spawn_blocking(move || seed_blocking(&base, &kafka, &targets)).await;
+    let r = tokio::task::spawn_blocking(move || seed_blocking(&base, &kafka, &targets, reload)).await;
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -512,6 +516,7 @@ fn seed_blocking(
     base: &ClientConfig,
     kafka: &KafkaConfig,
     targets: &[(String, StartAt)],
+    reload: bool,
 ) -> Result<()> {
     let timeout = Duration::from_secs(10);
     let meta = group_client(base, &kafka.group_id)?;
@@ -557,8 +562,8 @@ fn seed_blocking(
     // "Added later" needs a deployment with history whose target streams have
     // run: seeds written by a replica starting at the same moment do not count, so
     // replicas starting together all make the same choice.
-    let mut any_target_started = false;
-    if !deployment.is_empty() {
+    let mut any_target_started = reload;
+    if !any_target_started && !deployment.is_empty() {
         for (name, _) in targets {
             any_target_started |= committed(&target_group(kafka, name))?.1;
         }
