@@ -82,6 +82,9 @@ pub async fn serve(
             axum::routing::get(move || {
                 let handle = handle.clone();
                 async move {
+                    // The gauge is what /readyz would answer now, not at the last
+                    // heartbeat, so a scrape never contradicts a probe.
+                    publish_ready();
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
@@ -136,8 +139,7 @@ async fn heartbeat(
             _ = shutdown.cancelled() => health.stopping(),
         }
         health.beat();
-        let ready = health.readiness().ready();
-        metrics::gauge!("clarion_ready").set(if ready { 1.0 } else { 0.0 });
+        publish_ready();
         if watchdog.is_some() {
             crate::health::sd_notify("WATCHDOG=1");
         }
@@ -152,6 +154,12 @@ async fn heartbeat(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Sets `clarion_ready` from the current readiness verdict.
+fn publish_ready() {
+    let ready = crate::health::global().readiness().ready();
+    metrics::gauge!("clarion_ready").set(if ready { 1.0 } else { 0.0 });
 }
 
 async fn livez() -> impl axum::response::IntoResponse {
