@@ -159,6 +159,98 @@ fn the_chart_renders_probes_security_context_and_the_config_checksum() {
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 }
 
+/// A container's args, as strings.
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("an arg is a string"))
+        .collect()
+}
+
+/// The value that follows `flag` in `args`.
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| *a == flag)?;
+    args.get(i + 1).copied()
+}
+
+#[test]
+fn the_chart_runs_the_weekly_drill_with_the_daemons_config_and_secrets() {
+    let test = "the_chart_runs_the_weekly_drill_with_the_daemons_config_and_secrets";
+    let (Some(helm), Some(python)) = (tool("helm", test), clarion_tests::python(test)) else {
+        return;
+    };
+    let docs = render(&helm, &python, &["existingSecret=clarion-secrets"]).expect("helm template");
+    let daemon_pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let daemon = &daemon_pod["containers"][0];
+    let cronjob = kind(&docs, "CronJob");
+
+    // Weekly, one at a time, and a failed drill is not retried until it passes.
+    assert_eq!(cronjob["spec"]["schedule"], "0 10 * * 2");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    assert_eq!(job["backoffLimit"], 0);
+    let pod = &job["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+
+    // `clarion drill --all`, reading the daemon's config file.
+    let container = &pod["containers"][0];
+    let drill = args(container);
+    assert_eq!(drill[0], "drill", "{drill:?}");
+    assert!(drill.contains(&"--all"), "{drill:?}");
+    assert!(!drill.contains(&"--failover"), "{drill:?}");
+    assert_eq!(flag_value(&drill, "--timeout"), Some("5m"), "{drill:?}");
+    assert_eq!(
+        flag_value(&drill, "--config"),
+        flag_value(&args(daemon), "--config"),
+        "{drill:?}"
+    );
+
+    // The same config volume and mount, secrets, image and confinement as the
+    // daemon's pods.
+    assert_eq!(pod["volumes"], daemon_pod["volumes"]);
+    assert_eq!(container["volumeMounts"], daemon["volumeMounts"]);
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"],
+        "clarion-secrets"
+    );
+    assert_eq!(container["envFrom"], daemon["envFrom"]);
+    assert_eq!(container["image"], daemon["image"]);
+    assert_eq!(pod["securityContext"], daemon_pod["securityContext"]);
+    assert_eq!(container["securityContext"], daemon["securityContext"]);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    // A drill pod is not a replica: neither the metrics Service nor the
+    // PodDisruptionBudget selects it.
+    let labels = &job["template"]["metadata"]["labels"];
+    let selects = |selector: &Value| {
+        selector
+            .as_object()
+            .expect("a selector")
+            .iter()
+            .all(|(k, v)| &labels[k] == v)
+    };
+    assert!(!selects(&kind(&docs, "Service")["spec"]["selector"]));
+    assert!(!selects(
+        &kind(&docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    ));
+
+    let failover = render(&helm, &python, &["drill.failover=true"]).expect("helm template");
+    let failover_args = args(
+        &kind(&failover, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+            [0],
+    );
+    assert!(failover_args.contains(&"--failover"), "{failover_args:?}");
+
+    let disabled = render(&helm, &python, &["drill.enabled=false"]).expect("helm template");
+    assert!(
+        disabled.iter().all(|d| d["kind"] != "CronJob"),
+        "drill.enabled=false renders no CronJob"
+    );
+    kind(&disabled, "Deployment");
+}
+
 /// The metric names a PromQL text uses (a histogram's by its base name).
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
