@@ -625,9 +625,13 @@ async fn publish_waits_for_a_cluster_that_comes_back_and_says_so_once_each_way()
             1,
         );
     let config = write_config(&toml, "publish-late");
+    // The proxy opens once publish has said the cluster is unreachable, however long
+    // the process took to start (on a loaded machine, longer than any fixed delay).
+    let (said_down, down) = tokio::sync::oneshot::channel::<()>();
     let upstream = brokers.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        let _ = down.await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the late proxy");
@@ -642,14 +646,43 @@ async fn publish_waits_for_a_cluster_that_comes_back_and_says_so_once_each_way()
     });
     let mut args = update_args("INC-LATE", "investigating");
     args.extend(["--yes", "--timeout", "60s"]);
-    let config2 = config.clone();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let o = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        publish(&config2, &refs)
-    })
-    .await
-    .expect("publish ran");
+    let mut child = Command::new(binary())
+        .arg("publish")
+        .arg("-c")
+        .arg(&config)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run clarion publish");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let read_err = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut said_down = Some(said_down);
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("is unreachable")
+                && let Some(tx) = said_down.take()
+            {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("publish ran")
+        .expect("publish output");
+    let o = Output {
+        stderr: read_err.join().expect("stderr reader").into_bytes(),
+        ..o
+    };
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(err.matches("is unreachable").count(), 1, "{}", text(&o));

@@ -592,6 +592,11 @@ pub struct Reporter {
     down: Arc<AtomicBool>,
     brokers: String,
     timeout: Duration,
+    /// Whether librdkafka's error callback reports reachability. Not for the
+    /// one-off readers: their callbacks are served only when they are polled or
+    /// closed, so an error from before the cluster came back would say
+    /// "unreachable" after "reachable again". Their own calls' results say it.
+    from_callbacks: bool,
 }
 
 impl Reporter {
@@ -600,6 +605,15 @@ impl Reporter {
             down: Arc::default(),
             brokers: brokers.to_string(),
             timeout,
+            from_callbacks: true,
+        }
+    }
+
+    /// The same reporter for a one-off reader (see `from_callbacks`).
+    fn for_reader(&self) -> Self {
+        Reporter {
+            from_callbacks: false,
+            ..self.clone()
         }
     }
 
@@ -628,7 +642,9 @@ impl ClientContext for Reporter {
     fn error(&self, error: KafkaError, reason: &str) {
         use rdkafka::types::RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {
-            Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve) => {
+            Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve)
+                if self.from_callbacks =>
+            {
                 self.unreachable(reason);
             }
             _ => tracing::debug!(%error, reason, "librdkafka"),
@@ -644,7 +660,7 @@ fn reader(settings: &Settings, reporter: Reporter) -> Result<BaseConsumer<Report
     c.set("group.id", "clarion-publish")
         .set("enable.auto.commit", "false")
         .remove("statistics.interval.ms");
-    c.create_with_context(reporter)
+    c.create_with_context(reporter.for_reader())
         .context("cannot create a Kafka consumer")
 }
 
