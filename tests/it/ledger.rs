@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(120);
 const PARTITIONS: i32 = 2;
 
 /// Creates the ledger and incident-state topics of a test.
-async fn record_topics(w: &Wiring) -> (String, String) {
+pub(crate) async fn record_topics(w: &Wiring) -> (String, String) {
     let ledger = unique_topic("ledger");
     let state = unique_topic("incident-state");
     create_topic(&w.brokers, &ledger, PARTITIONS).await;
@@ -37,7 +37,7 @@ async fn record_topics(w: &Wiring) -> (String, String) {
 
 /// The wiring's config with the ledger and state topics, `targets` and `extra`
 /// top-level tables.
-fn config(w: &Wiring, ledger: &str, state: &str, targets: &str) -> String {
+pub(crate) fn config(w: &Wiring, ledger: &str, state: &str, targets: &str) -> String {
     w.config(targets).replacen(
         &format!("group_id = \"{}\"", w.group),
         &format!(
@@ -50,7 +50,7 @@ fn config(w: &Wiring, ledger: &str, state: &str, targets: &str) -> String {
 
 /// Reads the ledger until `want` records arrived, then a little longer to catch any
 /// extra one.
-async fn ledger(brokers: &str, topic: &str, want: usize) -> Vec<(String, Value)> {
+pub(crate) async fn ledger(brokers: &str, topic: &str, want: usize) -> Vec<(String, Value)> {
     let got = read_all(brokers, topic, want + 1, Duration::from_secs(20)).await;
     got.into_iter()
         .map(|r| {
@@ -63,7 +63,7 @@ async fn ledger(brokers: &str, topic: &str, want: usize) -> Vec<(String, Value)>
 /// Validates every record against docs/ledger.schema.json with Python's
 /// `jsonschema` (Draft 2020-12, formats checked): an implementation independent of
 /// the daemon's serde types.
-fn assert_schema_valid(py: &Path, records: &[Value]) {
+pub(crate) fn assert_schema_valid(py: &Path, records: &[Value]) {
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ledger.schema.json");
     let script = r#"
 import json, sys

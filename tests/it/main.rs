@@ -2,6 +2,7 @@
 //! peers (Apache Kafka, SMTP servers, HTTP receivers on loopback, an SMSC simulator,
 //! an HTTP/2 push stand-in). See `tests/support` for how peers are found.
 
+mod backups;
 mod cli;
 mod deploy;
 mod email;

@@ -124,7 +124,7 @@ fn gsm7_to_text(septets: &[u8]) -> String {
 
 /// The update a text is about, read from its `[INCIDENT status]` prefix and `(ref
 /// UPDATE_ID)` suffix and checked against the published update.
-fn update_of<'a>(
+pub(crate) fn update_of<'a>(
     text: &str,
     by_id: &BTreeMap<&str, &'a IncidentUpdate>,
     audience: &str,
@@ -153,7 +153,7 @@ fn update_of<'a>(
 /// `(destination with +, text)`. Parts of one message share the destination and the
 /// UDH reference; parts of different messages can interleave (numbers and incidents
 /// are sent to concurrently).
-fn smpp_messages(submits: &[Value]) -> Vec<(String, String)> {
+pub(crate) fn smpp_messages(submits: &[Value]) -> Vec<(String, String)> {
     // (destination, reference) → (first index, total, parts by sequence).
     type Partial = (usize, u8, BTreeMap<u8, Vec<u8>>);
     let mut whole: Vec<(usize, String, Vec<u8>)> = Vec::new();

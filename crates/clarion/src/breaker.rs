@@ -13,7 +13,7 @@
 //! outage budget runs out; after that, waiting deliveries are dead-lettered with the
 //! time the target went down, while probes go on.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -128,6 +128,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Breaker {
     target: String,
+    /// Set when the breaker is one of several providers' of its target.
+    provider: Option<Member>,
     config: BreakerConfig,
     state: Mutex<State>,
     changed: Notify,
@@ -135,8 +137,13 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(target: &str, config: BreakerConfig) -> Self {
+        Breaker::with_member(target, None, config)
+    }
+
+    fn with_member(target: &str, provider: Option<Member>, config: BreakerConfig) -> Self {
         let b = Breaker {
             target: target.to_string(),
+            provider,
             config,
             state: Mutex::new(State::Closed { failures: 0 }),
             changed: Notify::new(),
@@ -161,6 +168,28 @@ impl Breaker {
     /// True while the target is considered down (open or probing).
     pub fn is_open(&self) -> bool {
         self.state() != BreakerState::Closed
+    }
+
+    /// [`Breaker::pass`] without waiting: `None` when it would wait, or when the
+    /// outage budget is spent (a delivery with another provider to go to moves on).
+    pub fn try_pass(&self) -> Option<Pass> {
+        let mut st = self.lock();
+        match &mut *st {
+            State::Closed { .. } => Some(Pass::Go),
+            State::Open {
+                next_probe,
+                probing,
+                ..
+            } => {
+                if *probing || Instant::now() < *next_probe {
+                    return None;
+                }
+                *probing = true;
+                drop(st);
+                self.publish(BreakerState::HalfOpen);
+                Some(Pass::Probe)
+            }
+        }
     }
 
     /// Waits until a delivery may try (or must give up). Time spent here is not the
@@ -290,6 +319,25 @@ impl Breaker {
     }
 
     fn log_transition(&self, to: BreakerState, down_for: Option<Duration>, reason: &str) {
+        if let Some(m) = &self.provider {
+            match (to, down_for) {
+                (BreakerState::Closed, Some(d)) => tracing::warn!(
+                    target_name = %self.target,
+                    provider = %m.name,
+                    down_for_s = d.as_secs(),
+                    "provider is back: its breaker closed, deliveries use it again"
+                ),
+                (BreakerState::Open, _) => tracing::warn!(
+                    target_name = %self.target,
+                    provider = %m.name,
+                    last_error = reason,
+                    "provider is down: breaker open; deliveries go to the target's next provider, and to this one again when a probe gets through"
+                ),
+                _ => {}
+            }
+            metrics::counter!("clarion_provider_breaker_transitions_total", "target" => self.target.clone(), "provider" => m.name.clone(), "to" => to.as_str()).increment(1);
+            return;
+        }
         match (to, down_for) {
             (BreakerState::Closed, Some(d)) => tracing::warn!(
                 target_name = %self.target,
@@ -312,12 +360,94 @@ impl Breaker {
     }
 
     fn publish(&self, s: BreakerState) {
-        metrics::gauge!("clarion_breaker_state", "target" => self.target.clone()).set(s.as_gauge());
+        let Some(m) = &self.provider else {
+            metrics::gauge!("clarion_breaker_state", "target" => self.target.clone())
+                .set(s.as_gauge());
+            return;
+        };
+        metrics::gauge!("clarion_provider_breaker_state", "target" => self.target.clone(), "provider" => m.name.clone())
+            .set(s.as_gauge());
+        // The target is as down as its best provider.
+        let best = {
+            let mut states = m.states.lock().unwrap_or_else(|e| e.into_inner());
+            states[m.index] = s;
+            states.iter().map(|s| s.as_gauge()).fold(f64::MAX, f64::min)
+        };
+        metrics::gauge!("clarion_breaker_state", "target" => self.target.clone()).set(best);
     }
 
     /// Waits until the breaker's state may have changed.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+}
+
+/// A provider's place among its target's providers.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    index: usize,
+    /// Every provider's state, for the target's own gauge.
+    states: Arc<Mutex<Vec<BreakerState>>>,
+}
+
+/// The breakers of a target's providers, in failover order. The target is down
+/// (its stream waits in Kafka) only when every provider is; `clarion_breaker_state`
+/// is the best provider's state, and `clarion_provider_breaker_state` each one's.
+/// A target with one provider has one plain breaker, as before providers existed.
+#[derive(Debug)]
+pub struct Breakers {
+    list: Vec<Arc<Breaker>>,
+}
+
+impl Breakers {
+    pub fn new(target: &str, providers: &[Arc<str>], config: &BreakerConfig) -> Self {
+        if providers.len() <= 1 {
+            return Breakers {
+                list: vec![Arc::new(Breaker::new(target, config.clone()))],
+            };
+        }
+        let states = Arc::new(Mutex::new(vec![BreakerState::Closed; providers.len()]));
+        let list = providers
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let member = Member {
+                    name: name.to_string(),
+                    index,
+                    states: states.clone(),
+                };
+                Arc::new(Breaker::with_member(target, Some(member), config.clone()))
+            })
+            .collect();
+        Breakers { list }
+    }
+
+    /// The breaker of provider `i` (0 is the target's own).
+    pub fn get(&self, i: usize) -> &Arc<Breaker> {
+        &self.list[i]
+    }
+
+    /// The target as a whole: closed when any provider is.
+    pub fn state(&self) -> BreakerState {
+        let states: Vec<BreakerState> = self.list.iter().map(|b| b.state()).collect();
+        if states.contains(&BreakerState::Closed) {
+            BreakerState::Closed
+        } else if states.contains(&BreakerState::HalfOpen) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Open
+        }
+    }
+
+    /// Every provider's breaker is open (or probing).
+    pub fn is_open(&self) -> bool {
+        self.list.iter().all(|b| b.is_open())
+    }
+
+    /// Waits for any provider's breaker to change state.
+    pub async fn changed(&self) {
+        futures::future::select_all(self.list.iter().map(|b| Box::pin(b.changed()))).await;
     }
 }
 

@@ -442,6 +442,35 @@ struct TargetCommon {
     /// Updates this target's stream holds at once (default: `daemon.max_in_flight`).
     #[serde(default)]
     max_in_flight: Option<usize>,
+    /// The name the target's own provider goes by in logs, dead letters, the ledger
+    /// and metrics (default `primary`).
+    #[serde(default)]
+    provider_name: Option<String>,
+    /// Providers of the same kind tried in order when the one before cannot
+    /// complete a delivery (docs/backups.md).
+    #[serde(default)]
+    backups: Vec<serde_json::Value>,
+    /// How long a delivery may keep failing transiently at one provider before it
+    /// moves to the next (default 30s). Only with `backups`.
+    #[serde(default, with = "humantime_serde")]
+    failover_after: Option<Duration>,
+}
+
+/// The default `failover_after`: long enough that one slow answer or one retry
+/// does not send a second copy through another provider, short enough that a
+/// provider that is down costs recipients half a minute, not the breaker's
+/// five failures and probes.
+pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(30);
+
+/// Channel keys a backup provider takes from the target when it does not set them:
+/// who the target reaches does not change with the provider that reaches them.
+const INHERITED_BY_BACKUPS: [&str; 2] = ["recipients", "device_tokens"];
+
+/// One provider of a target: its own or a backup (`[[targets.NAME.backups]]`).
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: Arc<str>,
+    pub channel: ChannelConfig,
 }
 
 /// Where a new target's stream starts (`start`).
@@ -453,7 +482,7 @@ pub enum StartAt {
     Latest,
 }
 
-const COMMON_KEYS: [&str; 10] = [
+const COMMON_KEYS: [&str; 13] = [
     "type",
     "audiences",
     "retry",
@@ -464,10 +493,13 @@ const COMMON_KEYS: [&str; 10] = [
     "start",
     "breaker",
     "max_in_flight",
+    "provider_name",
+    "backups",
+    "failover_after",
 ];
 
 /// The closed set of channel kinds. Adding one means adding a variant here and an
-/// arm in [`build_channel`], nothing else.
+/// arm in `build_one`, nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
@@ -525,7 +557,12 @@ pub struct TargetConfig {
     pub breaker: crate::breaker::BreakerConfig,
     /// This target's in-flight bound, if it has its own.
     pub max_in_flight: Option<usize>,
+    /// The target's own provider: `channel` under the name `provider_name`.
     pub channel: ChannelConfig,
+    pub provider_name: Arc<str>,
+    /// Providers tried in order after the target's own (docs/backups.md).
+    pub backups: Vec<ProviderConfig>,
+    pub failover_after: Duration,
 }
 
 impl TargetConfig {
@@ -974,7 +1011,7 @@ fn check_build(
     };
     // Building resolves secrets and checks channel-specific values; it does no I/O
     // beyond reading files the config names, so check-config can use it.
-    let built = build_channel(target, &recorder);
+    let built = build_providers(target, &recorder);
     let failed = recorder
         .failed
         .into_inner()
@@ -1062,8 +1099,8 @@ fn find_reference(
     }
 }
 
-/// Checks one target's keys without resolving secrets; returns the target and the
-/// keys that belong to its channel, as written.
+/// Checks one target's keys without resolving secrets; returns the target and its
+/// keys as written.
 fn validate_target_keys(
     name: &str,
     value: serde_json::Value,
@@ -1076,6 +1113,8 @@ fn validate_target_keys(
     let serde_json::Value::Object(mut map) = value else {
         bail!("must be a table");
     };
+    // As written, so that a missing secret is reported at its key, in a backup too.
+    let written = serde_json::Value::Object(map.clone());
     // Split the daemon's keys from the channel's, so that each side can reject
     // unknown keys with its own list of what is allowed.
     let mut common = serde_json::Map::new();
@@ -1126,13 +1165,52 @@ fn validate_target_keys(
         bail!("breaker: probe_interval and outage_budget must be more than zero");
     }
     let rest = serde_json::Value::Object(map);
-    let channel = match common.kind {
-        ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(rest.clone())?),
-        ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(rest.clone())?),
-        ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(rest.clone())?),
-        ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(rest.clone())?),
-        ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(rest.clone())?),
-    };
+    let channel = channel_config(common.kind, rest.clone())?;
+    let provider_name: Arc<str> = Arc::from(common.provider_name.as_deref().unwrap_or("primary"));
+    let mut backups = Vec::new();
+    let mut names = BTreeSet::from([provider_name.to_string()]);
+    for (i, b) in common.backups.into_iter().enumerate() {
+        let at = format!("backups[{i}]");
+        let serde_json::Value::Object(mut b) = b else {
+            bail!("{at}: must be a table");
+        };
+        let name = match b.remove("name") {
+            Some(serde_json::Value::String(n)) if valid_provider_name(&n) => n,
+            Some(n) => {
+                bail!("{at}.name: `{n}` is not a provider name (letters, digits, `-`, `_`, `.`)")
+            }
+            None => bail!(
+                "{at}.name: missing (the name the provider goes by in logs, dead letters and the ledger)"
+            ),
+        };
+        if !names.insert(name.clone()) {
+            bail!(
+                "{at}.name: `{name}` is used twice in this target (`provider_name` is `{provider_name}`)"
+            );
+        }
+        if let Some(k) = COMMON_KEYS.iter().find(|k| b.contains_key(**k)) {
+            bail!("{at}.{k}: belongs to the target, not to one of its providers");
+        }
+        for key in INHERITED_BY_BACKUPS {
+            if let (false, Some(v)) = (b.contains_key(key), rest.get(key)) {
+                b.insert(key.to_string(), v.clone());
+            }
+        }
+        let channel = channel_config(common.kind, serde_json::Value::Object(b))
+            .map_err(|e| anyhow!("{at} (`{name}`): {e}"))?;
+        backups.push(ProviderConfig {
+            name: Arc::from(name.as_str()),
+            channel,
+        });
+    }
+    if !valid_provider_name(&provider_name) {
+        bail!(
+            "provider_name: `{provider_name}` is not a provider name (letters, digits, `-`, `_`, `.`)"
+        );
+    }
+    if common.failover_after.is_some() && backups.is_empty() {
+        bail!("failover_after: only means something with `backups` (providers to fail over to)");
+    }
     if let Some(l) = &common.locale {
         if l.is_empty()
             || !l
@@ -1155,21 +1233,63 @@ fn validate_target_keys(
         breaker: common.breaker,
         max_in_flight: common.max_in_flight,
         channel,
+        provider_name,
+        backups,
+        failover_after: common.failover_after.unwrap_or(DEFAULT_FAILOVER_AFTER),
     };
-    Ok((target, rest))
+    Ok((target, written))
 }
 
-/// Builds a target's channel: the one place that matches on channel kinds.
-pub fn build_channel(
+/// A channel's keys, read as its kind's config (unknown keys rejected).
+fn channel_config(kind: ChannelKind, keys: serde_json::Value) -> Result<ChannelConfig> {
+    Ok(match kind {
+        ChannelKind::Webhook => ChannelConfig::Webhook(serde_json::from_value(keys)?),
+        ChannelKind::Email => ChannelConfig::Email(serde_json::from_value(keys)?),
+        ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(keys)?),
+        ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(keys)?),
+        ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(keys)?),
+    })
+}
+
+fn valid_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A provider's name and its channel.
+pub type NamedChannel = (Arc<str>, Arc<dyn Channel>);
+
+/// Builds every provider of a target, its own first, then its backups in order.
+pub fn build_providers(
     target: &TargetConfig,
     secrets: &dyn SecretResolver,
+) -> Result<Vec<NamedChannel>> {
+    let mut out = vec![(
+        target.provider_name.clone(),
+        build_one(&target.name, &target.channel, secrets)?,
+    )];
+    for b in &target.backups {
+        let channel = build_one(&target.name, &b.channel, secrets)
+            .with_context(|| format!("backups `{}`", b.name))?;
+        out.push((b.name.clone(), channel));
+    }
+    Ok(out)
+}
+
+/// Builds one channel: the one place that matches on channel kinds.
+fn build_one(
+    name: &str,
+    channel: &ChannelConfig,
+    secrets: &dyn SecretResolver,
 ) -> Result<Arc<dyn Channel>> {
-    Ok(match &target.channel {
-        ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(&target.name, c, secrets)?),
-        ChannelConfig::Email(c) => Arc::new(clarion_email::build(&target.name, c, secrets)?),
-        ChannelConfig::Sms(c) => Arc::new(clarion_sms::build(&target.name, c, secrets)?),
-        ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(&target.name, c, secrets)?),
-        ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(&target.name, c, secrets)?),
+    Ok(match channel {
+        ChannelConfig::Webhook(c) => Arc::new(clarion_webhook::build(name, c, secrets)?),
+        ChannelConfig::Email(c) => Arc::new(clarion_email::build(name, c, secrets)?),
+        ChannelConfig::Sms(c) => Arc::new(clarion_sms::build(name, c, secrets)?),
+        ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(name, c, secrets)?),
+        ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(name, c, secrets)?),
     })
 }
 
@@ -1223,6 +1343,93 @@ secrets = [{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }]
             .map(|s| format!("ok: {} target(s)", s.targets.len()))
             .unwrap_or_else(|e| format!("{e:#}"));
         assert_eq!(got, expected);
+    }
+
+    const SMS_WITH_BACKUP: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+
+[targets.sms]
+type = "sms"
+audiences = ["customers"]
+provider = "twilio"
+provider_name = "twilio-main"
+account_sid = "AC123"
+auth_token = { value = "tok" }
+from = "+15005550006"
+recipients = { customers = ["+447700900101"] }
+failover_after = "10s"
+
+[[targets.sms.backups]]
+name = "smsc"
+provider = "smpp"
+address = "127.0.0.1:2775"
+system_id = "clarion"
+password = { env = "CLARION_TEST_UNSET_SMPP_PASSWORD" }
+source_addr = "ACME"
+"#;
+
+    #[test]
+    fn backups_take_the_targets_recipients_and_report_their_missing_secrets_at_their_key() {
+        let raw = parse_str(SMS_WITH_BACKUP).expect("parses");
+        let s = raw.validate_for_preview("test.toml").expect("valid keys");
+        let t = &s.targets[0];
+        assert_eq!(&*t.provider_name, "twilio-main");
+        assert_eq!(t.failover_after, Duration::from_secs(10));
+        assert_eq!(t.backups.len(), 1);
+        let ChannelConfig::Sms(clarion_sms::SmsConfig::Smpp(backup)) = &t.backups[0].channel else {
+            panic!("an SMPP backup: {:?}", t.backups[0]);
+        };
+        assert_eq!(
+            backup.recipients["customers"],
+            vec!["+447700900101".to_string()]
+        );
+        check(
+            SMS_WITH_BACKUP,
+            "test.toml: targets.sms: backups[0].password: environment variable CLARION_TEST_UNSET_SMPP_PASSWORD is not set",
+        );
+    }
+
+    #[test]
+    fn backups_are_checked_for_names_and_keys_that_belong_to_the_target() {
+        let with = |from: &str, to: &str| SMS_WITH_BACKUP.replace(from, to);
+        check(
+            &with("name = \"smsc\"", "name = \"twilio-main\""),
+            "test.toml: targets.sms: backups[0].name: `twilio-main` is used twice in this target (`provider_name` is `twilio-main`)",
+        );
+        check(
+            &with("name = \"smsc\"\n", ""),
+            "test.toml: targets.sms: backups[0].name: missing (the name the provider goes by in logs, dead letters and the ledger)",
+        );
+        check(
+            &with(
+                "name = \"smsc\"",
+                "name = \"smsc\"\nretry = { max_attempts = 2 }",
+            ),
+            "test.toml: targets.sms: backups[0].retry: belongs to the target, not to one of its providers",
+        );
+        let unknown = format!(
+            "{:#}",
+            parse_str(&with(
+                "system_id = \"clarion\"",
+                "system_id = \"clarion\"\naccount_sid = \"AC1\""
+            ))
+            .and_then(|r| r.validate_for_preview("test.toml"))
+            .expect_err("an SMPP backup has no account_sid")
+        );
+        assert!(
+            unknown.starts_with(
+                "test.toml: targets.sms: backups[0] (`smsc`): unknown field `account_sid`"
+            ),
+            "{unknown}"
+        );
+        let no_backups = &SMS_WITH_BACKUP[..SMS_WITH_BACKUP.find("[[targets").expect("backups")];
+        check(
+            no_backups,
+            "test.toml: targets.sms: failover_after: only means something with `backups` (providers to fail over to)",
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! own breaker (`breaker.rs`): a target that is down makes its deliveries wait
 //! without spending attempts, and delays no other target.
 
-use crate::breaker::{Breaker, Pass, Verdict};
+use crate::breaker::{Breakers, Pass, Verdict};
 use crate::config::{RetryPolicy, TargetConfig};
 use crate::deadlines::DeadlineTracker;
 use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
@@ -29,23 +29,45 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// A configured target with its channel, its concurrency limit and its breaker.
+/// A configured target with its providers, its concurrency limit and their breakers.
 #[derive(Debug)]
 pub struct Target {
     pub config: TargetConfig,
-    pub channel: Arc<dyn Channel>,
-    pub breaker: Arc<Breaker>,
+    /// In failover order: the target's own provider first, then its backups.
+    pub providers: Vec<Provider>,
+    pub breakers: Arc<Breakers>,
     permits: Semaphore,
 }
 
+/// One way a target reaches its recipients: a channel under a provider's name.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: Arc<str>,
+    pub channel: Arc<dyn Channel>,
+}
+
 impl Target {
+    /// A target with one provider, its own.
     pub fn new(config: TargetConfig, channel: Arc<dyn Channel>) -> Self {
+        let name = config.provider_name.clone();
+        Target::with_providers(config, vec![(name, channel)])
+    }
+
+    /// A target with its providers in failover order (`config::build_providers`).
+    pub fn with_providers(
+        config: TargetConfig,
+        providers: Vec<crate::config::NamedChannel>,
+    ) -> Self {
         let permits = Semaphore::new(config.concurrency);
-        let breaker = Arc::new(Breaker::new(&config.name, config.breaker.clone()));
+        let names: Vec<Arc<str>> = providers.iter().map(|(n, _)| n.clone()).collect();
+        let breakers = Arc::new(Breakers::new(&config.name, &names, &config.breaker));
         Target {
             config,
-            channel,
-            breaker,
+            providers: providers
+                .into_iter()
+                .map(|(name, channel)| Provider { name, channel })
+                .collect(),
+            breakers,
             permits,
         }
     }
@@ -59,6 +81,8 @@ pub struct DeliveryReport {
     pub sequence: u64,
     pub status: Status,
     pub target: Arc<str>,
+    /// The provider of the last attempt (`None` when none was made).
+    pub provider: Option<Arc<str>>,
     pub recipient: Option<String>,
     pub attempts: u32,
     /// `None` when delivered or superseded; the dead-letter reason otherwise.
@@ -202,6 +226,34 @@ struct End {
 struct Tried {
     first_at: Option<jiff::Timestamp>,
     count: u32,
+    /// The provider (index into `Target::providers`) of the last attempt.
+    provider: Option<usize>,
+}
+
+/// The retry budget a delivery has at one provider (`retry` applies per provider:
+/// a delivery that spends it at one moves to the next, and is given up only at
+/// the last).
+struct Budget {
+    provider: usize,
+    /// `Delivery::attempt` before the first attempt at this provider.
+    base_attempt: u32,
+    started: Instant,
+    /// Time spent waiting for breakers: not this delivery's own.
+    breaker_wait: Duration,
+    /// The first transient failure at this provider.
+    failing_since: Option<Instant>,
+}
+
+impl Budget {
+    fn new(provider: usize, delivery: &Delivery) -> Self {
+        Budget {
+            provider,
+            base_attempt: delivery.attempt.saturating_sub(1),
+            started: Instant::now(),
+            breaker_wait: Duration::ZERO,
+            failing_since: None,
+        }
+    }
 }
 
 /// Where a dispatcher's deliveries end up besides the targets.
@@ -445,11 +497,13 @@ impl Dispatcher {
             }
         }
         let policy = &target.config.retry;
+        let last = target.providers.len() - 1;
         let mut tried = Tried::default();
         let mut ceilings = backoff_ceilings(policy);
-        let first_try = Instant::now();
-        // Time spent waiting for the target's breaker: not this delivery's own.
-        let mut breaker_wait = Duration::ZERO;
+        // The providers this delivery may still use are `floor..`: one whose retry
+        // budget it spent is not tried again for it.
+        let mut floor = 0;
+        let mut budget = Budget::new(0, &delivery);
         loop {
             if target.config.supersede
                 && let Some(by) = lane.superseded_by()
@@ -459,12 +513,33 @@ impl Dispatcher {
                     .await;
             }
             let waited = Instant::now();
-            let pass = tokio::select! {
-                p = target.breaker.pass() => p,
+            let (at, pass) = tokio::select! {
+                p = choose(target, floor) => p,
                 _ = lane.head.changed.notified(), if target.config.supersede => continue,
                 _ = cancel.cancelled() => return Resolution::Abandoned,
             };
-            breaker_wait += waited.elapsed();
+            budget.breaker_wait += waited.elapsed();
+            if at != budget.provider {
+                crate::telemetry::FailedOver {
+                    update: &delivery.update,
+                    target: &target.config.name,
+                    from: &target.providers[budget.provider].name,
+                    to: &target.providers[at].name,
+                    why: if at < budget.provider {
+                        "back to a provider whose breaker let a probe through"
+                    } else if at >= floor && floor > budget.provider {
+                        "the retry budget at the previous provider was spent (failover_after, max_attempts or max_elapsed)"
+                    } else {
+                        "the previous provider's breaker is open"
+                    },
+                }
+                .emit();
+                budget = Budget::new(at, &delivery);
+                ceilings = backoff_ceilings(policy);
+            }
+            tried.provider = Some(at);
+            let provider = &target.providers[at];
+            let breaker = target.breakers.get(at);
             if let Pass::OutageOver { since } = pass {
                 let e = DeliveryError::retryable(
                     format!(
@@ -481,8 +556,11 @@ impl Dispatcher {
             }
             tried.first_at.get_or_insert_with(jiff::Timestamp::now);
             tried.count += 1;
-            let Some(attempt) = self.attempt(target, &mut delivery, policy, cancel).await else {
-                target.breaker.release_probe(pass);
+            let Some(attempt) = self
+                .attempt(target, provider, &mut delivery, policy, cancel)
+                .await
+            else {
+                breaker.release_probe(pass);
                 return Resolution::Abandoned;
             };
             let Attempt { outcome, timed_out } = attempt;
@@ -492,8 +570,8 @@ impl Dispatcher {
                 .iter()
                 .find_map(|r| r.result.as_ref().err().map(|e| e.reason.clone()))
                 .unwrap_or_default();
-            let target_down = target.breaker.record(pass, verdict, &first_error)
-                && verdict == Verdict::TargetDown;
+            let target_down =
+                breaker.record(pass, verdict, &first_error) && verdict == Verdict::TargetDown;
             let latency = since_kafka_timestamp(source);
             let mut retry: Vec<(Option<String>, DeliveryError)> = Vec::new();
             let mut permanent: Vec<(Option<String>, DeliveryError)> = Vec::new();
@@ -513,11 +591,13 @@ impl Dispatcher {
                             update: &delivery.update,
                             channel: target.config.kind.as_str(),
                             target: &target.config.name,
+                            provider: &provider.name,
                             recipient: r.recipient.as_deref(),
                             attempt: delivery.attempt,
                             result: Ok(receipt.provider_id.as_deref()),
                             latency,
                             next_retry: None,
+                            failover_to: None,
                         }
                         .emit();
                         delivered.push(End {
@@ -559,14 +639,29 @@ impl Dispatcher {
                     .max();
                 let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff))
                     .max(hint.unwrap_or_default());
-                let out_of_attempts = delivery.attempt >= policy.max_attempts;
+                let out_of_attempts =
+                    delivery.attempt.saturating_sub(budget.base_attempt) >= policy.max_attempts;
                 // Saturating: a peer's `Retry-After` may be anything.
-                let out_of_time = first_try
+                let out_of_time = budget
+                    .started
                     .elapsed()
-                    .saturating_sub(breaker_wait)
+                    .saturating_sub(budget.breaker_wait)
                     .saturating_add(wait)
                     > policy.max_elapsed;
-                if out_of_attempts || out_of_time {
+                // With a provider after this one, the next try goes there at once
+                // when waiting here would pass `failover_after`.
+                let failing_for = budget
+                    .failing_since
+                    .get_or_insert_with(Instant::now)
+                    .elapsed();
+                if at < last
+                    && (out_of_attempts
+                        || out_of_time
+                        || failing_for.saturating_add(wait) >= target.config.failover_after)
+                {
+                    floor = at + 1;
+                    Some(Duration::ZERO)
+                } else if out_of_attempts || out_of_time {
                     let why = if out_of_attempts {
                         format!("gave up after {} attempts", delivery.attempt)
                     } else {
@@ -585,16 +680,26 @@ impl Dispatcher {
                     Some(wait)
                 }
             };
+            // Where the next try goes, when it leaves this provider.
+            let failover_to = if floor > at {
+                Some(&*target.providers[floor].name)
+            } else if target_down && at < last {
+                Some(&*target.providers[at + 1].name)
+            } else {
+                None
+            };
             for (recipient, e) in &retry {
                 DeliveryAttempted {
                     update: &delivery.update,
                     channel: target.config.kind.as_str(),
                     target: &target.config.name,
+                    provider: &provider.name,
                     recipient: recipient.as_deref(),
                     attempt: delivery.attempt,
                     result: Err((&e.class, &e.reason)),
                     latency,
                     next_retry: wait,
+                    failover_to,
                 }
                 .emit();
             }
@@ -603,11 +708,13 @@ impl Dispatcher {
                     update: &delivery.update,
                     channel: target.config.kind.as_str(),
                     target: &target.config.name,
+                    provider: &provider.name,
                     recipient: recipient.as_deref(),
                     attempt: delivery.attempt,
                     result: Err((&e.class, &e.reason)),
                     latency,
                     next_retry: None,
+                    failover_to: None,
                 }
                 .emit();
                 if self
@@ -664,6 +771,7 @@ impl Dispatcher {
     async fn attempt(
         &self,
         target: &Target,
+        provider: &Provider,
         delivery: &mut Delivery,
         policy: &RetryPolicy,
         cancel: &CancellationToken,
@@ -676,7 +784,7 @@ impl Dispatcher {
         delivery.progress = Arc::default();
         let delivery = &*delivery;
         let started = Instant::now();
-        let send = std::panic::AssertUnwindSafe(target.channel.send(delivery)).catch_unwind();
+        let send = std::panic::AssertUnwindSafe(provider.channel.send(delivery)).catch_unwind();
         tokio::pin!(send);
         // Check for progress a few times per timeout, so an attempt that moves is
         // never cut, and one that stalls is cut within 1.25 × attempt_timeout.
@@ -779,6 +887,7 @@ impl Dispatcher {
             delivery: Some(FailedDelivery {
                 target: &target.config.name,
                 channel: target.config.kind.as_str(),
+                provider: tried.provider.map(|i| &*target.providers[i].name),
                 recipient: recipient.as_deref(),
                 attempts: delivery.attempt,
                 error_class: e.class.as_str(),
@@ -890,6 +999,7 @@ impl Dispatcher {
                     .timestamp_ms
                     .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
                 latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
+                provider: tried.provider.map(|i| target.providers[i].name.to_string()),
                 provider_id: provider_id.clone(),
                 error: error.as_ref().map(|e| crate::ledger::LedgerError {
                     class: e.class.as_str().to_string(),
@@ -930,6 +1040,7 @@ impl Dispatcher {
                     sequence: d.update.sequence,
                     status: d.update.status,
                     target: d.target.clone(),
+                    provider: tried.provider.map(|i| target.providers[i].name.clone()),
                     recipient,
                     attempts: d.attempt,
                     dead_letter_reason: dead,
@@ -955,6 +1066,25 @@ impl Dispatcher {
                 Resolution::Resolved
             }
             Err(_) => Resolution::Abandoned,
+        }
+    }
+}
+
+/// The provider the next attempt goes to, from `floor` on: the first whose breaker
+/// lets it through now (an open one lets a probe through when one is due, which is
+/// how a delivery comes back to a provider that recovered). When every one of them
+/// is open, waits for the last one's breaker, or for any change.
+async fn choose(target: &Target, floor: usize) -> (usize, Pass) {
+    let last = target.providers.len() - 1;
+    loop {
+        for i in floor..=last {
+            if let Some(pass) = target.breakers.get(i).try_pass() {
+                return (i, pass);
+            }
+        }
+        tokio::select! {
+            pass = target.breakers.get(last).pass() => return (last, pass),
+            _ = target.breakers.changed() => {}
         }
     }
 }
@@ -1166,6 +1296,9 @@ mod tests {
             breaker: crate::breaker::BreakerConfig::default(),
             max_in_flight: None,
             channel: ChannelConfig::Webhook(webhook),
+            provider_name: Arc::from("primary"),
+            backups: Vec::new(),
+            failover_after: crate::config::DEFAULT_FAILOVER_AFTER,
         };
         let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
             .expect("built-in templates");
@@ -1358,6 +1491,160 @@ mod tests {
             .as_deref()
             .expect("dead-lettered");
         assert!(reason.contains("max_elapsed"), "{reason}");
+    }
+
+    /// Runs one update through a target with these providers, in order.
+    async fn run_failover(
+        providers: Vec<(&str, Arc<dyn Channel>)>,
+        retry: RetryPolicy,
+        failover_after: Duration,
+        before: impl FnOnce(&Target),
+    ) -> Vec<DeliveryReport> {
+        let (tx, mut rx) = mpsc::channel(64);
+        let (mut d, _cluster) = dispatcher(Arc::new(Scripted::default()), tx);
+        let mut config = d.targets[0].config.clone();
+        config.retry = retry;
+        config.failover_after = failover_after;
+        d.targets = vec![Target::with_providers(
+            config,
+            providers
+                .into_iter()
+                .map(|(n, c)| (Arc::from(n), c))
+                .collect(),
+        )];
+        before(&d.targets[0]);
+        let update = Arc::new(
+            samples::lifecycle("I", "t", &["customers"], jiff::Timestamp::now()).remove(0),
+        );
+        let src = source();
+        for p in d.plan(&update).expect("plan") {
+            assert_eq!(
+                d.run(p, &src, &CancellationToken::new()).await,
+                Resolution::Resolved
+            );
+        }
+        drop(d);
+        let mut reports = Vec::new();
+        while let Some(r) = rx.recv().await {
+            reports.push(r);
+        }
+        reports.sort_by(|a, b| a.recipient.cmp(&b.recipient));
+        reports
+    }
+
+    fn fast_retry(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// (recipient, provider, dead-lettered) per report.
+    fn who_and_how(reports: &[DeliveryReport]) -> Vec<(String, String, bool)> {
+        reports
+            .iter()
+            .map(|r| {
+                (
+                    r.recipient.clone().unwrap_or_default(),
+                    r.provider.as_deref().unwrap_or("-").to_string(),
+                    r.dead_letter_reason.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_past_failover_after_moves_on_but_a_permanent_one_does_not() {
+        let primary = Arc::new(Scripted {
+            script: vec![vec![
+                (Some("a"), Err(ErrorClassKind::Retry)),
+                (Some("b"), Ok(())),
+                (Some("c"), Err(ErrorClassKind::Permanent)),
+            ]],
+            ..Scripted::default()
+        });
+        let backup = Arc::new(Scripted {
+            script: vec![vec![(Some("a"), Ok(())), (Some("c"), Ok(()))]],
+            ..Scripted::default()
+        });
+        let reports = run_failover(
+            vec![("twilio", primary.clone()), ("smpp", backup.clone())],
+            fast_retry(10),
+            Duration::ZERO,
+            |_| {},
+        )
+        .await;
+        assert_eq!(
+            who_and_how(&reports),
+            vec![
+                ("a".into(), "smpp".into(), false),
+                ("b".into(), "twilio".into(), false),
+                // A bad recipient is bad everywhere: not sent through the backup.
+                ("c".into(), "twilio".into(), true),
+            ]
+        );
+        assert_eq!(primary.calls.lock().expect("calls").len(), 1);
+        let backup_calls = backup.calls.lock().expect("calls").clone();
+        assert_eq!(backup_calls.len(), 1);
+        assert_eq!(
+            backup_calls[0].2,
+            Some(vec!["a".to_string()]),
+            "only a moves"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_sends_the_delivery_to_the_backup_without_trying_the_primary() {
+        let primary = Arc::new(Scripted {
+            script: vec![vec![(None, Ok(()))]],
+            ..Scripted::default()
+        });
+        let backup = Arc::new(Scripted {
+            script: vec![vec![(None, Ok(()))]],
+            ..Scripted::default()
+        });
+        let reports = run_failover(
+            vec![("relay-a", primary.clone()), ("relay-b", backup.clone())],
+            fast_retry(10),
+            Duration::from_secs(3600),
+            |t| {
+                let b = t.breakers.get(0);
+                for _ in 0..t.config.breaker.failures {
+                    b.record(Pass::Go, Verdict::TargetDown, "connection refused");
+                }
+                assert!(b.is_open() && !t.breakers.is_open(), "one provider down");
+            },
+        )
+        .await;
+        assert_eq!(
+            who_and_how(&reports),
+            vec![("".into(), "relay-b".into(), false)]
+        );
+        assert!(primary.calls.lock().expect("calls").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_retry_budget_applies_per_provider_and_the_last_one_dead_letters() {
+        let failing = || {
+            Arc::new(Scripted {
+                script: vec![vec![(None, Err(ErrorClassKind::Retry))]],
+                ..Scripted::default()
+            })
+        };
+        let (primary, backup) = (failing(), failing());
+        let reports = run_failover(
+            vec![("one", primary.clone()), ("two", backup.clone())],
+            fast_retry(2),
+            Duration::from_secs(3600),
+            |_| {},
+        )
+        .await;
+        assert_eq!(who_and_how(&reports), vec![("".into(), "two".into(), true)]);
+        assert_eq!(primary.calls.lock().expect("calls").len(), 2);
+        assert_eq!(backup.calls.lock().expect("calls").len(), 2);
+        assert_eq!(reports[0].attempts, 4, "attempts count across providers");
     }
 
     #[tokio::test]

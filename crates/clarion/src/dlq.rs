@@ -66,6 +66,8 @@ pub struct DeadLetter<'a> {
 pub struct FailedDelivery<'a> {
     pub target: &'a str,
     pub channel: &'static str,
+    /// The provider of the last attempt, when one was made.
+    pub provider: Option<&'a str>,
     pub recipient: Option<&'a str>,
     pub attempts: u32,
     pub error_class: &'static str,
@@ -103,6 +105,9 @@ impl DeadLetter<'_> {
         if let Some(d) = &self.delivery {
             h.push(("clarion.dlq.target".into(), d.target.to_string()));
             h.push(("clarion.dlq.channel".into(), d.channel.to_string()));
+            if let Some(p) = d.provider {
+                h.push(("clarion.dlq.provider".into(), p.to_string()));
+            }
             if let Some(r) = d.recipient {
                 h.push(("clarion.dlq.recipient".into(), r.to_string()));
             }

@@ -17,7 +17,7 @@
 //! not unready: its stream waits in Kafka by design, and restarting or
 //! de-scheduling the replica would not bring a regulator's endpoint back.
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{BreakerState, Breakers};
 use crate::offsets::Tp;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -56,7 +56,7 @@ enum Conn {
 struct StreamHealth {
     /// Which start of the stream this is (a reload restarts a stream under its name).
     registration: u64,
-    breaker: Option<Arc<Breaker>>,
+    breaker: Option<Arc<Breakers>>,
     assigned: BTreeSet<Tp>,
     /// librdkafka's consumer-group state and join state, from the last statistics.
     group: Option<(String, String)>,
@@ -133,7 +133,7 @@ impl Health {
 
     /// A stream is about to start. `breaker` is its target's (none for `events`).
     /// Returns the registration to hand to [`Health::stream_ended`].
-    pub fn register_stream(&self, name: &str, breaker: Option<Arc<Breaker>>) -> u64 {
+    pub fn register_stream(&self, name: &str, breaker: Option<Arc<Breakers>>) -> u64 {
         let registration = self.registrations.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         inner.streams.insert(
@@ -683,8 +683,13 @@ mod tests {
     fn a_stalled_stream_is_unready_but_an_open_breaker_only_degraded() {
         let h = Health::default();
         h.configure(Duration::from_secs(60));
-        let breaker = Arc::new(Breaker::new("t", crate::breaker::BreakerConfig::default()));
-        h.register_stream("t", Some(breaker.clone()));
+        let breakers = Arc::new(crate::breaker::Breakers::new(
+            "t",
+            &[Arc::from("primary")],
+            &crate::breaker::BreakerConfig::default(),
+        ));
+        let breaker = breakers.get(0).clone();
+        h.register_stream("t", Some(breakers.clone()));
         h.assigned("t", &[("x".into(), 0)]);
         h.client_state("t", Conn::Up, "");
         h.oldest_unresolved("t", Some(Duration::from_secs(61)));

@@ -51,6 +51,9 @@ pub struct LedgerRecord {
     /// The update's Kafka record timestamp.
     pub published_at: Option<jiff::Timestamp>,
     pub latency_ms: u64,
+    /// The provider of the last attempt (the one that delivered, or failed last).
+    #[serde(default)]
+    pub provider: Option<String>,
     pub provider_id: Option<String>,
     pub error: Option<LedgerError>,
     pub superseded_by: Option<String>,

@@ -328,14 +328,28 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     t.audiences.iter().cloned().collect::<Vec<_>>().join(", ")
                 );
                 if connect {
-                    let channel = config::build_channel(t, &EnvSecrets)?;
-                    match channel.healthcheck().await {
-                        Ok(()) => println!("ok      {detail}: reachable"),
-                        Err(e) => {
-                            failed = true;
-                            println!("FAILED  {detail}: {e}");
+                    let providers = config::build_providers(t, &EnvSecrets)?;
+                    let several = providers.len() > 1;
+                    for (name, channel) in providers {
+                        // A target with backups: each provider on its own line.
+                        let detail = if several {
+                            format!("{detail}, provider {name}")
+                        } else {
+                            detail.clone()
+                        };
+                        match channel.healthcheck().await {
+                            Ok(()) => println!("ok      {detail}: reachable"),
+                            Err(e) => {
+                                failed = true;
+                                println!("FAILED  {detail}: {e}");
+                            }
                         }
                     }
+                } else if !t.backups.is_empty() {
+                    let names: Vec<&str> = std::iter::once(&*t.provider_name)
+                        .chain(t.backups.iter().map(|b| &*b.name))
+                        .collect();
+                    println!("ok      {detail}, providers: {}", names.join(" → "));
                 } else {
                     println!("ok      {detail}");
                 }

@@ -12,7 +12,7 @@
 //! topic by manual assignment, from each partition's low to its high watermark at
 //! the time it starts.
 
-use crate::config::{EnvSecrets, KafkaConfig, Settings, build_channel};
+use crate::config::{EnvSecrets, KafkaConfig, Settings, build_providers};
 use crate::daemon::{consumer_config, producer_config};
 use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Resolution, Target};
 use crate::dlq::{DeadLetterWriter, Source};
@@ -359,7 +359,7 @@ pub async fn run_with_secrets(
         .breaker
         .outage_budget
         .min(target_config.retry.max_elapsed);
-    let channel = build_channel(&target_config, secrets)
+    let providers = build_providers(&target_config, secrets)
         .with_context(|| format!("targets.{}", target_config.name))?;
     let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
         producer_config(&kafka, secrets)?
@@ -367,7 +367,7 @@ pub async fn run_with_secrets(
             .context("cannot create the dead-letter producer")?;
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(64);
     let dispatcher = Dispatcher::new(
-        vec![Target::new(target_config, channel)],
+        vec![Target::with_providers(target_config, providers)],
         settings.audiences.clone(),
         settings.templates.clone(),
         Outputs {
@@ -702,6 +702,7 @@ mod tests {
             occurred_at: update.occurred_at,
             published_at: None,
             latency_ms: 0,
+            provider: None,
             provider_id: None,
             error: None,
             superseded_by: None,

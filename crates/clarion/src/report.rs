@@ -569,6 +569,7 @@ mod tests {
             occurred_at: t0,
             published_at: Some(t0),
             latency_ms: 0,
+            provider: None,
             provider_id: Some("Q1".into()),
             error: None,
             superseded_by: None,

@@ -385,7 +385,7 @@ pub async fn run(
     let mut restore = tokio::time::interval(Duration::from_secs(1));
     restore.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let breaker = match &*role {
-        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
+        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breakers.clone()),
         Role::Events { .. } => None,
     };
     loop {

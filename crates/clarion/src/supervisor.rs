@@ -3,7 +3,7 @@
 //! starts one stream per target plus the events stream, and stops them. It does no
 //! consuming or delivering itself (`stream.rs` does).
 
-use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt, build_channel};
+use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt, build_providers};
 use crate::daemon::{Summary, consumer_config, producer_config};
 use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
 use crate::dlq::DeadLetterWriter;
@@ -259,8 +259,8 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
             .join("\n"),
     ));
     for t in &settings.targets {
-        let channel =
-            build_channel(t, shared.secrets).with_context(|| format!("targets.{}", t.name))?;
+        let providers =
+            build_providers(t, shared.secrets).with_context(|| format!("targets.{}", t.name))?;
         let name = t.name.to_string();
         out.push((
             Spec {
@@ -273,7 +273,7 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                 role: Role::Target {
                     dispatcher: Arc::new(
                         Dispatcher::new(
-                            vec![Target::new(t.clone(), channel)],
+                            vec![Target::with_providers(t.clone(), providers)],
                             settings.audiences.clone(),
                             settings.templates.clone(),
                             shared.outputs.clone(),
@@ -308,7 +308,7 @@ fn start(
     let token = stop.clone();
     // Readiness follows the streams that run; a target's breaker open is degraded.
     let breaker = match &spec.role {
-        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breaker.clone()),
+        Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breakers.clone()),
         Role::Events { .. } => None,
     };
     let registration = crate::health::global().register_stream(&spec.name, breaker);
@@ -496,7 +496,8 @@ async fn seed_target_groups(base: &ClientConfig, settings: &Settings, reload: bo
         .iter()
         .map(|t| (t.name.to_string(), t.start))
         .collect();
-    let r = tokio::task::spawn_blocking(move || seed_blocking(&base, &kafka, &targets, reload)).await;
+    let r =
+        tokio::task::spawn_blocking(move || seed_blocking(&base, &kafka, &targets, reload)).await;
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -428,6 +428,31 @@ impl EventRejected<'_> {
     }
 }
 
+/// A delivery moves from one of its target's providers to another.
+#[derive(Debug)]
+pub struct FailedOver<'a> {
+    pub update: &'a IncidentUpdate,
+    pub target: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub why: &'a str,
+}
+
+impl FailedOver<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            incident_id = %self.update.incident_id,
+            update_id = %self.update.update_id,
+            target = self.target,
+            from = self.from,
+            to = self.to,
+            why = self.why,
+            "delivery goes to another provider"
+        );
+        metrics::counter!("clarion_failovers_total", "target" => self.target.to_string(), "from" => self.from.to_string(), "to" => self.to.to_string()).increment(1);
+    }
+}
+
 /// One attempt's result for one recipient (or the whole target).
 ///
 /// Every line about a delivery carries the incident, update, sequence, status,
@@ -439,6 +464,8 @@ pub struct DeliveryAttempted<'a> {
     pub update: &'a IncidentUpdate,
     pub channel: &'static str,
     pub target: &'a str,
+    /// The provider the attempt went through (`primary` unless named).
+    pub provider: &'a str,
     pub recipient: Option<&'a str>,
     pub attempt: u32,
     /// `Ok(provider id)` or the error.
@@ -447,6 +474,8 @@ pub struct DeliveryAttempted<'a> {
     pub latency: Duration,
     /// The retry wait that follows, for retryable failures.
     pub next_retry: Option<Duration>,
+    /// The provider the delivery fails over to for its next try, if it does.
+    pub failover_to: Option<&'a str>,
 }
 
 impl DeliveryAttempted<'_> {
@@ -464,6 +493,7 @@ impl DeliveryAttempted<'_> {
                     status = u.status.as_str(),
                     target = self.target,
                     channel = self.channel,
+                    provider = self.provider,
                     attempt = self.attempt,
                     recipient,
                     outcome = "delivered",
@@ -477,6 +507,9 @@ impl DeliveryAttempted<'_> {
             Err((class, reason)) => {
                 let outcome = class.as_str();
                 let next = match self.next_retry {
+                    Some(_) if let Some(p) = self.failover_to => {
+                        format!("fail over to provider {p}")
+                    }
                     Some(w) if w.is_zero() => "wait for the target (breaker)".to_string(),
                     Some(w) => format!("retry in {}", humantime::format_duration(round_ms(w))),
                     None => "dead-letter".to_string(),
@@ -488,6 +521,7 @@ impl DeliveryAttempted<'_> {
                     status = u.status.as_str(),
                     target = self.target,
                     channel = self.channel,
+                    provider = self.provider,
                     attempt = self.attempt,
                     recipient,
                     outcome,
