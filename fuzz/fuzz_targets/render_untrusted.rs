@@ -94,6 +94,9 @@ fuzz_target!(|input: Input| {
             .map(|(title, url)| Link { title, url })
             .collect(),
         locales,
+        drill: false,
+        drill_targets: Vec::new(),
+        drill_skip_providers: 0,
     };
     let set = templates();
     // Email, SMS and push use the built-ins whatever the target; webhook bodies come

@@ -143,6 +143,9 @@ fn update(i: u64) -> IncidentUpdate {
         occurred_at: jiff::Timestamp::now(),
         links: vec![],
         locales: Default::default(),
+        drill: false,
+        drill_targets: vec![],
+        drill_skip_providers: 0,
     }
 }
 

@@ -66,6 +66,22 @@ pub struct IncidentUpdate {
     /// fall back from `fr-CA` to `fr` to the configured default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub locales: BTreeMap<String, String>,
+    /// A drill (`clarion drill`, docs/backups.md): delivered only to each target's
+    /// `drill_recipients`, never to an audience, and marked as a drill by every
+    /// channel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
+    /// The targets a drill is for; empty: every target with `drill_recipients`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drill_targets: Vec<String>,
+    /// The drill skips this many of each target's providers, as if they were down,
+    /// so that a backup is proven to work: 1, the first backup; 0, the target's own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drill_skip_providers: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A link shown with the update (status page, FAQ, post-mortem).
@@ -252,6 +268,23 @@ impl IncidentUpdate {
                 ));
             }
         }
+        check_names("drill_targets", &self.drill_targets)?;
+        if self.drill_skip_providers as usize > MAX_LIST_LEN {
+            return Err(invalid(
+                "drill_skip_providers",
+                format!("{} is more than {MAX_LIST_LEN}", self.drill_skip_providers),
+            ));
+        }
+        if !self.drill && (self.drill_skip_providers > 0 || !self.drill_targets.is_empty()) {
+            return Err(invalid(
+                if self.drill_skip_providers > 0 {
+                    "drill_skip_providers"
+                } else {
+                    "drill_targets"
+                },
+                "only for a drill (`drill: true`)",
+            ));
+        }
         for link in &self.links {
             check_text("links.title", &link.title, MAX_TITLE_LEN)?;
             if !(link.url.starts_with("https://") || link.url.starts_with("http://")) {
@@ -421,7 +454,7 @@ mod tests {
         );
         check(
             |v| v["audiance"] = "x".into(),
-            "event does not match schema version 1: unknown field `audiance`, expected one of `schema_version`, `incident_id`, `update_id`, `sequence`, `status`, `impact`, `title`, `message`, `audience_messages`, `components`, `regions`, `audiences`, `occurred_at`, `links`, `locales`",
+            "event does not match schema version 1: unknown field `audiance`, expected one of `schema_version`, `incident_id`, `update_id`, `sequence`, `status`, `impact`, `title`, `message`, `audience_messages`, `components`, `regions`, `audiences`, `occurred_at`, `links`, `locales`, `drill`, `drill_targets`, `drill_skip_providers`",
         );
         check(
             |v| v["incident_id"] = "".into(),

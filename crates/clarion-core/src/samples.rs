@@ -59,6 +59,9 @@ pub fn lifecycle(
                     url: format!("https://status.example.com/incidents/{incident_id}"),
                 }],
                 locales: BTreeMap::new(),
+                drill: false,
+                drill_targets: Vec::new(),
+                drill_skip_providers: 0,
             }
         })
         .collect()

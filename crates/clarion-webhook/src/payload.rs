@@ -25,7 +25,7 @@ pub fn payload(delivery: &Delivery) -> Vec<u8> {
         return body.as_bytes().to_vec();
     }
     let u = &delivery.update;
-    let body = json!({
+    let mut body = json!({
         "type": "incident.update",
         "payload_version": PAYLOAD_VERSION,
         "idempotency_key": delivery.key.as_str(),
@@ -38,6 +38,12 @@ pub fn payload(delivery: &Delivery) -> Vec<u8> {
         "impact": u.impact,
         "data": scoped(u, &delivery.audiences),
     });
+    // A drill says so at the top, where a receiver looks before acting on it.
+    if u.drill
+        && let Some(envelope) = body.as_object_mut()
+    {
+        envelope.insert("drill".into(), serde_json::Value::Bool(true));
+    }
     // Serializing a Value built from strings and numbers cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
 }
