@@ -55,7 +55,7 @@ fn demo_delivers_every_update_including_retries() {
 }
 
 /// The secrets config/clarion.toml references.
-const SHIPPED_SECRETS: [(&str, &str); 4] = [
+const SHIPPED_SECRETS: [(&str, &str); 5] = [
     (
         "STATUSPAGE_WEBHOOK_SECRET",
         "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
@@ -66,6 +66,7 @@ const SHIPPED_SECRETS: [(&str, &str); 4] = [
     ),
     ("SMTP_PASSWORD", "example"),
     ("TWILIO_AUTH_TOKEN", "example"),
+    ("VONAGE_API_SECRET", "example"),
 ];
 
 #[test]
@@ -303,8 +304,9 @@ fn check_config_names_the_file_and_key() {
 fn check_config_reports_every_missing_secret_at_once() {
     let (code, stdout, stderr) = run(&["check-config", "config/clarion.toml"], &[]);
     assert_eq!(code, Some(1), "{stdout}");
-    let expected = "error: invalid configuration: config/clarion.toml: 4 problems:\n  \
+    let expected = "error: invalid configuration: config/clarion.toml: 5 problems:\n  \
         - targets.quebec-sms: auth_token: environment variable TWILIO_AUTH_TOKEN is not set\n  \
+        - targets.quebec-sms: backups[0].api_secret: environment variable VONAGE_API_SECRET is not set\n  \
         - targets.regulator: secrets[0]: environment variable REGULATOR_WEBHOOK_SECRET is not set\n  \
         - targets.regulator-mail: password: environment variable SMTP_PASSWORD is not set\n  \
         - targets.status-page: secrets[0]: environment variable STATUSPAGE_WEBHOOK_SECRET is not set\n";

@@ -199,7 +199,10 @@ fn the_chart_runs_the_weekly_drill_with_the_daemons_config_and_secrets() {
     let drill = args(container);
     assert_eq!(drill[0], "drill", "{drill:?}");
     assert!(drill.contains(&"--all"), "{drill:?}");
-    assert!(!drill.contains(&"--failover"), "{drill:?}");
+    assert!(
+        drill.contains(&"--failover"),
+        "every backup is drilled: {drill:?}"
+    );
     assert_eq!(flag_value(&drill, "--timeout"), Some("5m"), "{drill:?}");
     assert_eq!(
         flag_value(&drill, "--config"),
@@ -236,12 +239,12 @@ fn the_chart_runs_the_weekly_drill_with_the_daemons_config_and_secrets() {
         &kind(&docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
     ));
 
-    let failover = render(&helm, &python, &["drill.failover=true"]).expect("helm template");
-    let failover_args = args(
-        &kind(&failover, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    let own_only = render(&helm, &python, &["drill.failover=false"]).expect("helm template");
+    let own_args = args(
+        &kind(&own_only, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
             [0],
     );
-    assert!(failover_args.contains(&"--failover"), "{failover_args:?}");
+    assert!(!own_args.contains(&"--failover"), "{own_args:?}");
 
     let disabled = render(&helm, &python, &["drill.enabled=false"]).expect("helm template");
     assert!(

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn webhook_target(url: &str) -> String {
-    format!("[targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"{url}\"\n")
+    format!(
+        "[targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"{url}\"\ndrill_recipients = [\"http://127.0.0.1:9/drill\"]\n"
+    )
 }
 
 /// A config serving metrics and health on `port`.
@@ -95,6 +97,7 @@ pub const METRICS: &[&str] = &[
     "clarion_kafka_connected",
     "clarion_config_last_reload_success",
     "clarion_config_last_reload_success_timestamp_seconds",
+    "clarion_drill_last_success_timestamp_seconds",
 ];
 
 /// The metric names that have at least one sample on a `/metrics` page.

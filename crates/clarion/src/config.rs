@@ -454,6 +454,10 @@ struct TargetCommon {
     /// moves to the next (default 30s). Only with `backups`.
     #[serde(default, with = "humantime_serde")]
     failover_after: Option<Duration>,
+    /// Who a drill (`clarion drill`) reaches through this target, instead of its
+    /// audiences: addresses, numbers or device tokens; for a webhook, one URL.
+    #[serde(default)]
+    drill_recipients: Vec<String>,
 }
 
 /// The default `failover_after`: long enough that one slow answer or one retry
@@ -464,7 +468,11 @@ pub const DEFAULT_FAILOVER_AFTER: Duration = Duration::from_secs(30);
 
 /// Channel keys a backup provider takes from the target when it does not set them:
 /// who the target reaches does not change with the provider that reaches them.
-const INHERITED_BY_BACKUPS: [&str; 2] = ["recipients", "device_tokens"];
+const INHERITED_BY_BACKUPS: [&str; 4] = ["recipients", "device_tokens", "lists", "topics"];
+
+/// Channel keys that reach people other than `recipients`/`device_tokens` (an
+/// email list per audience, an FCM topic): a drill's channels have none.
+const AUDIENCE_WIDE_KEYS: [&str; 2] = ["lists", "topics"];
 
 /// One provider of a target: its own or a backup (`[[targets.NAME.backups]]`).
 #[derive(Debug, Clone)]
@@ -482,7 +490,7 @@ pub enum StartAt {
     Latest,
 }
 
-const COMMON_KEYS: [&str; 13] = [
+const COMMON_KEYS: [&str; 14] = [
     "type",
     "audiences",
     "retry",
@@ -496,6 +504,7 @@ const COMMON_KEYS: [&str; 13] = [
     "provider_name",
     "backups",
     "failover_after",
+    "drill_recipients",
 ];
 
 /// The closed set of channel kinds. Adding one means adding a variant here and an
@@ -563,6 +572,17 @@ pub struct TargetConfig {
     /// Providers tried in order after the target's own (docs/backups.md).
     pub backups: Vec<ProviderConfig>,
     pub failover_after: Duration,
+    /// What a drill goes through, when the target has `drill_recipients`.
+    pub drill: Option<DrillConfig>,
+}
+
+/// A target's drill: its providers' channels with `drill_recipients` in place of
+/// every audience's recipients (a webhook's URL in place of its own).
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    pub recipients: Vec<String>,
+    /// The target's own channel, then its backups', in the same order.
+    pub channels: Vec<ChannelConfig>,
 }
 
 impl TargetConfig {
@@ -1023,7 +1043,14 @@ fn check_build(
     // The build may also have failed on a placeholder (not a valid key, say); that
     // says nothing about the real secret, so only the unresolved ones are reported.
     let mut list = Vec::new();
-    for (reference, error) in failed {
+    // The drill's copies of a channel ask for the same secrets: report each once.
+    let mut unique: Vec<(SecretRef, String)> = Vec::new();
+    for f in failed {
+        if !unique.iter().any(|(r, _)| *r == f.0) {
+            unique.push(f);
+        }
+    }
+    for (reference, error) in unique {
         let mut keys = Vec::new();
         find_reference(channel_keys, &reference, String::new(), &mut keys);
         if keys.is_empty() {
@@ -1166,6 +1193,8 @@ fn validate_target_keys(
     }
     let rest = serde_json::Value::Object(map);
     let channel = channel_config(common.kind, rest.clone())?;
+    // The channel keys of each provider, for the drill's copies of them.
+    let mut written_channels = vec![rest.clone()];
     let provider_name: Arc<str> = Arc::from(common.provider_name.as_deref().unwrap_or("primary"));
     let mut backups = Vec::new();
     let mut names = BTreeSet::from([provider_name.to_string()]);
@@ -1196,8 +1225,10 @@ fn validate_target_keys(
                 b.insert(key.to_string(), v.clone());
             }
         }
-        let channel = channel_config(common.kind, serde_json::Value::Object(b))
+        let keys = serde_json::Value::Object(b);
+        let channel = channel_config(common.kind, keys.clone())
             .map_err(|e| anyhow!("{at} (`{name}`): {e}"))?;
+        written_channels.push(keys);
         backups.push(ProviderConfig {
             name: Arc::from(name.as_str()),
             channel,
@@ -1236,8 +1267,67 @@ fn validate_target_keys(
         provider_name,
         backups,
         failover_after: common.failover_after.unwrap_or(DEFAULT_FAILOVER_AFTER),
+        drill: None,
     };
-    Ok((target, written))
+    let drill = drill_config(&target, common.drill_recipients, written_channels)?;
+    Ok((TargetConfig { drill, ..target }, written))
+}
+
+/// The drill's copy of each provider's channel: `drill_recipients` for every
+/// audience the target serves, or, for a webhook, as its one URL.
+fn drill_config(
+    target: &TargetConfig,
+    recipients: Vec<String>,
+    channels: Vec<serde_json::Value>,
+) -> Result<Option<DrillConfig>> {
+    if recipients.is_empty() {
+        return Ok(None);
+    }
+    let key = match target.kind {
+        ChannelKind::Webhook => "url",
+        ChannelKind::Email | ChannelKind::Sms => "recipients",
+        ChannelKind::Fcm | ChannelKind::Apns => "device_tokens",
+    };
+    let value = if target.kind == ChannelKind::Webhook {
+        let [url] = recipients.as_slice() else {
+            bail!(
+                "drill_recipients: a webhook target's drill goes to one URL (a receiver that is not the real endpoint), not {}",
+                recipients.len()
+            );
+        };
+        serde_json::Value::String(url.clone())
+    } else {
+        serde_json::Value::Object(
+            target
+                .audiences
+                .iter()
+                .map(|a| (a.clone(), serde_json::json!(recipients)))
+                .collect(),
+        )
+    };
+    let mut out = Vec::new();
+    for (i, keys) in channels.into_iter().enumerate() {
+        let serde_json::Value::Object(mut keys) = keys else {
+            continue;
+        };
+        keys.insert(key.to_string(), value.clone());
+        for k in AUDIENCE_WIDE_KEYS {
+            keys.remove(k);
+        }
+        let at = if i == 0 {
+            "drill_recipients".to_string()
+        } else {
+            format!("drill_recipients (with backups[{}])", i - 1)
+        };
+        out.push(
+            channel_config(target.kind, serde_json::Value::Object(keys))
+                .map_err(|e| anyhow!("{at}: {e}"))?,
+        );
+    }
+    Ok(Some(DrillConfig {
+        recipients,
+        channels: out,
+    }))
 }
 
 /// A channel's keys, read as its kind's config (unknown keys rejected).
@@ -1258,22 +1348,44 @@ fn valid_provider_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// A provider's name and its channel.
-pub type NamedChannel = (Arc<str>, Arc<dyn Channel>);
+/// A provider as built: its name, its channel, and its drill's channel.
+#[derive(Debug, Clone)]
+pub struct BuiltProvider {
+    pub name: Arc<str>,
+    pub channel: Arc<dyn Channel>,
+    /// The same provider addressing the target's `drill_recipients` only.
+    pub drill: Option<Arc<dyn Channel>>,
+}
 
 /// Builds every provider of a target, its own first, then its backups in order.
 pub fn build_providers(
     target: &TargetConfig,
     secrets: &dyn SecretResolver,
-) -> Result<Vec<NamedChannel>> {
-    let mut out = vec![(
-        target.provider_name.clone(),
-        build_one(&target.name, &target.channel, secrets)?,
-    )];
-    for b in &target.backups {
-        let channel = build_one(&target.name, &b.channel, secrets)
-            .with_context(|| format!("backups `{}`", b.name))?;
-        out.push((b.name.clone(), channel));
+) -> Result<Vec<BuiltProvider>> {
+    let names =
+        std::iter::once(&target.provider_name).chain(target.backups.iter().map(|b| &b.name));
+    let channels =
+        std::iter::once(&target.channel).chain(target.backups.iter().map(|b| &b.channel));
+    let mut out = Vec::new();
+    for (i, (name, channel)) in names.zip(channels).enumerate() {
+        // The target's own provider's errors read as before backups existed.
+        let at = |e: anyhow::Error, what: &str| match (i, what) {
+            (0, "") => e,
+            (0, _) => anyhow!("{what}: {e:#}"),
+            _ => anyhow!("backups `{name}`{what}: {e:#}"),
+        };
+        let built = build_one(&target.name, channel, secrets).map_err(|e| at(e, ""))?;
+        let drill = match target.drill.as_ref().and_then(|d| d.channels.get(i)) {
+            Some(c) => {
+                Some(build_one(&target.name, c, secrets).map_err(|e| at(e, " drill_recipients"))?)
+            }
+            None => None,
+        };
+        out.push(BuiltProvider {
+            name: name.clone(),
+            channel: built,
+            drill,
+        });
     }
     Ok(out)
 }

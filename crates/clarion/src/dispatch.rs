@@ -44,28 +44,41 @@ pub struct Target {
 pub struct Provider {
     pub name: Arc<str>,
     pub channel: Arc<dyn Channel>,
+    /// The same provider addressing the target's `drill_recipients` only.
+    pub drill: Option<Arc<dyn Channel>>,
 }
 
 impl Target {
     /// A target with one provider, its own.
     pub fn new(config: TargetConfig, channel: Arc<dyn Channel>) -> Self {
         let name = config.provider_name.clone();
-        Target::with_providers(config, vec![(name, channel)])
+        Target::with_providers(
+            config,
+            vec![crate::config::BuiltProvider {
+                name,
+                channel,
+                drill: None,
+            }],
+        )
     }
 
     /// A target with its providers in failover order (`config::build_providers`).
     pub fn with_providers(
         config: TargetConfig,
-        providers: Vec<crate::config::NamedChannel>,
+        providers: Vec<crate::config::BuiltProvider>,
     ) -> Self {
         let permits = Semaphore::new(config.concurrency);
-        let names: Vec<Arc<str>> = providers.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
         let breakers = Arc::new(Breakers::new(&config.name, &names, &config.breaker));
         Target {
             config,
             providers: providers
                 .into_iter()
-                .map(|(name, channel)| Provider { name, channel })
+                .map(|p| Provider {
+                    name: p.name,
+                    channel: p.channel,
+                    drill: p.drill,
+                })
                 .collect(),
             breakers,
             permits,
@@ -320,7 +333,7 @@ impl Dispatcher {
         self
     }
 
-    /// Writes a checked update to the incident-state topic, when there is one;
+    /// Writes a checked update (not a drill) to the incident-state topic, when there is one;
     /// `Abandoned` when cancelled before the broker acknowledged it.
     pub async fn record_state(
         &self,
@@ -329,6 +342,8 @@ impl Dispatcher {
         cancel: &CancellationToken,
     ) -> Resolution {
         match &self.state {
+            // A drill is not an incident: `clarion status` and `publish` never see it.
+            _ if update.drill => Resolution::Resolved,
             Some(state) if state.write(update, source, cancel).await.is_err() => {
                 Resolution::Abandoned
             }
@@ -350,7 +365,11 @@ impl Dispatcher {
                 .config
                 .render(&self.templates, &d.update, audience)
                 .map_err(|e| format!("template rendering failed for audience `{audience}`: {e}"))?;
-            out.insert(audience.clone(), crate::config::content_of(&message));
+            let mut content = crate::config::content_of(&message);
+            if d.update.drill {
+                mark_drill(target.config.kind, &mut content);
+            }
+            out.insert(audience.clone(), content);
         }
         Ok(out)
     }
@@ -376,20 +395,37 @@ impl Dispatcher {
         check_audiences(update, &self.audiences)?;
         let mut plans = Vec::new();
         for (idx, target) in self.targets.iter().enumerate() {
-            let decision =
-                clarion_render::route(update, &target.config.audiences, &target.config.rules);
-            if !decision.matched {
-                tracing::debug!(
-                    incident_id = %update.incident_id,
-                    update_id = %update.update_id,
-                    target = %target.config.name,
-                    why = %decision.explanation,
-                    "target does not take this update"
-                );
-                continue;
-            }
-            let served = decision.audiences;
-            if let Some(clocks) = &self.deadlines {
+            let served = if update.drill {
+                match drill_audiences(target, update) {
+                    Ok(served) => served,
+                    Err(why) => {
+                        tracing::debug!(
+                            incident_id = %update.incident_id,
+                            update_id = %update.update_id,
+                            target = %target.config.name,
+                            why,
+                            "target does not take this drill"
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                let decision =
+                    clarion_render::route(update, &target.config.audiences, &target.config.rules);
+                if !decision.matched {
+                    tracing::debug!(
+                        incident_id = %update.incident_id,
+                        update_id = %update.update_id,
+                        target = %target.config.name,
+                        why = %decision.explanation,
+                        "target does not take this update"
+                    );
+                    continue;
+                }
+                decision.audiences
+            };
+            // A drill is no incident: no audience's deadline clock starts for it.
+            if let Some(clocks) = self.deadlines.as_ref().filter(|_| !update.drill) {
                 clocks.observe(update, &served);
             }
             let key = (update.incident_id.clone(), idx);
@@ -502,8 +538,13 @@ impl Dispatcher {
         let mut ceilings = backoff_ceilings(policy);
         // The providers this delivery may still use are `floor..`: one whose retry
         // budget it spent is not tried again for it.
-        let mut floor = 0;
-        let mut budget = Budget::new(0, &delivery);
+        // A failover drill treats the providers before the one it proves as down.
+        let mut floor = if delivery.update.drill {
+            (delivery.update.drill_skip_providers as usize).min(last)
+        } else {
+            0
+        };
+        let mut budget = Budget::new(floor, &delivery);
         loop {
             if target.config.supersede
                 && let Some(by) = lane.superseded_by()
@@ -539,6 +580,22 @@ impl Dispatcher {
             }
             tried.provider = Some(at);
             let provider = &target.providers[at];
+            // A drill goes through the provider's drill channel, never its own.
+            let channel = if delivery.update.drill {
+                let Some(channel) = &provider.drill else {
+                    let e = DeliveryError::permanent(format!(
+                        "provider `{}` has no drill channel (the target has no drill_recipients)",
+                        provider.name
+                    ))
+                    .with_code("no_drill_recipients");
+                    return self
+                        .dead_letter(target, &delivery, source, None, e, tried, cancel)
+                        .await;
+                };
+                channel
+            } else {
+                &provider.channel
+            };
             let breaker = target.breakers.get(at);
             if let Pass::OutageOver { since } = pass {
                 let e = DeliveryError::retryable(
@@ -557,7 +614,7 @@ impl Dispatcher {
             tried.first_at.get_or_insert_with(jiff::Timestamp::now);
             tried.count += 1;
             let Some(attempt) = self
-                .attempt(target, provider, &mut delivery, policy, cancel)
+                .attempt(target, channel, &mut delivery, policy, cancel)
                 .await
             else {
                 breaker.release_probe(pass);
@@ -771,7 +828,7 @@ impl Dispatcher {
     async fn attempt(
         &self,
         target: &Target,
-        provider: &Provider,
+        channel: &Arc<dyn Channel>,
         delivery: &mut Delivery,
         policy: &RetryPolicy,
         cancel: &CancellationToken,
@@ -784,7 +841,7 @@ impl Dispatcher {
         delivery.progress = Arc::default();
         let delivery = &*delivery;
         let started = Instant::now();
-        let send = std::panic::AssertUnwindSafe(provider.channel.send(delivery)).catch_unwind();
+        let send = std::panic::AssertUnwindSafe(channel.send(delivery)).catch_unwind();
         tokio::pin!(send);
         // Check for progress a few times per timeout, so an attempt that moves is
         // never cut, and one that stalls is cut within 1.25 × attempt_timeout.
@@ -1000,6 +1057,7 @@ impl Dispatcher {
                     .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
                 latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
                 provider: tried.provider.map(|i| target.providers[i].name.to_string()),
+                drill: u.drill,
                 provider_id: provider_id.clone(),
                 error: error.as_ref().map(|e| crate::ledger::LedgerError {
                     class: e.class.as_str().to_string(),
@@ -1014,7 +1072,11 @@ impl Dispatcher {
                 return Resolution::Abandoned;
             }
         }
-        if outcome == "delivered"
+        if outcome == "delivered" && d.update.drill {
+            if let Some(i) = tried.provider {
+                crate::telemetry::drill_succeeded(&target.config.name, &target.providers[i].name);
+            }
+        } else if outcome == "delivered"
             && let Some(clocks) = &self.deadlines
         {
             clocks.delivered(&d.update, &d.audiences);
@@ -1068,6 +1130,72 @@ impl Dispatcher {
             Err(_) => Resolution::Abandoned,
         }
     }
+}
+
+/// What a drill says first, wherever a person reads it.
+const DRILL_MARK: &str = "[DRILL]";
+const DRILL_NOTE: &str =
+    "This is a drill of the incident notification channels, not an incident. No action is needed.";
+
+/// Marks a drill's rendered message so that nobody takes it for an incident: the
+/// subject, title and text begin with `[DRILL]` (an email's text and HTML also say
+/// what a drill is), and a webhook's custom JSON body gains `"drill": true` (the
+/// standard envelope has it already, `clarion_webhook::payload`).
+fn mark_drill(kind: crate::config::ChannelKind, content: &mut Content) {
+    use crate::config::ChannelKind as K;
+    for (part, text) in content.parts.iter_mut() {
+        match (kind, part.as_str()) {
+            (K::Webhook, "body") => {
+                if let Ok(serde_json::Value::Object(mut body)) = serde_json::from_str(text) {
+                    body.insert("drill".into(), serde_json::Value::Bool(true));
+                    *text = serde_json::Value::Object(body).to_string();
+                }
+            }
+            (K::Email, "text") => *text = format!("{DRILL_MARK} {DRILL_NOTE}\n\n{text}"),
+            (K::Email, "html") => {
+                let note = format!("<p><strong>{DRILL_MARK}</strong> {DRILL_NOTE}</p>");
+                // Right after `<body …>` when there is one, else first.
+                let at = text
+                    .find("<body")
+                    .and_then(|b| text[b..].find('>').map(|e| b + e + 1))
+                    .unwrap_or(0);
+                text.insert_str(at, &note);
+            }
+            _ => *text = format!("{DRILL_MARK} {text}"),
+        }
+    }
+}
+
+/// The audiences a drill is delivered for through `target` (for its templates: the
+/// recipients are the target's `drill_recipients` whatever the audience), or why the
+/// target does not take it. Routing rules do not apply: a drill exercises the path.
+fn drill_audiences(target: &Target, update: &IncidentUpdate) -> Result<Vec<String>, &'static str> {
+    if target
+        .providers
+        .first()
+        .and_then(|p| p.drill.as_ref())
+        .is_none()
+    {
+        return Err("the target has no drill_recipients");
+    }
+    if !update.drill_targets.is_empty()
+        && !update
+            .drill_targets
+            .iter()
+            .any(|t| **t == *target.config.name)
+    {
+        return Err("the drill is for other targets (drill_targets)");
+    }
+    let mut served: Vec<String> = update
+        .audiences
+        .iter()
+        .filter(|a| target.config.audiences.contains(*a))
+        .cloned()
+        .collect();
+    if served.is_empty() {
+        served.extend(target.config.audiences.iter().next().cloned());
+    }
+    Ok(served)
 }
 
 /// The provider the next attempt goes to, from `floor` on: the first whose breaker
@@ -1299,6 +1427,7 @@ mod tests {
             provider_name: Arc::from("primary"),
             backups: Vec::new(),
             failover_after: crate::config::DEFAULT_FAILOVER_AFTER,
+            drill: None,
         };
         let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
             .expect("built-in templates");
@@ -1509,7 +1638,11 @@ mod tests {
             config,
             providers
                 .into_iter()
-                .map(|(n, c)| (Arc::from(n), c))
+                .map(|(n, c)| crate::config::BuiltProvider {
+                    name: Arc::from(n),
+                    channel: c,
+                    drill: None,
+                })
                 .collect(),
         )];
         before(&d.targets[0]);

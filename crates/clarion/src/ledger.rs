@@ -54,6 +54,9 @@ pub struct LedgerRecord {
     /// The provider of the last attempt (the one that delivered, or failed last).
     #[serde(default)]
     pub provider: Option<String>,
+    /// A drill's delivery (to `drill_recipients`), not an incident notice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
     pub provider_id: Option<String>,
     pub error: Option<LedgerError>,
     pub superseded_by: Option<String>,

@@ -67,6 +67,34 @@ enum Command {
     },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
+    /// Prove the channels work before an incident needs them: publish a drill
+    /// through the running daemon to each target's drill_recipients and report
+    /// PASS/FAIL per target and provider (docs/backups.md). Exit 0 all passed, 1 a
+    /// target failed or timed out, 2 the drill cannot be run as asked.
+    Drill {
+        /// Drill this target only.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        target: Option<String>,
+        /// Drill every target (each must have drill_recipients).
+        #[arg(long)]
+        all: bool,
+        /// Skip each target's own provider as if it were down, so its backups are
+        /// the ones proven.
+        #[arg(long)]
+        failover: bool,
+        /// How long the whole drill may take: reaching Kafka, publishing, and every
+        /// target's outcome.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The config file (the daemon's).
+        #[arg(
+            long,
+            short,
+            default_value = DEFAULT_CONFIG,
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
     /// Publish an incident update: fills update_id, sequence and occurred_at, shows
     /// where it goes, asks, and produces it keyed by incident (docs/publishing.md).
     /// Exit 0 published (with --follow: every target reached), 2 some delivery
@@ -330,7 +358,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 if connect {
                     let providers = config::build_providers(t, &EnvSecrets)?;
                     let several = providers.len() > 1;
-                    for (name, channel) in providers {
+                    for config::BuiltProvider { name, channel, .. } in providers {
                         // A target with backups: each provider on its own line.
                         let detail = if several {
                             format!("{detail}, provider {name}")
@@ -498,6 +526,35 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             };
             let code = clarion::publish::run(settings, request, options).await?;
             Ok(ExitCode::from(code))
+        }
+        Command::Drill {
+            target,
+            all,
+            failover,
+            timeout,
+            config,
+        } => {
+            use clarion::publish::drill;
+            // Any reason the drill cannot run as asked is exit 2, not a failed drill.
+            let unusable = |e: anyhow::Error| {
+                eprintln!("error: {e:#}");
+                Ok(ExitCode::from(drill::EXIT_UNUSABLE))
+            };
+            let settings = match load_for_preview(&config) {
+                Ok(s) => s,
+                Err(e) => return unusable(e),
+            };
+            let options = drill::Options {
+                target,
+                all,
+                failover,
+                timeout,
+            };
+            match drill::run(settings, options).await {
+                Ok(code) => Ok(ExitCode::from(code)),
+                Err(e) if e.downcast_ref::<drill::Unusable>().is_some() => unusable(e),
+                Err(e) => Err(e),
+            }
         }
         Command::Route { event, config } => {
             let settings = load_for_preview(&config)?;

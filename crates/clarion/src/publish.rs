@@ -13,6 +13,7 @@
 //! sequence it can see, and never publish without a confirmation (a TTY answer or
 //! `--yes`).
 
+pub mod drill;
 pub mod follow;
 
 use crate::config::{ChannelConfig, Settings};

@@ -703,6 +703,7 @@ mod tests {
             published_at: None,
             latency_ms: 0,
             provider: None,
+            drill: false,
             provider_id: None,
             error: None,
             superseded_by: None,

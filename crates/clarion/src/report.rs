@@ -570,6 +570,7 @@ mod tests {
             published_at: Some(t0),
             latency_ms: 0,
             provider: None,
+            drill: false,
             provider_id: Some("Q1".into()),
             error: None,
             superseded_by: None,

@@ -256,6 +256,20 @@ pub fn register(settings: &crate::config::Settings) {
         }
         counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => target.clone(), "channel" => channel).absolute(0);
         counter!("clarion_panics_total", "target" => target.clone()).absolute(0);
+        let providers: Vec<String> = std::iter::once(t.provider_name.to_string())
+            .chain(t.backups.iter().map(|b| b.name.to_string()))
+            .collect();
+        if providers.len() > 1 {
+            for provider in &providers {
+                gauge!("clarion_provider_breaker_state", "target" => target.clone(), "provider" => provider.clone()).set(0.0);
+            }
+        }
+        if t.drill.is_some() {
+            // 0: no successful drill since this process started.
+            for provider in &providers {
+                gauge!("clarion_drill_last_success_timestamp_seconds", "target" => target.clone(), "provider" => provider.clone()).set(0.0);
+            }
+        }
         let _ = histogram!("clarion_send_duration_seconds", "target" => target.clone(), "channel" => channel);
         let _ = histogram!("clarion_delivery_latency_seconds", "channel" => channel, "target" => target.clone());
     }
@@ -383,6 +397,23 @@ fn describe() {
         "Breaker state changes per target, by the state entered."
     );
     describe_gauge!(
+        "clarion_provider_breaker_state",
+        "Circuit breaker per provider of a target with backups: 0 closed, 1 half-open, 2 open (clarion_breaker_state is the best of them)."
+    );
+    describe_counter!(
+        "clarion_provider_breaker_transitions_total",
+        "Breaker state changes per provider of a target with backups, by the state entered."
+    );
+    describe_counter!(
+        "clarion_failovers_total",
+        "Deliveries that moved from one provider of a target to another (from, to)."
+    );
+    describe_gauge!(
+        "clarion_drill_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last drill delivered through each provider of a target; 0: none since this process started."
+    );
+    describe_gauge!(
         "clarion_build_info",
         "Always 1; the version and git revision of the running binary are its labels."
     );
@@ -426,6 +457,12 @@ impl EventRejected<'_> {
         );
         metrics::counter!("clarion_events_rejected_total", "kind" => self.kind).increment(1);
     }
+}
+
+/// A drill delivery succeeded through `provider` of `target`.
+pub fn drill_succeeded(target: &str, provider: &str) {
+    let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+    metrics::gauge!("clarion_drill_last_success_timestamp_seconds", "target" => target.to_string(), "provider" => provider.to_string()).set(now);
 }
 
 /// A delivery moves from one of its target's providers to another.
