@@ -245,28 +245,19 @@ struct Tried {
 
 /// The retry budget a delivery has at one provider (`retry` applies per provider:
 /// a delivery that spends it at one moves to the next, and is given up only at
-/// the last).
+/// the last). Kept for the whole delivery: coming back to a provider (its breaker
+/// let a probe through) goes on with what is left there, so that bouncing between
+/// providers never starts a budget afresh.
+#[derive(Default)]
 struct Budget {
-    provider: usize,
-    /// `Delivery::attempt` before the first attempt at this provider.
-    base_attempt: u32,
-    started: Instant,
+    /// Attempts made here that count against `max_attempts`.
+    attempts: u32,
+    /// The first attempt here.
+    started: Option<Instant>,
     /// Time spent waiting for breakers: not this delivery's own.
     breaker_wait: Duration,
-    /// The first transient failure at this provider.
+    /// The first transient failure here.
     failing_since: Option<Instant>,
-}
-
-impl Budget {
-    fn new(provider: usize, delivery: &Delivery) -> Self {
-        Budget {
-            provider,
-            base_attempt: delivery.attempt.saturating_sub(1),
-            started: Instant::now(),
-            breaker_wait: Duration::ZERO,
-            failing_since: None,
-        }
-    }
 }
 
 /// Where a dispatcher's deliveries end up besides the targets.
@@ -535,7 +526,6 @@ impl Dispatcher {
         let policy = &target.config.retry;
         let last = target.providers.len() - 1;
         let mut tried = Tried::default();
-        let mut ceilings = backoff_ceilings(policy);
         // The providers this delivery may still use are `floor..`: one whose retry
         // budget it spent is not tried again for it.
         // A failover drill treats the providers before the one it proves as down.
@@ -544,7 +534,9 @@ impl Dispatcher {
         } else {
             0
         };
-        let mut budget = Budget::new(floor, &delivery);
+        let mut budgets: Vec<Budget> = (0..=last).map(|_| Budget::default()).collect();
+        // The provider of the last attempt (or the first the delivery may use).
+        let mut current = floor;
         loop {
             if target.config.supersede
                 && let Some(by) = lane.superseded_by()
@@ -559,25 +551,26 @@ impl Dispatcher {
                 _ = lane.head.changed.notified(), if target.config.supersede => continue,
                 _ = cancel.cancelled() => return Resolution::Abandoned,
             };
-            budget.breaker_wait += waited.elapsed();
-            if at != budget.provider {
+            if at != current {
                 crate::telemetry::FailedOver {
                     update: &delivery.update,
                     target: &target.config.name,
-                    from: &target.providers[budget.provider].name,
+                    from: &target.providers[current].name,
                     to: &target.providers[at].name,
-                    why: if at < budget.provider {
+                    why: if at < current {
                         "back to a provider whose breaker let a probe through"
-                    } else if at >= floor && floor > budget.provider {
+                    } else if floor > current {
                         "the retry budget at the previous provider was spent (failover_after, max_attempts or max_elapsed)"
                     } else {
                         "the previous provider's breaker is open"
                     },
                 }
                 .emit();
-                budget = Budget::new(at, &delivery);
-                ceilings = backoff_ceilings(policy);
+                current = at;
             }
+            let budget = &mut budgets[at];
+            budget.breaker_wait += waited.elapsed();
+            let started = *budget.started.get_or_insert_with(Instant::now);
             tried.provider = Some(at);
             let provider = &target.providers[at];
             // A drill goes through the provider's drill channel, never its own.
@@ -694,13 +687,17 @@ impl Dispatcher {
                         _ => None,
                     })
                     .max();
-                let wait = full_jitter(ceilings.next().unwrap_or(policy.max_backoff))
-                    .max(hint.unwrap_or_default());
-                let out_of_attempts =
-                    delivery.attempt.saturating_sub(budget.base_attempt) >= policy.max_attempts;
+                let budget = &mut budgets[at];
+                // The attempts counted here so far, this one included: the n-th
+                // retry waits up to the n-th ceiling.
+                let made = budget.attempts + 1;
+                let ceiling = backoff_ceilings(policy)
+                    .nth(made as usize - 1)
+                    .unwrap_or(policy.max_backoff);
+                let wait = full_jitter(ceiling).max(hint.unwrap_or_default());
+                let out_of_attempts = made >= policy.max_attempts;
                 // Saturating: a peer's `Retry-After` may be anything.
-                let out_of_time = budget
-                    .started
+                let out_of_time = started
                     .elapsed()
                     .saturating_sub(budget.breaker_wait)
                     .saturating_add(wait)
@@ -794,6 +791,7 @@ impl Dispatcher {
             }
             if !target_down {
                 delivery.attempt += 1;
+                budgets[at].attempts += 1;
             }
             if timed_out {
                 // The recipients this attempt did not report are unknown: keep the
