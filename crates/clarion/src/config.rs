@@ -646,6 +646,17 @@ pub struct Settings {
     pub statements: Option<PathBuf>,
 }
 
+impl Settings {
+    /// The targets' names, comma-separated, for a message about an unknown one.
+    pub fn target_names(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A rendered message as the channels receive it (`Delivery.content`), by part name.
 pub fn content_of(message: &clarion_render::Message) -> clarion_core::Content {
     clarion_core::Content {

@@ -142,22 +142,8 @@ pub async fn run(settings: Settings, request: Request, options: Options) -> Resu
         _ => None,
     };
 
-    let producer: FutureProducer<Reporter> = producer_config(
-        &settings.kafka,
-        &crate::config::EnvSecrets,
-        deadline.saturating_duration_since(Instant::now()),
-    )?
-    .create_with_context(Reporter::clone(&reporter))
-    .context("cannot create the Kafka producer")?;
-    let sent = producer
-        .send(
-            FutureRecord::to(&settings.kafka.topic)
-                .key(&update.incident_id)
-                .payload(&bytes),
-            rdkafka::util::Timeout::Never,
-        )
-        .await;
-    match sent {
+    let producer = update_producer(&settings, &reporter, deadline)?;
+    match produce(&producer, &settings, &update, &bytes).await {
         Ok(delivery) => {
             reporter.reached();
             println!(
@@ -169,7 +155,7 @@ pub async fn run(settings: Settings, request: Request, options: Options) -> Resu
                 delivery.offset
             );
         }
-        Err((e, _)) => {
+        Err(e) => {
             bail!(
                 "not published: {e} (gave up after --timeout {}; nothing was written, so running the same command again is safe)",
                 humantime::format_duration(options.timeout)
@@ -654,6 +640,41 @@ impl ClientContext for Reporter {
 }
 
 impl ConsumerContext for Reporter {}
+
+/// The producer of updates (`publish`, `drill`): idempotent, acks=all, murmur2
+/// keys, giving up at `deadline`.
+fn update_producer(
+    settings: &Settings,
+    reporter: &Reporter,
+    deadline: Instant,
+) -> Result<FutureProducer<Reporter>> {
+    producer_config(
+        &settings.kafka,
+        &crate::config::EnvSecrets,
+        deadline.saturating_duration_since(Instant::now()),
+    )?
+    .create_with_context(reporter.clone())
+    .context("cannot create the Kafka producer")
+}
+
+/// Produces one update to the source topic, keyed by its incident, and waits for
+/// the broker's acknowledgement (or the producer's timeout).
+async fn produce(
+    producer: &FutureProducer<Reporter>,
+    settings: &Settings,
+    update: &IncidentUpdate,
+    bytes: &[u8],
+) -> std::result::Result<rdkafka::producer::future_producer::Delivery, KafkaError> {
+    producer
+        .send(
+            FutureRecord::to(&settings.kafka.topic)
+                .key(&update.incident_id)
+                .payload(bytes),
+            rdkafka::util::Timeout::Never,
+        )
+        .await
+        .map_err(|(e, _)| e)
+}
 
 /// A consumer for one-off reads: no group membership, nothing committed.
 fn reader(settings: &Settings, reporter: Reporter) -> Result<BaseConsumer<Reporter>> {

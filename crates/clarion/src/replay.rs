@@ -273,12 +273,7 @@ pub async fn run_with_secrets(
             "--target {}: no such target in {} (targets: {})",
             sel.target,
             settings.source,
-            settings
-                .targets
-                .iter()
-                .map(|t| t.name.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            settings.target_names()
         );
     };
     let kafka = settings.kafka.clone();

@@ -11,14 +11,13 @@
 //! Exit codes: 0 every target passed; 1 a target failed or gave no outcome in time;
 //! 2 the drill could not be run as asked (config, usage). See docs/backups.md.
 
-use super::{Reporter, follow, producer_config, validate, wait_for_cluster};
+use super::{Reporter, follow, produce, update_producer, validate, wait_for_cluster};
 use crate::config::{ChannelKind, Settings, TargetConfig};
 use crate::ledger::LedgerRecord;
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::{Impact, IncidentUpdate, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,12 +85,7 @@ fn checks(settings: &Settings, options: &Options) -> Result<Vec<Check>> {
                     unusable(format!(
                         "{}: no target `{name}` (targets: {})",
                         settings.source,
-                        settings
-                            .targets
-                            .iter()
-                            .map(|t| t.name.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        settings.target_names()
                     ))
                 })?;
             vec![t]
@@ -229,24 +223,10 @@ pub async fn run(settings: Settings, options: Options) -> Result<u8> {
         checks.len(),
         targets.into_iter().collect::<Vec<_>>().join(", ")
     );
-    let producer: FutureProducer<Reporter> = producer_config(
-        &settings.kafka,
-        &crate::config::EnvSecrets,
-        deadline.saturating_duration_since(Instant::now()),
-    )?
-    .create_with_context(Reporter::clone(&reporter))
-    .context("cannot create the Kafka producer")?;
+    let producer = update_producer(&settings, &reporter, deadline)?;
     for update in &updates {
         let bytes = serde_json::to_vec(update)?;
-        let sent = producer
-            .send(
-                FutureRecord::to(&settings.kafka.topic)
-                    .key(&update.incident_id)
-                    .payload(&bytes),
-                rdkafka::util::Timeout::Never,
-            )
-            .await;
-        if let Err((e, _)) = sent {
+        if let Err(e) = produce(&producer, &settings, update, &bytes).await {
             println!(
                 "FAIL  the drill was not published to {}: {e}",
                 settings.kafka.topic
