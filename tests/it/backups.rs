@@ -21,6 +21,38 @@ use std::time::Duration;
 const PARTITIONS: i32 = 2;
 const NUMBERS: [&str; 2] = ["+447700900301", "+447700900302"];
 
+/// An SMS target `sms` for customers through Twilio at `twilio` (its keys, then
+/// `extra` lines), with the SMSC on `port` as its backup `backup`.
+fn sms_target(twilio: &str, numbers: [&str; 2], extra: &str, backup: &str, port: u16) -> String {
+    format!(
+        r#"[targets.sms]
+type = "sms"
+audiences = ["customers"]
+provider = "twilio"
+provider_name = "twilio"
+account_sid = "AC123"
+auth_token = {{ value = "tok" }}
+from = "+15005550006"
+base_url = "{twilio}"
+rate_per_second = 1000
+recipients = {{ customers = ["{n0}", "{n1}"] }}
+{extra}
+
+[[targets.sms.backups]]
+name = "{backup}"
+provider = "smpp"
+address = "127.0.0.1:{port}"
+system_id = "clarion"
+password = {{ value = "e2eSmpp7" }}
+source_addr = "ACME"
+response_timeout = "20s"
+rate_per_second = 1000
+"#,
+        n0 = numbers[0],
+        n1 = numbers[1],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_fails_over_from_a_gateway_refusing_connections_to_the_backup_smsc() {
     let Some(brokers) = clarion_tests::kafka(module_path!()) else {
@@ -34,34 +66,12 @@ async fn sms_fails_over_from_a_gateway_refusing_connections_to_the_backup_smsc()
     let refused = clarion_tests::free_port();
     let w = Wiring::new(&brokers, "backups-sms", PARTITIONS).await;
     let (ledger_topic, state_topic) = record_topics(&w).await;
-    let targets = format!(
-        r#"[targets.sms]
-type = "sms"
-audiences = ["customers"]
-provider = "twilio"
-provider_name = "twilio"
-account_sid = "AC123"
-auth_token = {{ value = "tok" }}
-from = "+15005550006"
-base_url = "http://127.0.0.1:{refused}"
-rate_per_second = 1000
-recipients = {{ customers = ["{n0}", "{n1}"] }}
-failover_after = "1s"
-retry = {{ initial_backoff = "100ms", max_backoff = "300ms" }}
-
-[[targets.sms.backups]]
-name = "smsc-backup"
-provider = "smpp"
-address = "127.0.0.1:{port}"
-system_id = "clarion"
-password = {{ value = "e2eSmpp7" }}
-source_addr = "ACME"
-response_timeout = "20s"
-rate_per_second = 1000
-"#,
-        port = smsc.port,
-        n0 = NUMBERS[0],
-        n1 = NUMBERS[1],
+    let targets = sms_target(
+        &format!("http://127.0.0.1:{refused}"),
+        NUMBERS,
+        "failover_after = \"1s\"\nretry = { initial_backoff = \"100ms\", max_backoff = \"300ms\" }",
+        "smsc-backup",
+        smsc.port,
     );
     let daemon = InProcess::start(&config(&w, &ledger_topic, &state_topic, &targets));
     let updates: Vec<IncidentUpdate> = samples::lifecycle(
@@ -191,38 +201,20 @@ url = "{real_down}"
 drill_recipients = ["http://127.0.0.1:{down_port}/hook"]
 retry = {{ max_attempts = 2, initial_backoff = "100ms", max_backoff = "200ms" }}
 
-[targets.sms]
-type = "sms"
-audiences = ["customers"]
-provider = "twilio"
-provider_name = "twilio"
-account_sid = "AC123"
-auth_token = {{ value = "tok" }}
-from = "+15005550006"
-base_url = "{twilio}"
-rate_per_second = 1000
-recipients = {{ customers = ["{c0}", "{c1}"] }}
-drill_recipients = ["{d0}", "{d1}"]
-
-[[targets.sms.backups]]
-name = "smsc"
-provider = "smpp"
-address = "127.0.0.1:{port}"
-system_id = "clarion"
-password = {{ value = "e2eSmpp7" }}
-source_addr = "ACME"
-response_timeout = "20s"
-rate_per_second = 1000
-"#,
+{sms}"#,
         real_hook = real_hook.url,
         drill_hook = drill_hook.url,
         real_down = real_down.url,
-        twilio = twilio.base,
-        port = smsc.port,
-        c0 = CUSTOMER_NUMBERS[0],
-        c1 = CUSTOMER_NUMBERS[1],
-        d0 = DRILL_NUMBERS[0],
-        d1 = DRILL_NUMBERS[1],
+        sms = sms_target(
+            &twilio.base,
+            CUSTOMER_NUMBERS,
+            &format!(
+                "drill_recipients = [\"{}\", \"{}\"]",
+                DRILL_NUMBERS[0], DRILL_NUMBERS[1]
+            ),
+            "smsc",
+            smsc.port,
+        ),
     );
     let metrics = clarion_tests::free_port();
     let config = with_metrics(&config(&w, &ledger_topic, &state_topic, &targets), metrics);
