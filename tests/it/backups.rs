@@ -326,3 +326,56 @@ retry = {{ max_attempts = 2, initial_backoff = "100ms", max_backoff = "200ms" }}
         assert!(text.starts_with("[DRILL] "), "{text}");
     }
 }
+
+/// `check-config --connect` checks each provider of a target on its own line, so a
+/// backup that cannot be reached is found before the primary fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_connect_checks_every_provider_of_a_target() {
+    let up = Receiver::start(Behaviour::Always(200)).await;
+    let refused = clarion_tests::free_port();
+    let toml = format!(
+        r#"[kafka]
+brokers = "127.0.0.1:9"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+
+[targets.hook]
+type = "webhook"
+audiences = ["customers"]
+url = "{url}"
+provider_name = "main"
+
+[[targets.hook.backups]]
+name = "spare"
+url = "http://127.0.0.1:{refused}/hook"
+"#,
+        url = up.url
+    );
+    let dir = std::env::temp_dir().join(clarion_tests::unique_topic("connect"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("clarion.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let mut command = std::process::Command::new(clarion_tests::daemon::binary());
+    command
+        .args(["check-config", "--connect", "--config"])
+        .arg(&path);
+    let o = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("ran")
+        .expect("run clarion check-config");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.lines().any(|l| l
+            .starts_with("ok      hook (webhook, audiences: customers), provider main: reachable")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l
+            .starts_with("FAILED  hook (webhook, audiences: customers), provider spare: ")
+            && l.contains("refused")),
+        "{out}"
+    );
+    assert!(err.contains("some targets are not reachable"), "{err}");
+}
