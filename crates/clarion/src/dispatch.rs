@@ -573,9 +573,12 @@ impl Dispatcher {
             let started = *budget.started.get_or_insert_with(Instant::now);
             tried.provider = Some(at);
             let provider = &target.providers[at];
+            let breaker = target.breakers.get(at);
             // A drill goes through the provider's drill channel, never its own.
             let channel = if delivery.update.drill {
                 let Some(channel) = &provider.drill else {
+                    // Not an attempt: a probe this delivery was given goes back.
+                    breaker.release_probe(pass);
                     let e = DeliveryError::permanent(format!(
                         "provider `{}` has no drill channel (the target has no drill_recipients)",
                         provider.name
@@ -589,7 +592,6 @@ impl Dispatcher {
             } else {
                 &provider.channel
             };
-            let breaker = target.breakers.get(at);
             if let Pass::OutageOver { since } = pass {
                 let e = DeliveryError::retryable(
                     format!(
