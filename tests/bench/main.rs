@@ -263,7 +263,13 @@ async fn main() -> Result<()> {
         let pid = daemon.id();
         let started = Instant::now();
         let expected = n * args.targets as u64;
-        wait_for(&sinks, expected, Duration::from_secs(900)).await?;
+        wait_for(
+            &sinks,
+            expected,
+            Duration::from_secs(900),
+            Some((&mut daemon, &log_path)),
+        )
+        .await?;
         let drained = started.elapsed();
         let (rss, cpu) = (peak_rss_kib(pid), cpu_seconds(pid));
         stop(&mut daemon);
@@ -317,7 +323,13 @@ async fn main() -> Result<()> {
     let produced_in = started.elapsed();
 
     let expected = total * args.targets as u64;
-    wait_for(&sinks, expected, Duration::from_secs(900)).await?;
+    wait_for(
+        &sinks,
+        expected,
+        Duration::from_secs(900),
+        Some((&mut daemon, &log_path)),
+    )
+    .await?;
     let last_ns = sinks
         .iter()
         .map(|s| s.last_ns.load(Ordering::Relaxed))
@@ -439,7 +451,13 @@ async fn takeover(
         daemons.push(start_daemon()?);
     }
     publishing.await??;
-    wait_for(sinks, total * args.targets as u64, Duration::from_secs(300)).await?;
+    wait_for(
+        sinks,
+        total * args.targets as u64,
+        Duration::from_secs(300),
+        None,
+    )
+    .await?;
     let window = Duration::from_secs(1).as_nanos() as u64;
     let waited: Vec<u64> = sinks
         .iter()
@@ -505,13 +523,28 @@ async fn publish(
     Ok(())
 }
 
-/// Waits until the sinks together received `expected` deliveries.
-async fn wait_for(sinks: &[Arc<Sink>], expected: u64, limit: Duration) -> Result<()> {
+/// Waits until the sinks together received `expected` deliveries. Fails at once
+/// when `daemon` exits first (a config librdkafka refuses, a crash), with its log.
+async fn wait_for(
+    sinks: &[Arc<Sink>],
+    expected: u64,
+    limit: Duration,
+    mut daemon: Option<(&mut std::process::Child, &std::path::Path)>,
+) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let got: u64 = sinks.iter().map(|s| s.count.load(Ordering::Relaxed)).sum();
         if got >= expected {
             return Ok(());
+        }
+        if let Some((child, log)) = daemon.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            bail!(
+                "the daemon exited ({status}) after {got} of {expected} deliveries; its log, {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         if Instant::now() > deadline {
             bail!(
