@@ -16,5 +16,5 @@ pub mod templates;
 pub use route::{Decision, Rule, UpdateKind, route};
 pub use templates::{
     ChannelKind, MAX_SUBJECT_CHARS, Message, PRESETS, Part, RenderContext, Rendered,
-    TargetTemplates, TemplateError, TemplateProblem, TemplateSet, TemplatesConfig,
+    TargetTemplates, TemplateError, TemplateProblem, TemplateSet, TemplatesConfig, html_escape,
 };

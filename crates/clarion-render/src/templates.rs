@@ -1176,7 +1176,8 @@ fn paragraphs(value: &str) -> Value {
     Value::from_safe_string(html.trim_end().to_string())
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -15,17 +15,10 @@ pub fn read_event(path: &std::path::Path, settings: &Settings) -> Result<Inciden
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     let update = IncidentUpdate::from_slice(&bytes, settings.daemon.max_event_bytes)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let unknown: Vec<&str> = update
-        .audiences
-        .iter()
-        .filter(|a| !settings.audiences.contains(*a))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
+    if let Err(reason) = crate::dispatch::check_audiences(&update, &settings.audiences) {
         return Err(anyhow!(
-            "{}: unknown audience(s) {} (the daemon would dead-letter this update)",
-            path.display(),
-            unknown.join(", ")
+            "{}: {reason} (the daemon would dead-letter this update)",
+            path.display()
         ));
     }
     Ok(update)

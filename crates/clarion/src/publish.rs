@@ -325,16 +325,9 @@ pub fn complete(
 pub fn validate(settings: &Settings, bytes: &[u8]) -> Result<IncidentUpdate> {
     let update = IncidentUpdate::from_slice(bytes, settings.daemon.max_event_bytes)
         .map_err(|e| anyhow!("the daemon would reject this update: {e}"))?;
-    let unknown: Vec<&str> = update
-        .audiences
-        .iter()
-        .filter(|a| !settings.audiences.contains(*a))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
+    if let Err(reason) = crate::dispatch::check_audiences(&update, &settings.audiences) {
         bail!(
-            "the daemon would dead-letter this update: unknown audience(s) {} (known: {})",
-            unknown.join(", "),
+            "the daemon would dead-letter this update: {reason} (known: {})",
             settings
                 .audiences
                 .iter()

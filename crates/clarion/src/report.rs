@@ -9,6 +9,7 @@
 
 use crate::config::Deadlines;
 use crate::ledger::LedgerRecord;
+use clarion_render::html_escape;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -284,22 +285,6 @@ pub fn status_table(incident_id: &str, records: &[LedgerRecord]) -> String {
     out
 }
 
-/// Escapes text for HTML element content and attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 const CSS: &str = "body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em;color:#1d2330}
 h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .meta{color:#5b6472}table{border-collapse:collapse;width:100%;margin:.4em 0}
@@ -320,7 +305,7 @@ pub fn html(r: &IncidentReport) -> String {
          <h1>Incident {id}: who was told what, and when</h1>\
          <p class=\"meta\">Generated {gen} UTC by clarion {ver} from the delivery ledger. \
          {n} notice(s), {u} update(s). Times are UTC.</p>",
-        id = esc(&r.incident_id),
+        id = html_escape(&r.incident_id),
         gen = time(&r.generated_at),
         ver = env!("CARGO_PKG_VERSION"),
         n = r.notices.len(),
@@ -341,8 +326,8 @@ pub fn html(r: &IncidentReport) -> String {
             .map(|d| {
                 format!(
                     "<span class=\"{v}\">{name}: {v}</span> (due {due}{met})",
-                    v = esc(&d.verdict),
-                    name = esc(&d.deadline),
+                    v = html_escape(&d.verdict),
+                    name = html_escape(&d.deadline),
                     due = time(&d.due),
                     met = d
                         .met_at
@@ -355,7 +340,7 @@ pub fn html(r: &IncidentReport) -> String {
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-            esc(&a.audience),
+            html_escape(&a.audience),
             time(&a.first_update_at),
             a.first_notice_at
                 .as_ref()
@@ -385,11 +370,11 @@ pub fn html(r: &IncidentReport) -> String {
         let failure = match (&n.error, &n.superseded_by) {
             (Some(e), _) => format!(
                 "{} {}: {}",
-                esc(&e.class),
-                esc(e.code.as_deref().unwrap_or("")),
-                esc(&e.reason)
+                html_escape(&e.class),
+                html_escape(e.code.as_deref().unwrap_or("")),
+                html_escape(&e.reason)
             ),
-            (None, Some(by)) => format!("superseded by {}", esc(by)),
+            (None, Some(by)) => format!("superseded by {}", html_escape(by)),
             _ => String::new(),
         };
         let _ = write!(
@@ -398,20 +383,20 @@ pub fn html(r: &IncidentReport) -> String {
              <td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
              <td>{}</td><td>{}</td></tr>",
             n.sequence,
-            esc(&n.status),
-            esc(&n.target),
-            esc(&n.channel),
-            esc(&n.audiences.join(", ")),
-            esc(n.recipient.as_deref().unwrap_or("-")),
+            html_escape(&n.status),
+            html_escape(&n.target),
+            html_escape(&n.channel),
+            html_escape(&n.audiences.join(", ")),
+            html_escape(n.recipient.as_deref().unwrap_or("-")),
             n.first_attempt_at
                 .as_ref()
                 .map(time)
                 .unwrap_or_else(|| "-".into()),
             time(&n.final_at),
             n.attempts,
-            esc(n.provider_id.as_deref().unwrap_or("-")),
+            html_escape(n.provider_id.as_deref().unwrap_or("-")),
             failure,
-            o = esc(&n.outcome),
+            o = html_escape(&n.outcome),
         );
     }
     h.push_str("</table></body></html>\n");
@@ -450,7 +435,7 @@ fn timeline_svg(r: &IncidentReport) -> String {
         s,
         "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
          viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-label=\"Notification timeline of incident {}\">",
-        esc(&r.incident_id)
+        html_escape(&r.incident_id)
     );
     // Axis: start and end times, and a tick per quarter.
     for i in 0..=4 {
@@ -474,7 +459,7 @@ fn timeline_svg(r: &IncidentReport) -> String {
             s,
             "<g class=\"lane\" data-audience=\"{aud}\"><text x=\"8\" y=\"{ty:.1}\" font-weight=\"600\">{aud}</text>\
              <line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{x2}\" y2=\"{y:.1}\" stroke=\"#cbd5e1\" stroke-width=\"2\"/>",
-            aud = esc(&a.audience),
+            aud = html_escape(&a.audience),
             ty = y + 4.0,
             x2 = WIDTH - 20.0,
         );
@@ -494,7 +479,7 @@ fn timeline_svg(r: &IncidentReport) -> String {
                  <title>#{seq} {st} published {t}</title></circle>\
                  <text x=\"{px:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">#{seq} {st}</text>",
                 seq = u.sequence,
-                st = esc(&u.status),
+                st = html_escape(&u.status),
                 t = time(&published),
                 ly = y - 9.0 - 9.0 * (k % 3) as f64,
             );
@@ -529,9 +514,9 @@ fn timeline_svg(r: &IncidentReport) -> String {
                 a = y - 18.0,
                 b = y + 14.0,
                 ty = y + 24.0,
-                name = esc(&d.deadline),
+                name = html_escape(&d.deadline),
                 t = time(&d.due),
-                v = esc(&d.verdict),
+                v = html_escape(&d.verdict),
             );
         }
         s.push_str("</g>");
