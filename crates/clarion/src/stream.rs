@@ -51,14 +51,16 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Role {
     /// Event-level outcomes, once per deployment. The dispatcher has no targets; it
-    /// writes dead letters. `routes` are every target's routing, for the "no target
-    /// takes this update" warning.
+    /// writes dead letters. `routes` are every target's routing and `drillable`
+    /// the targets with `drill_recipients`, for the "no target takes this update"
+    /// warning.
     Events {
         dispatcher: Arc<Dispatcher>,
         routes: Vec<(
             std::collections::BTreeSet<String>,
             Vec<clarion_render::Rule>,
         )>,
+        drillable: std::collections::BTreeSet<String>,
     },
     /// Deliveries to one target: the dispatcher has exactly that target.
     Target { dispatcher: Arc<Dispatcher> },
@@ -632,7 +634,32 @@ async fn handle(
 ) -> Resolution {
     match (role, work) {
         (_, Work::Nothing) => Resolution::Resolved,
-        (Role::Events { dispatcher, routes }, Work::Check(checked)) => match checked {
+        (
+            Role::Events {
+                dispatcher,
+                routes,
+                drillable,
+            },
+            Work::Check(checked),
+        ) => match checked {
+            Ok(update) if update.drill => {
+                // A drill is routed by `drill_targets` and `drill_recipients`, not
+                // by audiences and rules (`dispatch::drill_audiences`).
+                let taken = if update.drill_targets.is_empty() {
+                    !drillable.is_empty()
+                } else {
+                    update.drill_targets.iter().any(|t| drillable.contains(t))
+                };
+                if !taken {
+                    tracing::warn!(
+                        incident_id = %update.incident_id,
+                        update_id = %update.update_id,
+                        drill_targets = ?update.drill_targets,
+                        "no target takes this drill: none of its drill_targets has drill_recipients; nothing to deliver"
+                    );
+                }
+                Resolution::Resolved
+            }
             Ok(update) => {
                 let taken = routes
                     .iter()

@@ -249,6 +249,12 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                     .with_state(shared.records.state.clone()),
                 ),
                 routes,
+                drillable: settings
+                    .targets
+                    .iter()
+                    .filter(|t| t.drill.is_some())
+                    .map(|t| t.name.to_string())
+                    .collect(),
             },
         },
         settings
