@@ -278,6 +278,27 @@ retry = {{ max_attempts = 2, initial_backoff = "100ms", max_backoff = "200ms" }}
         let at = sample(&page, &last_success(provider, target)).unwrap_or_default();
         assert!(at > 1.7e9, "{target}/{provider}: {at}\n{page}");
     }
+    // A drill published by hand for a target that has no drill_recipients reaches
+    // nobody, and says so.
+    let mut stray = samples::lifecycle(
+        "DRILL-STRAY",
+        "drill",
+        &["customers"],
+        jiff::Timestamp::now(),
+    )
+    .remove(0);
+    stray.drill = true;
+    stray.drill_targets = vec!["nope".into()];
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &[stray]).await;
+    let mut warned = false;
+    for _ in 0..240 {
+        if daemon.log_text().contains("no target takes this drill") {
+            warned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(warned, "{}", daemon.log_text());
     daemon.signal("TERM");
     assert_eq!(daemon.wait(Duration::from_secs(60)).await, Some(0));
 
