@@ -221,6 +221,7 @@ fn channel_limited(peer: &Peer, tokens: Vec<String>, max_concurrent_sends: usize
         ),
         ca_file: Some(peer.dir.join("ca.pem")),
         device_tokens: BTreeMap::from([("customers".to_string(), tokens)]),
+        directory: false,
         ttl: Duration::from_secs(3600),
         max_concurrent_sends,
         request_timeout: Duration::from_secs(30),

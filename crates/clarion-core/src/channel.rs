@@ -41,6 +41,13 @@ pub struct Delivery {
     /// `None`: every recipient the target has for `audiences`. `Some`: only these,
     /// because the others already succeeded or failed for good.
     pub recipients: Option<Vec<String>>,
+    /// Addresses handed over with the delivery (the members of a directory
+    /// audience, one batch of them), used *instead of* the channel's configured
+    /// recipients, lists and topics. Each gets the text of `audiences[0]`. A
+    /// channel validates each one as it validates configured recipients: a
+    /// malformed address is a permanent result for that address alone.
+    /// `recipients` and `skip` restrict them on a retry as usual.
+    pub direct: Option<Arc<[String]>>,
     /// Recipients that already ended (delivered, or failed for good) in an earlier
     /// attempt that timed out before it could report them all. Never tried again.
     pub skip: Arc<std::collections::BTreeSet<String>>,
@@ -76,6 +83,7 @@ impl Delivery {
             key,
             attempt: 1,
             recipients: None,
+            direct: None,
             skip: Arc::default(),
             progress: Arc::default(),
             content: Arc::default(),
@@ -96,6 +104,18 @@ impl Delivery {
     pub fn finish(&self, result: RecipientResult) -> RecipientResult {
         self.progress.record(&result);
         result
+    }
+
+    /// The same delivery addressed to `addresses` instead of the channel's
+    /// configured recipients (see [`Delivery::direct`]).
+    pub fn with_direct(mut self, addresses: Vec<String>) -> Self {
+        self.direct = Some(addresses.into());
+        self
+    }
+
+    /// The audience whose text direct addresses get: the first one served.
+    pub fn direct_audience(&self) -> Option<&str> {
+        self.audiences.first().map(String::as_str)
     }
 
     /// The rendered part for one audience, if the templates produced it.

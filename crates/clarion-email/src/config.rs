@@ -19,6 +19,8 @@ use std::time::Duration;
 const DEFAULT_BCC_BATCH: usize = 50;
 const MAX_BCC_BATCH: usize = 100;
 const LIST_PREFIX: &str = "list:";
+const DIRECTORY_RECIPIENTS: &str = "a people target's channel addresses the directory's members; static recipients belong to an ordinary target";
+const DIRECTORY_LISTS: &str = "a people target's channel addresses the directory's members; static recipient lists belong to an ordinary target";
 
 /// One SMTP target: the relay it talks to, how, and who receives each audience's
 /// updates. Sits flat inside `[targets.NAME]` next to the daemon's `type = "email"`,
@@ -117,6 +119,13 @@ pub struct EmailConfig {
     /// message). Default: 60s.
     #[serde(default, with = "humantime_serde")]
     pub command_timeout: Option<Duration>,
+    /// Set by the daemon, never by the file (the key does not exist in TOML): this
+    /// channel is the leg of a people target that addresses a directory's members,
+    /// handed over with each delivery (`Delivery::direct`). Its `recipients` must then
+    /// be an empty table and `lists` empty or absent (anything else is refused): who
+    /// it reaches is the directory's business, not the config's. Default false.
+    #[serde(skip)]
+    pub directory: bool,
 }
 
 /// How the SMTP connection is secured.
@@ -179,6 +188,18 @@ impl Recipient {
         let id = mailbox.email.to_string();
         let key = id.to_lowercase();
         Recipient { mailbox, id, key }
+    }
+
+    /// A recipient handed over with the delivery (`Delivery::direct`): reported back
+    /// by `address` exactly as the daemon gave it, so that its results match its own
+    /// list, and compared by the mailbox's address like any other.
+    pub fn direct(address: &str, mailbox: Mailbox) -> Self {
+        let key = mailbox.email.to_string().to_lowercase();
+        Recipient {
+            mailbox,
+            id: address.to_string(),
+            key,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -465,9 +486,19 @@ impl EmailConfig {
         &self,
         err: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<BTreeMap<String, Vec<Recipient>>, ConfigError> {
+        if self.directory {
+            // Anything written here would be mailed on top of the directory's members,
+            // or never, depending on how the daemon addressed the delivery: refuse it.
+            if !self.recipients.is_empty() {
+                return Err(err("recipients", DIRECTORY_RECIPIENTS.into()));
+            }
+            if !self.lists.is_empty() {
+                return Err(err("lists", DIRECTORY_LISTS.into()));
+            }
+            return Ok(BTreeMap::new());
+        }
         let parse = |field: &str, entry: &str| -> Result<Recipient, ConfigError> {
-            let mailbox: Mailbox = entry
-                .parse()
+            let mailbox = parse_address(entry)
                 .map_err(|e| err(field, format!("`{entry}` is not an email address: {e}")))?;
             Ok(Recipient::new(mailbox))
         };
@@ -526,6 +557,12 @@ impl EmailConfig {
         }
         Ok(map)
     }
+}
+
+/// Parses one recipient entry, configured or handed over with a delivery: an address
+/// (`noc@acme.example`) or a mailbox with a display name (`NOC <noc@acme.example>`).
+pub(crate) fn parse_address(entry: &str) -> Result<Mailbox, lettre::address::AddressError> {
+    entry.parse()
 }
 
 fn valid_id_domain(d: &str) -> bool {

@@ -7,6 +7,10 @@
 //! without mailing the others twice. Every message carries a `Message-ID` derived from
 //! the idempotency key, so a redelivery is recognisable as one.
 //!
+//! A delivery may carry its own addresses (`Delivery::direct`, a directory's members)
+//! instead of the configured ones; each is parsed as a configured one is, and a
+//! malformed one fails alone, for good.
+//!
 //! This crate must never retry a delivery on its own (the daemon's policy decides),
 //! never panic on a server's reply, and never print a credential.
 
@@ -21,6 +25,7 @@ use clarion_core::{Channel, Delivery, DeliveryError, Outcome, RecipientResult, S
 use compose::Addressing;
 use config::{Recipient, Settings};
 use futures::stream::{self, StreamExt};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -67,37 +72,79 @@ struct Job {
 
 type Contents<'a> = BTreeMap<&'a str, Content>;
 
+/// One recipient of an attempt and the audience whose text it gets. Configured
+/// recipients are borrowed from the settings; those handed over with the delivery
+/// (`Delivery::direct`) are parsed for this attempt alone.
+type Chosen<'a> = (&'a str, Cow<'a, Recipient>);
+
+/// [`Delivery::wants`] for addresses: `Delivery::wants` compares exactly and searches
+/// a list, but addresses compare without regard to case (see `Recipient::key`), and a
+/// delivery can name a thousand of them, so both tests are made on lower-cased sets.
+struct Filter {
+    /// A retry's subset, lower-cased; `None` on a first try.
+    only: Option<HashSet<String>>,
+    /// The recipients that ended in an earlier attempt, lower-cased.
+    skipped: HashSet<String>,
+}
+
+impl Filter {
+    fn new(delivery: &Delivery) -> Self {
+        Filter {
+            only: delivery
+                .recipients
+                .as_ref()
+                .map(|list| list.iter().map(|w| w.to_lowercase()).collect()),
+            skipped: delivery.skip.iter().map(|s| s.to_lowercase()).collect(),
+        }
+    }
+
+    /// Whether to try the recipient whose lower-cased address is `key`.
+    fn wants(&self, key: &str) -> bool {
+        !self.skipped.contains(key) && self.only.as_ref().is_none_or(|o| o.contains(key))
+    }
+
+    /// The same for a recipient known by two lower-cased names (its address as
+    /// written and its bare address, often the same): skipped if either is, wanted
+    /// if either is.
+    fn wants_either(&self, a: &str, b: &str) -> bool {
+        !self.skipped.contains(a)
+            && !self.skipped.contains(b)
+            && self
+                .only
+                .as_ref()
+                .is_none_or(|o| o.contains(a) || o.contains(b))
+    }
+}
+
 impl EmailChannel {
-    /// The recipients of this attempt, in audience order, each with the first of the
-    /// delivery's audiences that lists it; plus a result for every requested recipient
-    /// the config no longer has.
-    fn select<'a>(
+    /// The recipients of this attempt, each with the audience whose text it gets;
+    /// plus a result, already recorded, for every requested recipient that cannot be
+    /// mailed (no longer configured, or a malformed direct address).
+    fn select<'a>(&'a self, delivery: &'a Delivery) -> (Vec<Chosen<'a>>, Vec<RecipientResult>) {
+        let filter = Filter::new(delivery);
+        match &delivery.direct {
+            Some(direct) => self.select_direct(delivery, direct, &filter),
+            None => self.select_configured(delivery, &filter),
+        }
+    }
+
+    /// The configured recipients of the delivery's audiences, once each, in audience
+    /// order, each with the first of the delivery's audiences that lists it.
+    fn select_configured<'a>(
         &'a self,
         delivery: &Delivery,
-    ) -> (Vec<(&'a str, &'a Recipient)>, Vec<RecipientResult>) {
-        // `Delivery::wants` compares exactly; addresses compare without regard to
-        // case (see `Recipient::key`), so a requested or skipped address written
-        // differently must still match. The first test is `wants` itself, the
-        // lower-cased sets only catch the spellings it would miss.
-        let wanted: Option<HashSet<String>> = delivery
-            .recipients
-            .as_ref()
-            .map(|list| list.iter().map(|w| w.to_lowercase()).collect());
-        let skipped: HashSet<String> = delivery.skip.iter().map(|s| s.to_lowercase()).collect();
-        let wants = |r: &Recipient| {
-            !skipped.contains(r.key())
-                && (delivery.wants(r.id()) || wanted.as_ref().is_none_or(|w| w.contains(r.key())))
-        };
+        filter: &Filter,
+    ) -> (Vec<Chosen<'a>>, Vec<RecipientResult>) {
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut chosen: Vec<(&str, &Recipient)> = Vec::new();
+        let mut chosen: Vec<Chosen<'a>> = Vec::new();
         for audience in delivery.audiences.iter() {
             let Some((name, list)) = self.settings.recipients.get_key_value(audience.as_str())
             else {
                 continue;
             };
             for r in list {
-                if wants(r) && seen.insert(r.key()) {
-                    chosen.push((name.as_str(), r));
+                if filter.wants(r.key()) && seen.insert(r.key()) {
+                    chosen.push((name.as_str(), Cow::Borrowed(r)));
                 }
             }
         }
@@ -105,7 +152,7 @@ impl EmailChannel {
         for w in delivery.recipients.iter().flatten() {
             let key = w.to_lowercase();
             // A skipped recipient already ended in an earlier attempt: no result.
-            if !seen.contains(key.as_str()) && !skipped.contains(&key) {
+            if !seen.contains(key.as_str()) && !filter.skipped.contains(&key) {
                 gone.push(delivery.finish(RecipientResult {
                     recipient: Some(w.clone()),
                     result: Err(DeliveryError::permanent(format!(
@@ -118,9 +165,63 @@ impl EmailChannel {
         (chosen, gone)
     }
 
+    /// The addresses handed over with the delivery, instead of the configured ones:
+    /// once each (compared without regard to case), in the given order, all with the
+    /// text of the delivery's first audience. Each is parsed as a configured recipient
+    /// is; a malformed one fails alone, for good. A retry's subset naming an address
+    /// the delivery does not carry gets no result: the daemon, not the config, says
+    /// who a directory batch holds.
+    fn select_direct<'a>(
+        &self,
+        delivery: &'a Delivery,
+        direct: &'a [String],
+        filter: &Filter,
+    ) -> (Vec<Chosen<'a>>, Vec<RecipientResult>) {
+        let audience = delivery.direct_audience();
+        let mut seen: HashSet<String> = HashSet::with_capacity(direct.len());
+        let mut chosen: Vec<Chosen<'a>> = Vec::with_capacity(direct.len());
+        let mut refused = Vec::new();
+        for address in direct.iter() {
+            let parsed = config::parse_address(address);
+            // The mailbox's address when it parses (a display name does not make a
+            // second recipient), else the text itself.
+            let key = match &parsed {
+                Ok(mailbox) => mailbox.email.to_string().to_lowercase(),
+                Err(_) => address.to_lowercase(),
+            };
+            // A retry or a skip may name it as given or by its bare address (they
+            // differ when it has a display name).
+            if !filter.wants_either(&key, &address.to_lowercase()) || !seen.insert(key) {
+                continue;
+            }
+            let refuse = |why: String| {
+                delivery.finish(RecipientResult {
+                    recipient: Some(address.clone()),
+                    result: Err(DeliveryError::permanent(format!(
+                        "email target `{}`: {why}",
+                        self.target
+                    ))),
+                })
+            };
+            match (parsed, audience) {
+                (Ok(mailbox), Some(audience)) => {
+                    chosen.push((audience, Cow::Owned(Recipient::direct(address, mailbox))))
+                }
+                (Err(e), _) => {
+                    refused.push(refuse(format!("`{address}` is not an email address: {e}")))
+                }
+                (Ok(_), None) => refused.push(refuse(
+                    "the delivery serves no audience whose text a directory member could get"
+                        .to_string(),
+                )),
+            }
+        }
+        (chosen, refused)
+    }
+
     /// The text of each audience in the selection, once per attempt: the rendered
     /// templates when the daemon supplied them, else the built-in wording.
-    fn contents<'a>(delivery: &Delivery, chosen: &[(&'a str, &Recipient)]) -> Contents<'a> {
+    fn contents<'a>(delivery: &Delivery, chosen: &[Chosen<'a>]) -> Contents<'a> {
         let mut content = Contents::new();
         for (audience, _) in chosen {
             content.entry(*audience).or_insert_with(|| {
@@ -167,7 +268,7 @@ impl EmailChannel {
     fn plan(
         &self,
         delivery: &Delivery,
-        chosen: &[(&str, &Recipient)],
+        chosen: &[Chosen<'_>],
         contents: &Contents<'_>,
     ) -> Vec<Job> {
         match self.settings.send_mode {
@@ -210,7 +311,7 @@ impl EmailChannel {
     fn message(
         &self,
         delivery: &Delivery,
-        chosen: &[(&str, &Recipient)],
+        chosen: &[Chosen<'_>],
         contents: &Contents<'_>,
         job: &Job,
     ) -> Arc<Result<String, String>> {
@@ -229,8 +330,12 @@ impl EmailChannel {
 impl Channel for EmailChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
         let (chosen, mut results) = self.select(delivery);
-        // Everyone already ended in an earlier attempt: nothing left to do.
-        if chosen.is_empty() && results.is_empty() && !delivery.skip.is_empty() {
+        // Everyone already ended in an earlier attempt, or a directory batch has
+        // nobody this attempt wants: nothing left to do.
+        if chosen.is_empty()
+            && results.is_empty()
+            && (!delivery.skip.is_empty() || delivery.direct.is_some())
+        {
             return Outcome {
                 results: Vec::new(),
             };
@@ -254,7 +359,7 @@ impl Channel for EmailChannel {
                     let recipients: Vec<&Recipient> = job
                         .recipients
                         .iter()
-                        .filter_map(|&i| chosen.get(i).map(|c| c.1))
+                        .filter_map(|&i| chosen.get(i).map(|c| c.1.as_ref()))
                         .collect();
                     let message = self.message(delivery, chosen, contents, &job);
                     let outcome = match message.as_ref() {

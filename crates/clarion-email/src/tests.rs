@@ -690,3 +690,207 @@ customers = ["ann@customers.example"]
         "{err:?}"
     );
 }
+
+/// A delivery to `audiences` addressed to `direct` instead of the configured recipients.
+fn direct_delivery(audiences: &[&str], direct: &[&str]) -> Delivery {
+    delivery(audiences, None).with_direct(direct.iter().map(|a| a.to_string()).collect())
+}
+
+/// `(recipient, "ok")` or `(recipient, "class: reason")` per result.
+fn results(outcome: &[RecipientResult]) -> Vec<(String, String)> {
+    outcome
+        .iter()
+        .map(|r| {
+            let said = match &r.result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => format!("{}: {}", e.class.as_str(), e.reason),
+            };
+            (r.recipient.clone().unwrap_or_default(), said)
+        })
+        .collect()
+}
+
+#[test]
+fn direct_addresses_replace_the_configured_ones_with_the_first_audience() {
+    let ch = channel(EXAMPLE);
+    let d = direct_delivery(
+        &["regulators", "customers"],
+        &[
+            "Ann <ann@people.example>",
+            "bob@people.example",
+            // The same mailbox as Ann's, differently written: mailed once.
+            "ANN@people.example",
+            "cy@people.example",
+        ],
+    );
+    let (chosen, refused) = ch.select(&d);
+    let got: Vec<(&str, &str)> = chosen.iter().map(|(a, r)| (*a, r.id())).collect();
+    // Reported by the address as given; none of the configured recipients.
+    assert_eq!(
+        got,
+        [
+            ("regulators", "Ann <ann@people.example>"),
+            ("regulators", "bob@people.example"),
+            ("regulators", "cy@people.example"),
+        ]
+    );
+    assert!(refused.is_empty());
+    // Bcc batches of two, the envelope holding the bare addresses.
+    let contents = EmailChannel::contents(&d, &chosen);
+    let jobs = ch.plan(&d, &chosen, &contents);
+    let batches: Vec<Vec<usize>> = jobs.iter().map(|j| j.recipients.clone()).collect();
+    assert_eq!(batches, [vec![0, 1], vec![2]]);
+    assert_eq!(chosen[0].1.mailbox.email.to_string(), "ann@people.example");
+    let m = ch
+        .message(&d, &chosen, &contents, &jobs[0])
+        .as_ref()
+        .clone()
+        .expect("renders");
+    assert!(m.contains("X-Clarion-Audience: regulators\r\n"), "{m}");
+    assert!(
+        !m.contains("people.example"),
+        "Bcc recipients in headers: {m}"
+    );
+}
+
+#[test]
+fn a_retry_and_a_skip_restrict_direct_addresses() {
+    let ch = channel(EXAMPLE);
+    let mut d = direct_delivery(
+        &["customers"],
+        &[
+            "ann@people.example",
+            "bob@people.example",
+            "Cy <cy@people.example>",
+            "dee@people.example",
+            "not an address",
+            "eve@people.example",
+        ],
+    );
+    d.recipients = Some(
+        [
+            "BOB@people.example",
+            // By its bare address, though handed over with a display name.
+            "cy@people.example",
+            "dee@people.example",
+            "not an address",
+            // Not in this batch: not this attempt's to answer for.
+            "zed@people.example",
+            // A configured recipient: direct addresses replace them entirely.
+            "a@customers.example",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    d.skip = Arc::new(["Dee@People.example".to_string()].into());
+    let (chosen, refused) = ch.select(&d);
+    let got: Vec<(&str, &str)> = chosen.iter().map(|(a, r)| (*a, r.id())).collect();
+    assert_eq!(
+        got,
+        [
+            ("customers", "bob@people.example"),
+            ("customers", "Cy <cy@people.example>")
+        ]
+    );
+    assert_eq!(
+        results(&refused),
+        [(
+            "not an address".to_string(),
+            "permanent: email target `status-mail`: `not an address` is not an email address: Invalid input".to_string()
+        )]
+    );
+    // Recorded as soon as known, like every other result.
+    assert_eq!(results(&d.progress.take()), results(&refused));
+}
+
+#[tokio::test]
+async fn direct_addresses_are_mailed_in_every_send_mode_and_a_malformed_one_fails_alone() {
+    for mode in ["per_recipient", "bcc"] {
+        let (port, seen) = fake_server_seen(Fault::StallAfter(usize::MAX)).await;
+        let ch = three_recipient_channel(port, mode);
+        let d = direct_delivery(
+            &["customers"],
+            &[
+                "dee@people.example",
+                "not an address",
+                "Eve <EVE@people.example>",
+                "eve@people.example",
+                "fay@people.example",
+            ],
+        );
+        let outcome = ch.send(&d).await;
+        let ok = |a: &str| (a.to_string(), "ok".to_string());
+        assert_eq!(
+            results(&outcome.results),
+            [
+                (
+                    "not an address".to_string(),
+                    "permanent: email target `status-mail`: `not an address` is not an email address: Invalid input".to_string()
+                ),
+                ok("dee@people.example"),
+                ok("Eve <EVE@people.example>"),
+                ok("fay@people.example"),
+            ],
+            "{mode}"
+        );
+        // What the server was asked to deliver to: the direct addresses, once each,
+        // and none of the three configured customers.
+        assert_eq!(
+            *seen.rcpt.lock().expect("lock"),
+            [
+                "RCPT TO:<dee@people.example>",
+                "RCPT TO:<EVE@people.example>",
+                "RCPT TO:<fay@people.example>",
+            ],
+            "{mode}"
+        );
+        // A batch with nobody left to try is nothing to do, not a failure.
+        let mut again = d.clone();
+        again.recipients = Some(vec!["zed@people.example".to_string()]);
+        assert_eq!(ch.send(&again).await.results, [], "{mode}");
+    }
+}
+
+#[test]
+fn a_directory_config_needs_no_recipients_and_refuses_static_ones() {
+    let directory = |toml_text: &str| {
+        let mut c = config(toml_text);
+        c.directory = true;
+        build("status-mail", &c, &Secrets)
+            .map(|ch| ch.settings.recipients.len())
+            .map_err(|e| e.to_string())
+    };
+    let none = EXAMPLE
+        .replace(
+            "[recipients]\ncustomers = [\"a@customers.example\", \"list:vip\", \"B@Customers.example\"]\nregulators = [\"Regulator <reg@gov.example>\", \"a@customers.example\"]\n",
+            "recipients = {}\n",
+        )
+        .replace(
+            "[lists]\nvip = [\"vip1@customers.example\", \"b@customers.example\", \"vip2@customers.example\"]\n",
+            "",
+        );
+    assert_eq!(directory(&none), Ok(0));
+    // An ordinary target still refuses to reach nobody.
+    assert_eq!(
+        build("status-mail", &config(&none), &Secrets)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err("email target `status-mail`: `recipients`: no audience has any recipient".into())
+    );
+    assert_eq!(
+        directory(EXAMPLE),
+        Err("email target `status-mail`: `recipients`: a people target's channel addresses the directory's members; static recipients belong to an ordinary target".into())
+    );
+    let lists_only = format!("{none}\n[lists]\nvip = [\"vip1@customers.example\"]\n");
+    assert_eq!(
+        directory(&lists_only),
+        Err("email target `status-mail`: `lists`: a people target's channel addresses the directory's members; static recipient lists belong to an ordinary target".into())
+    );
+    // Only the daemon says a channel is a directory leg: the file cannot.
+    let typo = toml::from_str::<EmailConfig>(&format!("directory = true\n{none}")).map(drop);
+    assert!(
+        typo.as_ref()
+            .is_err_and(|e| e.message().starts_with("unknown field `directory`")),
+        "{typo:?}"
+    );
+}

@@ -78,6 +78,13 @@ pub struct ApnsConfig {
     pub ca_file: Option<PathBuf>,
     /// Device tokens (hex) per audience: `{ customers = ["a1b2...", ...] }`.
     pub device_tokens: BTreeMap<String, Vec<String>>,
+    /// Set by the daemon, never by the file (the key does not exist in TOML): this
+    /// channel is the leg of a people target that pushes to a directory's members'
+    /// devices, handed over with each delivery (`Delivery::direct`). Its
+    /// `device_tokens` must then be an empty table (anything else is refused): who it
+    /// reaches is the directory's business, not the config's. Default false.
+    #[serde(skip)]
+    pub directory: bool,
     /// How long APNs keeps trying to reach an offline device (`apns-expiration` = now
     /// + ttl; `0s` means try once, now). At most 30 days. Default: 1 hour.
     #[serde(default = "default_ttl", with = "humantime_serde")]
@@ -177,24 +184,25 @@ pub fn build(
         ));
     }
 
-    for (audience, list) in &config.device_tokens {
-        for (i, token) in list.iter().enumerate() {
-            if token.len() < 32
-                || token.len() > 200
-                || !token.chars().all(|c| c.is_ascii_hexdigit())
-            {
-                return Err(err(
-                    &format!("device_tokens.{audience}[{i}]"),
-                    "is not an APNs device token (hex digits)".into(),
-                ));
+    if config.directory {
+        // Anything written here would be pushed on top of the directory's members, or
+        // never, depending on how the daemon addressed the delivery: refuse it.
+        if !config.device_tokens.is_empty() {
+            return Err(err("device_tokens", crate::DIRECTORY_TOKENS.into()));
+        }
+    } else {
+        for (audience, list) in &config.device_tokens {
+            for (i, token) in list.iter().enumerate() {
+                check_token(token)
+                    .map_err(|why| err(&format!("device_tokens.{audience}[{i}]"), why.into()))?;
             }
         }
-    }
-    if config.device_tokens.values().all(Vec::is_empty) {
-        return Err(err(
-            "device_tokens",
-            "is empty: the target would reach nobody".into(),
-        ));
+        if config.device_tokens.values().all(Vec::is_empty) {
+            return Err(err(
+                "device_tokens",
+                "is empty: the target would reach nobody".into(),
+            ));
+        }
     }
     if config.ttl > MAX_TTL {
         return Err(err("ttl", "is over 30 days".into()));
@@ -254,6 +262,14 @@ pub fn build(
         ttl: config.ttl,
         limit: Semaphore::new(config.max_concurrent_sends),
     })
+}
+
+/// The test every device token passes, configured or handed over with a delivery.
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.len() < 32 || token.len() > 200 || !token.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err("is not an APNs device token (hex digits)");
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -529,16 +545,22 @@ impl ApnsChannel {
 #[async_trait::async_trait]
 impl Channel for ApnsChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
-        let recipients = select_recipients(&self.recipients, delivery);
+        let selection = select_recipients(&self.recipients, delivery, &self.target, check_token);
+        let mut results = selection.refused;
         // Each result is recorded the moment it is known, not when the fan-out ends:
         // an attempt the daemon cuts short keeps the devices that already ended.
-        let results = fan_out(&self.limit, recipients, |(audience, device)| async move {
-            delivery.finish(RecipientResult {
-                recipient: Some(device.to_string()),
-                result: self.try_send(delivery, audience, device).await,
-            })
-        })
+        let sent = fan_out(
+            &self.limit,
+            selection.send,
+            |(audience, device)| async move {
+                delivery.finish(RecipientResult {
+                    recipient: Some(device.to_string()),
+                    result: self.try_send(delivery, audience, device).await,
+                })
+            },
+        )
         .await;
+        results.extend(sent);
         Outcome { results }
     }
 
@@ -791,6 +813,90 @@ mod tests {
         assert!(error.is_retryable(), "{shown}");
         assert!(
             error.reason.contains(&format!("https://127.0.0.1:{port}")),
+            "{shown}"
+        );
+    }
+
+    /// A directory leg at an address nobody listens on: what reaches the network is
+    /// the valid direct tokens only, and a malformed one is refused without it.
+    #[tokio::test]
+    async fn a_directory_config_needs_no_device_tokens_and_refuses_them() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let pem = crate::fcm::tests::openssl_key(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ]);
+        let config = |tokens: &str, directory: bool| {
+            let mut c: ApnsConfig = toml::from_str(&format!(
+                r#"
+                signing_key = {{ value = {} }}
+                key_id = "ABC123DEFG"
+                team_id = "TEAM123456"
+                topic = "com.example.status"
+                base_url = "https://127.0.0.1:{port}"
+                device_tokens = {tokens}
+                "#,
+                toml::Value::String(pem.clone()),
+            ))
+            .expect("config");
+            c.directory = directory;
+            build("push-apns", &c, &crate::fcm::tests::Values).map_err(|e| e.to_string())
+        };
+        let configured = format!("{{ customers = [\"{}\"] }}", "ab".repeat(32));
+        assert_eq!(
+            config(&configured, true).map(drop),
+            Err("target `push-apns`: `device_tokens` is not allowed: a people target's channel addresses the directory's members; static device tokens belong to an ordinary target".into())
+        );
+        // An ordinary target still refuses to reach nobody.
+        assert_eq!(
+            config("{}", false).map(drop),
+            Err(
+                "target `push-apns`: `device_tokens` is empty: the target would reach nobody"
+                    .into()
+            )
+        );
+        let channel = config("{}", true).expect("a directory leg builds");
+
+        let update = clarion_core::samples::lifecycle(
+            "INC-1",
+            "Outage",
+            &["customers"],
+            jiff::Timestamp::UNIX_EPOCH,
+        )
+        .remove(0);
+        let valid = "deadbeef".repeat(8);
+        let delivery = Delivery::new(
+            std::sync::Arc::new(update),
+            std::sync::Arc::from("push-apns"),
+            vec!["customers".to_string()].into(),
+        )
+        .with_direct(vec![valid.clone(), "not-hex".into(), valid.clone()]);
+        let outcome = channel.send(&delivery).await;
+        let shown = format!("{outcome:?}");
+        assert_eq!(outcome.results.len(), 2, "{shown}");
+        let refused = &outcome.results[0];
+        assert_eq!(refused.recipient.as_deref(), Some("not-hex"));
+        assert_eq!(
+            refused.result,
+            Err(DeliveryError::permanent(
+                "target `push-apns`: device token `n…` (7 characters) is not an APNs device token (hex digits)"
+            ))
+        );
+        // The valid token was tried once (nothing listens: retryable), and its reason
+        // does not show it.
+        let tried = &outcome.results[1];
+        assert_eq!(tried.recipient.as_deref(), Some(valid.as_str()), "{shown}");
+        assert!(
+            tried
+                .result
+                .as_ref()
+                .is_err_and(|e| e.is_retryable() && !e.reason.contains("deadbeef")),
             "{shown}"
         );
     }

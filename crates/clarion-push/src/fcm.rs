@@ -56,6 +56,13 @@ pub struct FcmConfig {
     /// reaches every device subscribed to it.
     #[serde(default)]
     pub topics: BTreeMap<String, Vec<String>>,
+    /// Set by the daemon, never by the file (the key does not exist in TOML): this
+    /// channel is the leg of a people target that pushes to a directory's members'
+    /// devices, handed over with each delivery (`Delivery::direct`). It then needs no
+    /// `device_tokens` or `topics`, and refuses any: who it reaches is the
+    /// directory's business, not the config's. Default false.
+    #[serde(skip)]
+    pub directory: bool,
     /// How long FCM keeps trying to reach an offline device before dropping the
     /// notification (`android.ttl`, and `apns-expiration` for iOS devices). At most 28
     /// days. Default: 1 hour (an outage notice a day late is noise).
@@ -196,19 +203,21 @@ pub fn build(
     );
     send_url.set_path(&path);
 
+    if config.directory {
+        // Anything written here would be pushed on top of the directory's members, or
+        // never, depending on how the daemon addressed the delivery: refuse it.
+        if !config.device_tokens.is_empty() {
+            return Err(err("device_tokens", crate::DIRECTORY_TOKENS.into()));
+        }
+        if !config.topics.is_empty() {
+            return Err(err("topics", crate::DIRECTORY_TOPICS.into()));
+        }
+    }
     let mut recipients: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (audience, tokens) in &config.device_tokens {
         for (i, token) in tokens.iter().enumerate() {
-            if token.is_empty()
-                || token.len() > 4096
-                || token.starts_with('/')
-                || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(err(
-                    &format!("device_tokens.{audience}[{i}]"),
-                    "is not an FCM registration token".into(),
-                ));
-            }
+            check_token(token)
+                .map_err(|why| err(&format!("device_tokens.{audience}[{i}]"), why.into()))?;
         }
         recipients
             .entry(audience.clone())
@@ -235,7 +244,7 @@ pub fn build(
             .or_default()
             .extend(topics.iter().map(|t| format!("{TOPIC_PREFIX}{t}")));
     }
-    if recipients.values().all(Vec::is_empty) {
+    if !config.directory && recipients.values().all(Vec::is_empty) {
         return Err(err(
             "device_tokens",
             "and `topics` are both empty: the target would reach nobody".into(),
@@ -282,6 +291,20 @@ pub fn build(
         ttl: config.ttl,
         limit: Semaphore::new(config.max_concurrent_sends),
     })
+}
+
+/// The test every registration token passes, configured or handed over with a
+/// delivery. A topic (`/topics/NAME`) is not a token, so a directory member cannot
+/// stand for one.
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty()
+        || token.len() > 4096
+        || token.starts_with('/')
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("is not an FCM registration token");
+    }
+    Ok(())
 }
 
 /// Who one FCM message is addressed to.
@@ -499,34 +522,30 @@ impl FcmChannel {
 #[async_trait::async_trait]
 impl Channel for FcmChannel {
     async fn send(&self, delivery: &Delivery) -> Outcome {
-        let recipients = select_recipients(&self.recipients, delivery);
-        if recipients.is_empty() {
-            return Outcome {
-                results: Vec::new(),
-            };
+        let selection = select_recipients(&self.recipients, delivery, &self.target, check_token);
+        let mut results = selection.refused;
+        if selection.send.is_empty() {
+            return Outcome { results };
         }
         // One token for the whole fan-out: if the token endpoint is down, every
         // recipient gets that error at once instead of each trying again.
         let token = match self.auth.token().await {
             Ok(t) => t,
             Err(e) => {
-                return Outcome {
-                    results: recipients
-                        .into_iter()
-                        .map(|(_, r)| {
-                            delivery.finish(RecipientResult {
-                                recipient: Some(r.to_string()),
-                                result: Err(e.clone()),
-                            })
-                        })
-                        .collect(),
-                };
+                results.extend(selection.send.into_iter().map(|(_, r)| {
+                    delivery.finish(RecipientResult {
+                        recipient: Some(r.to_string()),
+                        result: Err(e.clone()),
+                    })
+                }));
+                return Outcome { results };
             }
         };
-        let results = fan_out(&self.limit, recipients, |(audience, recipient)| {
+        let sent = fan_out(&self.limit, selection.send, |(audience, recipient)| {
             self.send_one(delivery, audience, recipient, &token)
         })
         .await;
+        results.extend(sent);
         Outcome { results }
     }
 

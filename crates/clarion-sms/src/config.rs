@@ -33,6 +33,7 @@ pub(crate) struct Common<'a> {
     pub max_segments: usize,
     pub rate_per_second: f64,
     pub max_in_flight: usize,
+    pub directory: bool,
 }
 
 impl SmsConfig {
@@ -50,6 +51,7 @@ impl SmsConfig {
                     max_segments: $c.max_segments,
                     rate_per_second: $c.rate_per_second,
                     max_in_flight: $c.max_in_flight,
+                    directory: $c.directory,
                 }
             };
         }
@@ -58,6 +60,17 @@ impl SmsConfig {
             SmsConfig::Vonage(c) => common!(c),
             SmsConfig::Http(c) => common!(c),
             SmsConfig::Smpp(c) => common!(c),
+        }
+    }
+
+    /// Makes this the directory leg of a people target (see `directory` on each
+    /// provider's config), whichever the provider.
+    pub fn set_directory(&mut self, directory: bool) {
+        match self {
+            SmsConfig::Twilio(c) => c.directory = directory,
+            SmsConfig::Vonage(c) => c.directory = directory,
+            SmsConfig::Http(c) => c.directory = directory,
+            SmsConfig::Smpp(c) => c.directory = directory,
         }
     }
 
@@ -100,6 +113,14 @@ macro_rules! provider_config {
             /// Default 4.
             #[serde(default = "default_max_in_flight")]
             pub max_in_flight: usize,
+            /// Set by the daemon, never by the file (the key does not exist in
+            /// TOML): this channel is the leg of a people target that texts a
+            /// directory's members, handed over with each delivery
+            /// (`Delivery::direct`). Its `recipients` must then be an empty table
+            /// (anything else is refused): who it reaches is the directory's
+            /// business, not the config's. Default false.
+            #[serde(skip)]
+            pub directory: bool,
             $( $(#[$fmeta])* pub $field: $ty, )*
         }
     };

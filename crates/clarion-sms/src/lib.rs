@@ -6,6 +6,10 @@
 //! the target's segment budget before it leaves, and each gateway's throughput limit
 //! is respected by waiting, never by failing.
 //!
+//! A delivery may carry its own numbers (`Delivery::direct`, a directory's members)
+//! instead of the configured ones; each is checked as a configured one is, and a
+//! malformed one fails alone, for good.
+//!
 //! Like every channel, this crate tries each recipient once per [`Channel::send`] and
 //! classifies every failure; it never retries on its own (the daemon does), never
 //! panics on a provider's reply, and never logs a full phone number or a credential.
@@ -41,6 +45,8 @@ use std::time::Duration;
 const MAX_SEGMENTS_LIMIT: usize = 10;
 const MAX_RATE_PER_SECOND: f64 = 10_000.0;
 const MAX_IN_FLIGHT_LIMIT: usize = 256;
+/// Why a number is refused, configured or handed over with a delivery.
+const NOT_E164: &str = "is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)";
 
 /// Why an SMS target's configuration cannot be used. The text names the target and
 /// the field, for the operator who wrote it.
@@ -65,15 +71,21 @@ pub fn build(
         reason,
     };
     let common = config.common();
+    if common.directory && !common.recipients.is_empty() {
+        // Anything written here would be texted on top of the directory's members,
+        // or never, depending on how the daemon addressed the delivery: refuse it.
+        return Err(err(
+            "recipients",
+            "a people target's channel addresses the directory's members; static recipients belong to an ordinary target".into(),
+        ));
+    }
     let mut recipients = BTreeMap::new();
     for (audience, numbers) in common.recipients {
         for (i, number) in numbers.iter().enumerate() {
             if !is_e164(number) {
                 return Err(err(
                     &format!("recipients.{audience}[{i}]"),
-                    format!(
-                        "`{number}` is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)"
-                    ),
+                    format!("`{number}` {NOT_E164}"),
                 ));
             }
         }
@@ -198,26 +210,84 @@ pub(crate) trait Provider: Send + Sync + fmt::Debug {
 }
 
 impl SmsChannel {
-    /// The numbers this delivery goes to, each with the audience whose text it gets
-    /// (the first of the delivery's audiences that lists it), de-duplicated, in
-    /// config order; only those [`Delivery::wants`] (the requested ones, minus those
+    /// The numbers this delivery goes to, each with the audience whose text it gets,
+    /// or the reason it cannot be sent to (a permanent failure for that number alone),
+    /// de-duplicated; only those [`Delivery::wants`] (the requested ones, minus those
     /// that already ended in an earlier, timed-out attempt).
-    fn plan(&self, delivery: &Delivery) -> Vec<(String, Option<String>)> {
+    ///
+    /// Configured numbers come in config order, each with the first of the delivery's
+    /// audiences that lists it. A delivery's direct numbers ([`Delivery::direct`])
+    /// replace them: in the given order, all with the first audience's text.
+    fn plan(&self, delivery: &Delivery) -> Vec<(String, Result<String, DeliveryError>)> {
+        // `Delivery::wants` searches the retry's subset, which can be as long as the
+        // list itself (a directory batch holds up to a thousand numbers): a set.
+        let only: Option<HashSet<&str>> = delivery
+            .recipients
+            .as_ref()
+            .map(|o| o.iter().map(String::as_str).collect());
+        let wants = |number: &str| {
+            only.as_ref().is_none_or(|o| o.contains(number)) && !delivery.skip.contains(number)
+        };
+        if let Some(direct) = &delivery.direct {
+            return self.plan_direct(delivery, direct, wants);
+        }
         let mut seen = HashSet::new();
         let mut plan = Vec::new();
         for audience in delivery.audiences.iter() {
             for number in self.recipients.get(audience).into_iter().flatten() {
-                if delivery.wants(number) && seen.insert(number.clone()) {
-                    plan.push((number.clone(), Some(audience.clone())));
+                if wants(number) && seen.insert(number.as_str()) {
+                    plan.push((number.clone(), Ok(audience.clone())));
                 }
             }
         }
         // A retry may name a number that a config reload removed since: it gets a
         // result too, so the daemon is never left waiting for it.
         for number in delivery.recipients.iter().flatten() {
-            if delivery.wants(number) && seen.insert(number.clone()) {
-                plan.push((number.clone(), None));
+            if wants(number) && seen.insert(number.as_str()) {
+                let gone = DeliveryError::permanent(format!(
+                    "{} is no longer a recipient of target `{}` for these audiences",
+                    mask(number),
+                    self.target
+                ));
+                plan.push((number.clone(), Err(gone)));
             }
+        }
+        plan
+    }
+
+    /// The plan for a delivery's direct numbers. Each is checked as a configured
+    /// number is at load; a malformed one is refused alone. A retry's subset naming a
+    /// number the delivery does not carry gets no result: the daemon, not the config,
+    /// says who a directory batch holds.
+    fn plan_direct(
+        &self,
+        delivery: &Delivery,
+        direct: &[String],
+        wants: impl Fn(&str) -> bool,
+    ) -> Vec<(String, Result<String, DeliveryError>)> {
+        let audience = delivery.direct_audience();
+        let mut seen = HashSet::with_capacity(direct.len());
+        let mut plan = Vec::with_capacity(direct.len());
+        for number in direct.iter() {
+            if !wants(number) || !seen.insert(number.as_str()) {
+                continue;
+            }
+            let step = if !is_e164(number) {
+                Err(DeliveryError::permanent(format!(
+                    "target `{}`: {} {NOT_E164}",
+                    self.target,
+                    mask(number)
+                )))
+            } else if let Some(audience) = audience {
+                Ok(audience.to_string())
+            } else {
+                Err(DeliveryError::permanent(format!(
+                    "target `{}`: the delivery serves no audience whose text {} could get",
+                    self.target,
+                    mask(number)
+                )))
+            };
+            plan.push((number.clone(), step));
         }
         plan
     }
@@ -228,7 +298,7 @@ impl SmsChannel {
         &self,
         delivery: &Delivery,
         number: String,
-        audience: Option<String>,
+        audience: Result<String, DeliveryError>,
     ) -> RecipientResult {
         let result = self.try_one(delivery, number, audience).await;
         delivery.finish(result)
@@ -238,17 +308,16 @@ impl SmsChannel {
         &self,
         delivery: &Delivery,
         number: String,
-        audience: Option<String>,
+        audience: Result<String, DeliveryError>,
     ) -> RecipientResult {
-        let Some(audience) = audience else {
-            return RecipientResult {
-                result: Err(DeliveryError::permanent(format!(
-                    "{} is no longer a recipient of target `{}` for these audiences",
-                    mask(&number),
-                    self.target
-                ))),
-                recipient: Some(number),
-            };
+        let audience = match audience {
+            Ok(audience) => audience,
+            Err(refused) => {
+                return RecipientResult {
+                    result: Err(refused),
+                    recipient: Some(number),
+                };
+            }
         };
         // The rendered template when the daemon supplied one, cut to the segment
         // budget like the built-in wording; else the built-in wording.

@@ -486,3 +486,126 @@ async fn progress_keeps_the_numbers_that_ended_when_the_attempt_is_dropped() {
         ]
     );
 }
+
+fn direct_delivery(audiences: &[&str], direct: &[&str]) -> Delivery {
+    delivery(audiences, None).with_direct(direct.iter().map(|n| n.to_string()).collect())
+}
+
+#[tokio::test]
+async fn direct_numbers_replace_the_configured_ones_and_a_malformed_one_fails_alone() {
+    let recorder = Arc::new(Recorder::default());
+    let ch = channel_with(recorder.clone());
+    let d = direct_delivery(
+        &["employees", "customers"],
+        &[
+            "+447700900555",
+            "07700 900556",
+            "+447700900555",
+            "+12025550123",
+            "+33612345678",
+        ],
+    );
+    let outcome = ch.send(&d).await;
+    assert_eq!(
+        summary(&outcome),
+        [
+            "+447700900555 ok id-+447700900555",
+            "07700 900556 permanent target `sms-customers`: 077******556 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
+            "+12025550123 retryable busy",
+            "+33612345678 ok id-+33612345678",
+        ]
+    );
+    // What the gateway was asked to send: each valid direct number once, in the
+    // first audience's wording; none of the configured numbers.
+    let sent = recorder.sent.lock().expect("lock").clone();
+    let to: Vec<&str> = sent.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(to, ["+447700900555", "+12025550123", "+33612345678"]);
+    assert!(
+        sent.iter()
+            .all(|(_, text)| text.contains("Staff: use the bridge")),
+        "{sent:?}"
+    );
+    // Every result is in the progress too, the refused number's included.
+    assert_eq!(d.progress.take().len(), 4);
+}
+
+#[tokio::test]
+async fn a_retry_and_a_skip_restrict_direct_numbers() {
+    let recorder = Arc::new(Recorder::default());
+    let ch = channel_with(recorder.clone());
+    let mut d = direct_delivery(
+        &["customers"],
+        &[
+            "+447700900551",
+            "+447700900552",
+            "+447700900553",
+            "+447700900554",
+            "+4477009",
+        ],
+    );
+    d.recipients = Some(
+        [
+            "+447700900552",
+            "+447700900553",
+            "+4477009",
+            // Not in this batch: not this attempt's to answer for.
+            "+447700900999",
+            // Configured for `customers`: direct numbers replace those entirely.
+            "+447700900123",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    d.skip = Arc::new(["+447700900553".to_string()].into());
+    let outcome = ch.send(&d).await;
+    assert_eq!(
+        summary(&outcome),
+        [
+            "+447700900552 ok id-+447700900552",
+            "+4477009 permanent target `sms-customers`: +44**009 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
+        ]
+    );
+    let sent = recorder.sent.lock().expect("lock").clone();
+    assert_eq!(
+        sent.iter().map(|(to, _)| to.as_str()).collect::<Vec<_>>(),
+        ["+447700900552"]
+    );
+}
+
+#[test]
+fn a_directory_config_builds_without_recipients_and_refuses_them() {
+    let directory = |toml_text: &str| match parse(toml_text) {
+        Err(e) => format!("parse: {e}"),
+        Ok(mut c) => {
+            c.set_directory(true);
+            match build("sms-customers", &c, &Values) {
+                Ok(ch) => format!("ok {} {:?}", ch.provider_name, ch.recipients),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let refused = "target `sms-customers`: invalid `recipients`: a people target's channel addresses the directory's members; static recipients belong to an ordinary target";
+    let twilio_without = TWILIO.replace(
+        "recipients = { customers = [\"+447700900123\", \"+447700900124\"], employees = [\"+447700900124\", \"+12025550123\"] }",
+        "recipients = {}",
+    );
+    assert_eq!(directory(&twilio_without), "ok twilio {}");
+    assert_eq!(directory(TWILIO), refused);
+    let vonage =
+        "provider = \"vonage\"\napi_key = \"k\"\napi_secret = { value = \"s\" }\nfrom = \"ACME\"\n";
+    assert_eq!(
+        directory(&format!("{vonage}recipients = {{}}")),
+        "ok vonage {}"
+    );
+    assert_eq!(
+        directory(&format!(
+            "{vonage}recipients = {{ customers = [\"+447700900123\"] }}"
+        )),
+        refused
+    );
+    // Only the daemon says a channel is a directory leg: the file cannot.
+    assert_eq!(
+        build_str(&format!("{twilio_without}directory = true\n")),
+        "parse: unknown field `directory`, expected one of `recipients`, `max_segments`, `rate_per_second`, `max_in_flight`, `account_sid`, `auth_token`, `from`, `messaging_service_sid`, `status_callback`, `base_url`, `timeout`"
+    );
+}

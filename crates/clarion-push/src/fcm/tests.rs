@@ -849,3 +849,126 @@ async fn progress_keeps_the_recipients_sent_before_the_attempt_was_dropped() {
         ]
     );
 }
+
+fn direct_delivery(audiences: &[&str], direct: &[&str]) -> Delivery {
+    delivery(0, audiences).with_direct(direct.iter().map(|t| t.to_string()).collect())
+}
+
+/// `recipient: ok`, or `recipient: class: reason`, per result.
+fn summary(o: &Outcome) -> Vec<String> {
+    o.results
+        .iter()
+        .map(|r| {
+            let who = r.recipient.as_deref().unwrap_or("-");
+            match &r.result {
+                Ok(_) => format!("{who}: ok"),
+                Err(e) => format!("{who}: {}: {}", e.class.as_str(), e.reason),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn direct_tokens_replace_the_configured_ones_and_a_malformed_one_fails_alone() {
+    let m = mock(3600).await;
+    let ch = build("push-fcm", &config(&m, ""), &Values).expect("build");
+    let mut d = direct_delivery(
+        &["business", "customers"],
+        &[
+            "dir-1",
+            "has space",
+            "dir-2",
+            "dir-1",
+            // A topic is no member's device.
+            "/topics/outages",
+            "tok-a",
+        ],
+    );
+    let content = |title: &str| clarion_core::Content {
+        parts: [("title".to_string(), title.to_string())].into(),
+    };
+    d.content = Arc::new(
+        [
+            ("business".to_string(), content("For business")),
+            ("customers".to_string(), content("For customers")),
+        ]
+        .into(),
+    );
+    let out = ch.send(&d).await;
+    assert_eq!(
+        summary(&out),
+        [
+            "has space: permanent: target `push-fcm`: device token `ha…` (9 characters) is not an FCM registration token",
+            "/topics/outages: permanent: target `push-fcm`: device token `/to…` (15 characters) is not an FCM registration token",
+            "dir-1: ok",
+            "dir-2: ok",
+            "tok-a: ok",
+        ]
+    );
+    // What FCM received: each valid direct token once, none of the configured tokens
+    // (`tok-a` only as a direct one) nor the configured topic; all with the first
+    // audience's text.
+    let mut got = sent_to(&m);
+    got.sort();
+    assert_eq!(got, ["dir-1", "dir-2", "tok-a"]);
+    let st = lock(&m.state);
+    assert_eq!(st.problems, Vec::<String>::new());
+    let titles: Vec<&str> = st
+        .sends
+        .iter()
+        .map(|(_, v)| {
+            v["message"]["notification"]["title"]
+                .as_str()
+                .unwrap_or("-")
+        })
+        .collect();
+    assert_eq!(titles, ["For business"; 3]);
+    drop(st);
+    assert_eq!(d.progress.take().len(), 5);
+}
+
+#[tokio::test]
+async fn a_retry_and_a_skip_restrict_direct_tokens() {
+    let m = mock(3600).await;
+    let ch = build("push-fcm", &config(&m, ""), &Values).expect("build");
+    let mut d = direct_delivery(&["customers"], &["dir-1", "dir-2", "dir-3", "dir-4"]);
+    d.recipients = Some(
+        ["dir-2", "dir-3", "tok-a", "dir-9"]
+            .map(String::from)
+            .to_vec(),
+    );
+    d.skip = Arc::new(["dir-3".to_string()].into());
+    let out = ch.send(&d).await;
+    assert_eq!(summary(&out), ["dir-2: ok"]);
+    assert_eq!(sent_to(&m), ["dir-2"]);
+}
+
+#[tokio::test]
+async fn a_directory_config_needs_no_tokens_or_topics_and_refuses_them() {
+    let m = mock(3600).await;
+    let directory = |extra: &str| {
+        config_result(&m, extra).and_then(|mut cfg| {
+            cfg.directory = true;
+            build("push-fcm", &cfg, &Values).map_err(|e| e.to_string())
+        })
+    };
+    let ch = directory("device_tokens = {}\ntopics = {}").expect("a directory leg builds");
+    let out = ch.send(&direct_delivery(&["customers"], &["dir-1"])).await;
+    assert_eq!(summary(&out), ["dir-1: ok"]);
+    assert_eq!(sent_to(&m), ["dir-1"]);
+
+    let refused = |extra: &str| directory(extra).map(drop);
+    assert_eq!(
+        refused(""),
+        Err("target `push-fcm`: `device_tokens` is not allowed: a people target's channel addresses the directory's members; static device tokens belong to an ordinary target".into())
+    );
+    assert_eq!(
+        refused("device_tokens = {}"),
+        Err("target `push-fcm`: `topics` is not allowed: a people target's channel addresses the directory's members; topics belong to an ordinary target".into())
+    );
+    // Only the daemon says a channel is a directory leg: the file cannot.
+    assert_eq!(
+        config_result(&m, "directory = true").map(drop),
+        Err("unknown field `directory`, expected one of `service_account`, `project_id`, `base_url`, `device_tokens`, `topics`, `ttl`, `max_concurrent_sends`, `request_timeout`".into())
+    );
+}
