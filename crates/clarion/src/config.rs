@@ -67,10 +67,80 @@ pub struct RawConfig {
     /// directory. Default: `statements` beside this file, when it exists.
     #[serde(default)]
     pub statements: Option<PathBuf>,
+    /// The stakeholder directory that `type = "people"` targets address
+    /// (docs/backups.md#the-directory).
+    #[serde(default)]
+    pub directory: Option<DirectoryConfig>,
     /// Named destinations, `[targets.NAME]`. Each has a `type` (`webhook`), the
     /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
     #[serde(default)]
     pub targets: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[directory]`: who the people targets reach, and where their walks' progress
+/// is kept.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// A CSV, JSON or JSON Lines file, relative to the config file's directory;
+    /// read at start-up and on SIGHUP.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A compacted topic keyed by person id, the person's JSON as the value and a
+    /// tombstone to remove them; followed while the daemon runs. Dead addresses
+    /// found by a delivery are removed from it.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// A compacted topic where each people target records how far its walk of
+    /// each update got, so that a restart resumes there. Required.
+    #[serde(default)]
+    pub progress_topic: Option<String>,
+    /// People per batch: each batch is one delivery per leg (default 500).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Batches of one update under way at once, per people target (default 4).
+    #[serde(default = "default_batches_in_flight")]
+    pub batches_in_flight: usize,
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+fn default_batches_in_flight() -> usize {
+    4
+}
+
+/// Where the directory comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorySource {
+    /// The file, resolved against the config file's directory.
+    File(PathBuf),
+    Topic(String),
+}
+
+/// The validated `[directory]`.
+#[derive(Clone)]
+pub struct DirectorySettings {
+    pub source: DirectorySource,
+    pub progress_topic: String,
+    pub batch_size: usize,
+    pub batches_in_flight: usize,
+    /// The file's people, read and validated (a file source, with secrets
+    /// resolved: `run` and `check-config`; not for previews).
+    pub people: Option<Arc<crate::directory::Directory>>,
+}
+
+impl std::fmt::Debug for DirectorySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorySettings")
+            .field("source", &self.source)
+            .field("progress_topic", &self.progress_topic)
+            .field("batch_size", &self.batch_size)
+            .field("batches_in_flight", &self.batches_in_flight)
+            .field("people", &self.people.as_ref().map(|d| d.len()))
+            .finish()
+    }
 }
 
 /// The top-level `audiences`: a list of extra names, or a table of audiences with
@@ -517,15 +587,19 @@ pub enum ChannelKind {
     Sms,
     Fcm,
     Apns,
+    /// Not a channel: the members of a directory audience, reached through the
+    /// target's legs (`fallback`), each leg a channel of its own.
+    People,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 5] = [
+    pub const ALL: [ChannelKind; 6] = [
         ChannelKind::Webhook,
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Fcm,
         ChannelKind::Apns,
+        ChannelKind::People,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -535,6 +609,7 @@ impl ChannelKind {
             ChannelKind::Sms => "sms",
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
+            ChannelKind::People => "people",
         }
     }
 }
@@ -574,6 +649,29 @@ pub struct TargetConfig {
     pub failover_after: Duration,
     /// What a drill goes through, when the target has `drill_recipients`.
     pub drill: Option<DrillConfig>,
+    /// A `type = "people"` target's audience and legs. Its own `channel` is then
+    /// its first leg's, and unused: every delivery goes through a leg.
+    pub people: Option<PeopleConfig>,
+}
+
+/// A people target: the members of one directory audience, each reached on the
+/// first of their channels that works, in `fallback` order (docs/backups.md).
+#[derive(Debug, Clone)]
+pub struct PeopleConfig {
+    pub audience: String,
+    pub legs: Vec<LegConfig>,
+    /// People per batch, when the target sets its own (`people_per_batch`); else
+    /// the directory's `batch_size`.
+    pub per_batch: Option<usize>,
+}
+
+/// One leg of a people target: the person's addresses of one kind, reached
+/// through a channel built like an ordinary target's (named `TARGET.KIND`), with
+/// its own providers, backups, retry budget and breaker.
+#[derive(Debug, Clone)]
+pub struct LegConfig {
+    pub kind: crate::directory::AddressKind,
+    pub target: TargetConfig,
 }
 
 /// A target's drill: its providers' channels with `drill_recipients` in place of
@@ -586,6 +684,14 @@ pub struct DrillConfig {
 }
 
 impl TargetConfig {
+    /// What delivers for this target: itself, or a people target's legs.
+    pub fn channels(&self) -> Vec<&TargetConfig> {
+        match &self.people {
+            Some(p) => p.legs.iter().map(|l| &l.target).collect(),
+            None => vec![self],
+        }
+    }
+
     /// The locale this target writes to `audience` in: its own `locale`, else the
     /// one the update asks for that audience.
     pub fn locale_for<'a>(
@@ -620,6 +726,8 @@ impl TargetConfig {
             ChannelKind::Email => clarion_render::ChannelKind::Email,
             ChannelKind::Sms => clarion_render::ChannelKind::Sms,
             ChannelKind::Fcm | ChannelKind::Apns => clarion_render::ChannelKind::Push,
+            // Never rendered as such: its legs render (`TargetConfig::channels`).
+            ChannelKind::People => clarion_render::ChannelKind::Webhook,
         }
     }
 }
@@ -644,6 +752,8 @@ pub struct Settings {
     /// The holding statements' directory (`statements`), resolved against the
     /// config file's directory; `None` when not set and `statements/` is absent.
     pub statements: Option<PathBuf>,
+    /// The stakeholder directory, when `[directory]` is set.
+    pub directory: Option<DirectorySettings>,
 }
 
 impl Settings {
@@ -833,6 +943,21 @@ impl RawConfig {
                 return Err(anyhow!("{source}: {n} problems:\n{}", list.join("\n")));
             }
         }
+        let directory = match &self.directory {
+            None => {
+                if let Some(t) = targets.iter().find(|t| t.people.is_some()) {
+                    return Err(at(anyhow!(
+                        "targets.{}: a people target needs a `[directory]` to take its people from",
+                        t.name
+                    )));
+                }
+                None
+            }
+            Some(d) => Some(
+                validate_directory(source, d, &self.kafka, &audiences, secrets.is_some())
+                    .map_err(at)?,
+            ),
+        };
         let templates = build_templates(source, &self.templates, &targets)?;
         // Statements are read by `publish` and `check-config` only; here the
         // directory is just located, so that the daemon never depends on it.
@@ -859,8 +984,78 @@ impl RawConfig {
             fingerprints,
             deadlines,
             statements,
+            directory,
         })
     }
+}
+
+/// Checks `[directory]`, and reads and validates its file when `load` (`run` and
+/// `check-config`; previews do not need the people).
+fn validate_directory(
+    source: &str,
+    d: &DirectoryConfig,
+    kafka: &KafkaConfig,
+    audiences: &BTreeSet<String>,
+    load: bool,
+) -> Result<DirectorySettings> {
+    let base = Path::new(source).parent().unwrap_or(Path::new("."));
+    let src = match (&d.file, &d.topic) {
+        (Some(_), Some(_)) => bail!(
+            "directory: set `file` or `topic`, not both (the topic is the address book that can change without a restart)"
+        ),
+        (None, None) => bail!("directory: set `file` (CSV, JSON or JSON Lines) or `topic`"),
+        (Some(f), None) => DirectorySource::File(base.join(f)),
+        (None, Some(t)) if t.trim().is_empty() => bail!("directory.topic: must not be empty"),
+        (None, Some(t)) => DirectorySource::Topic(t.clone()),
+    };
+    let Some(progress) = d.progress_topic.clone().filter(|t| !t.trim().is_empty()) else {
+        bail!(
+            "directory.progress_topic: missing (a compacted topic where each walk's progress is kept, so that a restart does not send to everyone again)"
+        );
+    };
+    let ours = [
+        Some(&kafka.topic),
+        Some(&kafka.dead_letter_topic),
+        kafka.ledger_topic.as_ref(),
+        kafka.incident_state_topic.as_ref(),
+        d.topic.as_ref(),
+    ];
+    if ours.iter().flatten().any(|t| **t == progress) {
+        bail!("directory.progress_topic: `{progress}` must be a topic of its own");
+    }
+    if let DirectorySource::Topic(t) = &src {
+        let others = [
+            Some(&kafka.topic),
+            Some(&kafka.dead_letter_topic),
+            kafka.ledger_topic.as_ref(),
+            kafka.incident_state_topic.as_ref(),
+        ];
+        if others.iter().flatten().any(|o| *o == t) {
+            bail!("directory.topic: `{t}` must be a topic of its own");
+        }
+    }
+    if !(1..=10_000).contains(&d.batch_size) {
+        bail!("directory.batch_size: must be from 1 to 10000");
+    }
+    if !(1..=64).contains(&d.batches_in_flight) {
+        bail!("directory.batches_in_flight: must be from 1 to 64");
+    }
+    let people = match (&src, load) {
+        (DirectorySource::File(path), true) => {
+            Some(Arc::new(crate::directory::Directory::from_people(
+                crate::directory::load_file(path, audiences)
+                    .map_err(|e| anyhow!("directory.file: {e:#}"))?,
+            )))
+        }
+        _ => None,
+    };
+    Ok(DirectorySettings {
+        source: src,
+        progress_topic: progress,
+        batch_size: d.batch_size,
+        batches_in_flight: d.batches_in_flight,
+        people,
+    })
 }
 
 /// Checks `[audiences.NAME]` deadlines: positive durations, `warn_at` in (0, 1).
@@ -916,6 +1111,8 @@ fn build_templates(
                 .map_err(|e| anyhow!("{source}: templates.dir: {}: {e}", dir.display()))?
         }
     };
+    // A people target's legs render, each as the channel it is.
+    let targets: Vec<&TargetConfig> = targets.iter().flat_map(|t| t.channels()).collect();
     let plan: Vec<clarion_render::TargetTemplates> = targets
         .iter()
         .map(|t| clarion_render::TargetTemplates {
@@ -1042,14 +1239,21 @@ fn check_build(
     };
     // Building resolves secrets and checks channel-specific values; it does no I/O
     // beyond reading files the config names, so check-config can use it.
-    let built = build_providers(target, &recorder);
+    let built = match &target.people {
+        None => build_providers(target, &recorder).map(drop),
+        Some(p) => p.legs.iter().try_for_each(|l| {
+            build_providers(&l.target, &recorder)
+                .map(drop)
+                .map_err(|e| anyhow!("{}: {e:#}", l.kind.as_str()))
+        }),
+    };
     let failed = recorder
         .failed
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if failed.is_empty() {
         // Every secret resolved: the build's verdict is the real one.
-        return built.map(drop).map_err(TargetError::Other);
+        return built.map_err(TargetError::Other);
     }
     // The build may also have failed on a placeholder (not a valid key, say); that
     // says nothing about the real secret, so only the unresolved ones are reported.
@@ -1153,6 +1357,10 @@ fn validate_target_keys(
     };
     // As written, so that a missing secret is reported at its key, in a backup too.
     let written = serde_json::Value::Object(map.clone());
+    if map.get("type").and_then(|t| t.as_str()) == Some("people") {
+        let target = validate_people(name, map, audiences, default_retry)?;
+        return Ok((target, written));
+    }
     // Split the daemon's keys from the channel's, so that each side can reject
     // unknown keys with its own list of what is allowed.
     let mut common = serde_json::Map::new();
@@ -1279,9 +1487,254 @@ fn validate_target_keys(
         backups,
         failover_after: common.failover_after.unwrap_or(DEFAULT_FAILOVER_AFTER),
         drill: None,
+        people: None,
     };
     let drill = drill_config(&target, common.drill_recipients, written_channels)?;
     Ok((TargetConfig { drill, ..target }, written))
+}
+
+/// The keys of a `type = "people"` target (docs/backups.md#people-targets): the
+/// daemon's own, `fallback`, and one table per leg.
+const PEOPLE_KEYS: [&str; 11] = [
+    "type",
+    "audiences",
+    "retry",
+    "concurrency",
+    "rules",
+    "locale",
+    "start",
+    "breaker",
+    "max_in_flight",
+    "fallback",
+    "people_per_batch",
+];
+
+/// What a people target's legs take from it unless they set their own.
+const INHERITED_BY_LEGS: [&str; 3] = ["retry", "concurrency", "breaker"];
+
+/// Keys of an ordinary target that a leg may not set: they belong to the people
+/// target, which decides who is addressed and when.
+const NOT_IN_A_LEG: [&str; 7] = [
+    "audiences",
+    "rules",
+    "supersede",
+    "start",
+    "max_in_flight",
+    "drill_recipients",
+    "locale",
+];
+
+/// Checks a `type = "people"` target: its audience (exactly one), its `fallback`
+/// order, and each leg as an ordinary target of the leg's channel (named
+/// `TARGET.KIND`) whose channel addresses directory members only.
+fn validate_people(
+    name: &str,
+    mut map: serde_json::Map<String, serde_json::Value>,
+    audiences: &BTreeSet<String>,
+    default_retry: &RetryPolicy,
+) -> Result<TargetConfig> {
+    use crate::directory::AddressKind;
+    for (key, why) in [
+        (
+            "supersede",
+            "a people target walks every member for every update; skipping updates would leave people with an older one",
+        ),
+        (
+            "backups",
+            "backups belong to a leg: `[[targets.NAME.sms.backups]]`",
+        ),
+        (
+            "provider_name",
+            "provider names belong to a leg: `[targets.NAME.sms] provider_name = …`",
+        ),
+        (
+            "failover_after",
+            "failover belongs to a leg: `[targets.NAME.sms] failover_after = …`",
+        ),
+        (
+            "drill_recipients",
+            "a people target is not drilled itself; drill the channels its legs use through ordinary targets",
+        ),
+    ] {
+        if map.contains_key(key) {
+            bail!("{key}: {why}");
+        }
+    }
+    let fallback: Vec<AddressKind> = match map.remove("fallback") {
+        None => bail!(
+            "fallback: missing (the channels to try for each person, in order, e.g. fallback = [\"push\", \"sms\", \"email\"])"
+        ),
+        Some(serde_json::Value::Array(list)) => {
+            let mut kinds = Vec::new();
+            for v in list {
+                let Some(k) = v.as_str() else {
+                    bail!("fallback: `{v}` is not one of push, sms, email");
+                };
+                let kind: AddressKind = k.parse().map_err(|e| anyhow!("fallback: {e}"))?;
+                if kinds.contains(&kind) {
+                    bail!("fallback: `{k}` is listed twice");
+                }
+                kinds.push(kind);
+            }
+            if kinds.is_empty() {
+                bail!("fallback: must list at least one of push, sms, email");
+            }
+            kinds
+        }
+        Some(v) => bail!("fallback: must be a list like [\"push\", \"sms\", \"email\"], not {v}"),
+    };
+    let mut legs_written = BTreeMap::new();
+    for kind in AddressKind::ALL {
+        if let Some(v) = map.remove(kind.as_str()) {
+            if !fallback.contains(&kind) {
+                bail!(
+                    "{}: a leg that `fallback` does not list would never be used; add it to fallback or remove it",
+                    kind.as_str()
+                );
+            }
+            legs_written.insert(kind, v);
+        }
+    }
+    if let Some(k) = map.keys().find(|k| !PEOPLE_KEYS.contains(&k.as_str())) {
+        bail!(
+            "{k}: unknown key for a people target (known: {}, and one table per leg: push, sms, email)",
+            PEOPLE_KEYS.join(", ")
+        );
+    }
+    let people_audience = match map.get("audiences") {
+        Some(serde_json::Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            a[0].as_str().unwrap_or_default().to_string()
+        }
+        Some(serde_json::Value::Array(a)) if a.len() > 1 => bail!(
+            "audiences: a people target addresses the members of one audience, not {}; use one people target per audience",
+            a.len()
+        ),
+        _ => bail!("audiences: must name the one directory audience this target addresses"),
+    };
+    let batch = match map.remove("people_per_batch") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=10_000) => Some(n as usize),
+            _ => bail!("people_per_batch: must be a whole number from 1 to 10000, not {v}"),
+        },
+    };
+    let mut legs = Vec::new();
+    for kind in &fallback {
+        let at = kind.as_str();
+        let Some(leg) = legs_written.remove(kind) else {
+            bail!(
+                "{at}: `fallback` lists {at} but the target has no `[targets.{name}.{at}]` table for its channel"
+            );
+        };
+        let serde_json::Value::Object(mut leg) = leg else {
+            bail!("{at}: must be a table");
+        };
+        if let Some(k) = NOT_IN_A_LEG.iter().find(|k| leg.contains_key(**k)) {
+            bail!("{at}.{k}: belongs to the people target, not to one of its legs");
+        }
+        let kinds: &[&str] = match kind {
+            AddressKind::Push => &["apns", "fcm"],
+            AddressKind::Sms => &["sms"],
+            AddressKind::Email => &["email"],
+        };
+        match leg.get("type").and_then(|t| t.as_str()) {
+            Some(t) if kinds.contains(&t) => {}
+            None if kinds.len() == 1 => {
+                leg.insert("type".into(), serde_json::json!(kinds[0]));
+            }
+            Some(t) => bail!(
+                "{at}.type: `{t}` cannot carry {at} addresses (one of: {})",
+                kinds.join(", ")
+            ),
+            None => bail!("{at}.type: missing (one of: {})", kinds.join(", ")),
+        }
+        leg.insert("audiences".into(), serde_json::json!([people_audience]));
+        // The channel's own recipients key, which its config requires: empty, as
+        // a leg's recipients come with each delivery.
+        let own = match leg.get("type").and_then(|t| t.as_str()) {
+            Some("apns") | Some("fcm") => "device_tokens",
+            _ => "recipients",
+        };
+        leg.entry(own).or_insert_with(|| serde_json::json!({}));
+        if let Some(l) = map.get("locale") {
+            leg.insert("locale".into(), l.clone());
+        }
+        for key in INHERITED_BY_LEGS {
+            if let (false, Some(v)) = (leg.contains_key(key), map.get(key)) {
+                leg.insert(key.to_string(), v.clone());
+            }
+        }
+        let leg_name = format!("{name}.{at}");
+        let (mut target, _) = validate_target_keys(
+            &leg_name,
+            serde_json::Value::Object(leg),
+            audiences,
+            default_retry,
+        )
+        .map_err(|e| anyhow!("{at}: {e}"))?;
+        mark_directory(&mut target.channel);
+        for b in &mut target.backups {
+            mark_directory(&mut b.channel);
+        }
+        legs.push(LegConfig {
+            kind: *kind,
+            target,
+        });
+    }
+    // The people target's own keys, checked as an ordinary target's are.
+    let mut common = map.clone();
+    common.insert("type".into(), serde_json::json!("people"));
+    let common: TargetCommon = serde_json::from_value(serde_json::Value::Object(common))?;
+    let retry = default_retry.apply(&common.retry, "retry")?;
+    let concurrency = common.concurrency.unwrap_or(64);
+    if concurrency == 0 {
+        bail!("concurrency: must be at least 1");
+    }
+    if common.max_in_flight == Some(0) {
+        bail!("max_in_flight: must be at least 1");
+    }
+    if !audiences.contains(&people_audience) {
+        bail!(
+            "audiences: `{people_audience}` is not a standard audience nor listed in the top-level `audiences`"
+        );
+    }
+    let first = &legs[0].target;
+    Ok(TargetConfig {
+        name: Arc::from(name),
+        kind: ChannelKind::People,
+        audiences: BTreeSet::from([people_audience.clone()]),
+        retry,
+        concurrency,
+        rules: common.rules,
+        locale: common.locale,
+        supersede: false,
+        start: common.start,
+        breaker: common.breaker,
+        max_in_flight: common.max_in_flight,
+        channel: first.channel.clone(),
+        provider_name: Arc::from("people"),
+        backups: Vec::new(),
+        failover_after: DEFAULT_FAILOVER_AFTER,
+        drill: None,
+        people: Some(PeopleConfig {
+            audience: people_audience,
+            legs,
+            per_batch: batch,
+        }),
+    })
+}
+
+/// Marks a leg's channel as addressing directory members only: it may list no
+/// recipients of its own.
+fn mark_directory(channel: &mut ChannelConfig) {
+    match channel {
+        ChannelConfig::Email(c) => c.directory = true,
+        ChannelConfig::Sms(c) => c.set_directory(true),
+        ChannelConfig::Fcm(c) => c.directory = true,
+        ChannelConfig::Apns(c) => c.directory = true,
+        // Not a leg's channel kind (`validate_people` allows none).
+        ChannelConfig::Webhook(_) => {}
+    }
 }
 
 /// The drill's copy of each provider's channel: `drill_recipients` for every
@@ -1298,6 +1751,9 @@ fn drill_config(
         ChannelKind::Webhook => "url",
         ChannelKind::Email | ChannelKind::Sms => "recipients",
         ChannelKind::Fcm | ChannelKind::Apns => "device_tokens",
+        ChannelKind::People => bail!(
+            "drill_recipients: a people target is not drilled itself; drill the channels its legs use through ordinary targets"
+        ),
     };
     let value = if target.kind == ChannelKind::Webhook {
         let [url] = recipients.as_slice() else {
@@ -1349,6 +1805,7 @@ fn channel_config(kind: ChannelKind, keys: serde_json::Value) -> Result<ChannelC
         ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(keys)?),
         ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(keys)?),
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(keys)?),
+        ChannelKind::People => bail!("`people` has no channel of its own; its legs do"),
     })
 }
 
@@ -1373,6 +1830,9 @@ pub fn build_providers(
     target: &TargetConfig,
     secrets: &dyn SecretResolver,
 ) -> Result<Vec<BuiltProvider>> {
+    if target.people.is_some() {
+        bail!("a people target has no providers of its own; its legs do");
+    }
     let names =
         std::iter::once(&target.provider_name).chain(target.backups.iter().map(|b| &b.name));
     let channels =
@@ -1494,6 +1954,173 @@ password = { env = "CLARION_TEST_UNSET_SMPP_PASSWORD" }
 source_addr = "ACME"
 "#;
 
+    /// A people target with three legs, and a directory file written for it.
+    fn people_config(extra: &str) -> (String, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "clarion-people-config-{}-{}",
+            std::process::id(),
+            PEOPLE_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("people.csv"),
+            "id,audiences,push,sms,email\n\
+             p1,customers,tok-1,+15005550001,p1@example.com\n\
+             p2,customers;business,,+15005550002,\n\
+             p3,business,,,p3@example.com\n",
+        )
+        .expect("csv");
+        let toml = format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+
+[directory]
+file = "people.csv"
+progress_topic = "clarion-people-progress"
+
+[targets.reach]
+type = "people"
+audiences = ["customers"]
+fallback = ["push", "sms", "email"]
+retry = {{ max_attempts = 3 }}
+{extra}
+
+[targets.reach.push]
+type = "apns"
+team_id = "TEAM123456"
+key_id = "KEY1234567"
+signing_key = {{ file = "{key}" }}
+topic = "com.example.status"
+
+[targets.reach.sms]
+provider = "twilio"
+account_sid = "AC123"
+auth_token = {{ value = "tok" }}
+from = "+15005550006"
+
+[targets.reach.email]
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+from = "status@example.com"
+"#,
+            key = dir.join("apns.p8").display(),
+        );
+        let pem = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .output()
+            .expect("the tests need the `openssl` command (Debian package openssl)");
+        std::fs::write(dir.join("apns.p8"), pem.stdout).expect("key");
+        (toml, dir.join("clarion.toml"))
+    }
+
+    static PEOPLE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+
+    fn check_people(toml: &str, path: &std::path::Path) -> String {
+        parse_str(toml)
+            .and_then(|raw| raw.validate(&path.display().to_string(), &EnvSecrets))
+            .map(|s| {
+                let t = &s.targets[0];
+                let p = t.people.as_ref().expect("a people target");
+                let legs: Vec<String> = p
+                    .legs
+                    .iter()
+                    .map(|l| format!("{}={}", l.target.name, l.target.kind.as_str()))
+                    .collect();
+                let d = s.directory.as_ref().expect("directory");
+                format!(
+                    "ok: {} {} [{}] {} people, {} customers",
+                    t.name,
+                    t.kind.as_str(),
+                    legs.join(" "),
+                    d.people.as_ref().map_or(0, |p| p.len()),
+                    d.people.as_ref().map_or(0, |p| p.members("customers")),
+                )
+            })
+            .unwrap_or_else(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn a_people_target_builds_its_legs_as_channels_without_recipients_of_their_own() {
+        let (toml, path) = people_config("");
+        let got = check_people(&toml, &path);
+        assert_eq!(
+            got,
+            "ok: reach people [reach.push=apns reach.sms=sms reach.email=email] 3 people, 2 customers"
+        );
+        let raw = parse_str(&toml).expect("parses");
+        let s = raw
+            .validate(&path.display().to_string(), &EnvSecrets)
+            .expect("valid");
+        let legs = &s.targets[0].people.as_ref().expect("people").legs;
+        // Each leg inherits the people target's retry policy.
+        assert!(legs.iter().all(|l| l.target.retry.max_attempts == 3));
+        assert!(legs.iter().all(|l| l.target.audiences == BTreeSet::from(["customers".to_string()])));
+    }
+
+    #[test]
+    fn people_targets_are_checked_for_their_audience_fallback_and_legs() {
+        let (toml, path) = people_config("");
+        let at = |t: &str| check_people(t, &path);
+        let source = path.display().to_string();
+        assert_eq!(
+            at(&toml.replace(r#"audiences = ["customers"]"#, r#"audiences = ["customers", "business"]"#)),
+            format!("{source}: targets.reach: audiences: a people target addresses the members of one audience, not 2; use one people target per audience")
+        );
+        assert_eq!(
+            at(&toml.replace(r#"fallback = ["push", "sms", "email"]"#, r#"fallback = ["push", "fax"]"#)),
+            format!("{source}: targets.reach: fallback: `fax` is not an address kind (expected `push`, `sms` or `email`)")
+        );
+        assert_eq!(
+            at(&toml.replace(r#"fallback = ["push", "sms", "email"]"#, r#"fallback = ["push", "sms"]"#)),
+            format!("{source}: targets.reach: email: a leg that `fallback` does not list would never be used; add it to fallback or remove it")
+        );
+        assert_eq!(
+            at(&toml.replace("[targets.reach.sms]", "[targets.reach.sms]\nrecipients = { customers = [\"+15005550009\"] }")),
+            format!("{source}: targets.reach: sms: target `reach.sms`: invalid `recipients`: a people target's channel addresses the directory's members; static recipients belong to an ordinary target")
+        );
+        assert_eq!(
+            at(&toml.replace("type = \"apns\"", "type = \"sms\"")),
+            format!("{source}: targets.reach: push.type: `sms` cannot carry push addresses (one of: apns, fcm)")
+        );
+        assert_eq!(
+            at(&toml.replace("[targets.reach.push]", "[targets.reach.push]\nsupersede = true")),
+            format!("{source}: targets.reach: push.supersede: belongs to the people target, not to one of its legs")
+        );
+        let (supersede, _) = people_config("supersede = true");
+        assert_eq!(
+            at(&supersede),
+            format!("{source}: targets.reach: supersede: a people target walks every member for every update; skipping updates would leave people with an older one")
+        );
+        assert_eq!(
+            at(&toml.replace("[directory]\nfile = \"people.csv\"\nprogress_topic = \"clarion-people-progress\"\n", "")),
+            format!("{source}: targets.reach: a people target needs a `[directory]` to take its people from")
+        );
+        assert_eq!(
+            at(&toml.replace("progress_topic = \"clarion-people-progress\"\n", "")),
+            format!("{source}: directory.progress_topic: missing (a compacted topic where each walk's progress is kept, so that a restart does not send to everyone again)")
+        );
+        assert_eq!(
+            at(&toml.replace("file = \"people.csv\"", "file = \"people.csv\"\ntopic = \"clarion-directory\"")),
+            format!("{source}: directory: set `file` or `topic`, not both (the topic is the address book that can change without a restart)")
+        );
+        // A broken row in the file is reported with its line.
+        std::fs::write(
+            path.parent().expect("dir").join("people.csv"),
+            "id,audiences,sms\np1,customers,+15005550001\np2,partners,+15005550002\n",
+        )
+        .expect("csv");
+        let got = at(&toml);
+        assert!(
+            got.contains("directory.file:") && got.contains("people.csv:3") && got.contains("partners"),
+            "{got}"
+        );
+    }
+
     #[test]
     fn backups_take_the_targets_recipients_and_report_their_missing_secrets_at_their_key() {
         let raw = parse_str(SMS_WITH_BACKUP).expect("parses");
@@ -1580,7 +2207,7 @@ source_addr = "ACME"
         );
         check(
             &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`",
+            "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`, `people`",
         );
         check(
             &MINIMAL.replace(

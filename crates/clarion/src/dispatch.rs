@@ -37,6 +37,16 @@ pub struct Target {
     pub providers: Vec<Provider>,
     pub breakers: Arc<Breakers>,
     permits: Semaphore,
+    /// A people target's legs, in `fallback` order (empty for any other target).
+    pub legs: Vec<Leg>,
+}
+
+/// One leg of a people target: the kind of address it carries and the channel
+/// target (with its providers and breakers) that carries it.
+#[derive(Debug)]
+pub struct Leg {
+    pub kind: crate::directory::AddressKind,
+    pub target: Target,
 }
 
 /// One way a target reaches its recipients: a channel under a provider's name.
@@ -49,6 +59,32 @@ pub struct Provider {
 }
 
 impl Target {
+    /// Builds a target's channels as `run` does: its providers, or a people
+    /// target's legs and theirs.
+    pub fn build(
+        config: TargetConfig,
+        secrets: &dyn clarion_core::SecretResolver,
+    ) -> anyhow::Result<Target> {
+        let Some(people) = config.people.clone() else {
+            let providers = crate::config::build_providers(&config, secrets)?;
+            return Ok(Target::with_providers(config, providers));
+        };
+        let mut legs = Vec::new();
+        for leg in people.legs {
+            let providers = crate::config::build_providers(&leg.target, secrets)
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", leg.kind.as_str()))?;
+            legs.push(Leg {
+                kind: leg.kind,
+                target: Target::with_providers(leg.target, providers),
+            });
+        }
+        // Its own breaker never opens: when a leg is down, people fall back to
+        // the next leg, so the target's stream goes on fetching.
+        let mut target = Target::with_providers(config, Vec::new());
+        target.legs = legs;
+        Ok(target)
+    }
+
     /// A target with one provider, its own.
     pub fn new(config: TargetConfig, channel: Arc<dyn Channel>) -> Self {
         let name = config.provider_name.clone();
@@ -68,7 +104,11 @@ impl Target {
         providers: Vec<crate::config::BuiltProvider>,
     ) -> Self {
         let permits = Semaphore::new(config.concurrency);
-        let names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
+        let mut names: Vec<Arc<str>> = providers.iter().map(|p| p.name.clone()).collect();
+        if names.is_empty() {
+            // A people target: a breaker that nothing records into, so never open.
+            names.push(config.provider_name.clone());
+        }
         let breakers = Arc::new(Breakers::new(&config.name, &names, &config.breaker));
         Target {
             config,
@@ -82,6 +122,7 @@ impl Target {
                 .collect(),
             breakers,
             permits,
+            legs: Vec::new(),
         }
     }
 }
@@ -121,9 +162,22 @@ pub enum Resolution {
 #[derive(Debug)]
 pub struct Planned {
     target: usize,
-    delivery: Delivery,
+    pub(crate) delivery: Delivery,
     after: Option<oneshot::Receiver<()>>,
     lane: LaneEntry,
+}
+
+/// What a people target's leg gives back instead of dead-lettering: who it
+/// reached and who it could not (those then fall back to their next channel).
+#[derive(Debug, Default)]
+pub(crate) struct LegSink {
+    /// Addresses delivered (each also recorded in the ledger as delivered).
+    pub(crate) delivered: Vec<String>,
+    /// Addresses that ended permanent, recipient-gone or out of budget; `None`
+    /// for every address of the leg not delivered and not listed here.
+    pub(crate) failed: Vec<(Option<String>, DeliveryError)>,
+    /// The attempts made, for the dead letter of whoever has no channel left.
+    pub(crate) tried: Tried,
 }
 
 impl Planned {
@@ -146,7 +200,7 @@ struct LaneHead {
 /// Holds a lane slot; dropping it lets the next delivery of the lane start and
 /// removes the lane when nobody follows.
 #[derive(Debug)]
-struct LaneEntry {
+pub(crate) struct LaneEntry {
     lanes: Arc<Lanes>,
     key: (String, usize),
     id: u64,
@@ -209,7 +263,7 @@ pub struct Dispatcher {
     targets: Vec<Target>,
     audiences: BTreeSet<String>,
     lanes: Arc<Lanes>,
-    dlq: DeadLetterWriter,
+    pub(crate) dlq: DeadLetterWriter,
     dead_recipient_topic: Option<String>,
     templates: Arc<clarion_render::TemplateSet>,
     abort: CancellationToken,
@@ -220,23 +274,25 @@ pub struct Dispatcher {
     deadlines: Option<Arc<DeadlineTracker>>,
     /// The incident-state topic's writer (the events stream's dispatcher only).
     state: Option<Arc<StateWriter>>,
+    /// The directory and walk progress of people targets (`people.rs`).
+    pub(crate) people: Option<Arc<crate::people::PeopleSupport>>,
 }
 
 /// How a delivery (or one recipient of it) ended, for the ledger and the observer.
 #[derive(Debug, Default)]
-struct End {
-    recipient: Option<String>,
-    provider_id: Option<String>,
-    error: Option<DeliveryError>,
-    superseded_by: Option<String>,
-    tried: Tried,
+pub(crate) struct End {
+    pub(crate) recipient: Option<String>,
+    pub(crate) provider_id: Option<String>,
+    pub(crate) error: Option<DeliveryError>,
+    pub(crate) superseded_by: Option<String>,
+    pub(crate) tried: Tried,
 }
 
 /// The attempts a delivery made, for the ledger: each request to the peer counts,
 /// including those made while the breaker judged the target down (which do not
 /// count against `max_attempts`, so `Delivery::attempt` does not show them).
 #[derive(Debug, Default, Clone, Copy)]
-struct Tried {
+pub(crate) struct Tried {
     first_at: Option<jiff::Timestamp>,
     count: u32,
     /// The provider (index into `Target::providers`) of the last attempt.
@@ -309,6 +365,7 @@ impl Dispatcher {
             ledger: None,
             deadlines: None,
             state: None,
+            people: None,
         }
     }
 
@@ -343,13 +400,22 @@ impl Dispatcher {
     }
 
     /// Reports planned and successful deliveries to the deadline clocks.
+    pub fn with_people(mut self, people: Option<Arc<crate::people::PeopleSupport>>) -> Self {
+        self.people = people;
+        self
+    }
+
     pub fn with_deadlines(mut self, deadlines: Option<Arc<DeadlineTracker>>) -> Self {
         self.deadlines = deadlines;
         self
     }
 
     /// Renders the target's templates for every audience of the delivery.
-    fn render(&self, target: &Target, d: &Delivery) -> Result<BTreeMap<String, Content>, String> {
+    pub(crate) fn render(
+        &self,
+        target: &Target,
+        d: &Delivery,
+    ) -> Result<BTreeMap<String, Content>, String> {
         let mut out = BTreeMap::new();
         for audience in d.audiences.iter() {
             let message = target
@@ -503,6 +569,19 @@ impl Dispatcher {
             lane,
             ..
         } = planned;
+        if !target.legs.is_empty() {
+            if let Some(prev) = after {
+                tokio::select! {
+                    _ = prev => {}
+                    _ = cancel.cancelled() => return Resolution::Abandoned,
+                }
+            }
+            // The lane is held for the whole walk: every member gets this update
+            // before anyone gets the next one of the incident.
+            return self
+                .run_people(delivery, target, source, cancel, lane)
+                .await;
+        }
         // Rendering is deterministic: a template that fails now fails on every try,
         // so it is a permanent failure, dead-lettered with the template's error.
         let rendered = self.render(target, &delivery);
@@ -523,6 +602,23 @@ impl Dispatcher {
                     .await;
             }
         }
+        self.retry_loop(target, &mut delivery, source, cancel, Some(&lane), None)
+            .await
+    }
+
+    /// Tries a delivery until it resolves: delivered, dead-lettered (or, for a
+    /// people target's leg, handed back through `sink` for the next leg),
+    /// superseded, or abandoned. `lane` is the delivery's place in its incident's
+    /// lane (`None` for a leg: the people target holds the lane).
+    pub(crate) async fn retry_loop(
+        &self,
+        target: &Target,
+        delivery: &mut Delivery,
+        source: &Source,
+        cancel: &CancellationToken,
+        lane: Option<&LaneEntry>,
+        mut sink: Option<&mut LegSink>,
+    ) -> Resolution {
         let policy = &target.config.retry;
         let last = target.providers.len() - 1;
         let mut tried = Tried::default();
@@ -539,16 +635,33 @@ impl Dispatcher {
         let mut current = floor;
         loop {
             if target.config.supersede
-                && let Some(by) = lane.superseded_by()
+                && let Some(by) = lane.and_then(LaneEntry::superseded_by)
             {
                 return self
-                    .superseded(target, &delivery, source, by, tried, cancel)
+                    .superseded(target, delivery, source, by, tried, cancel)
                     .await;
+            }
+            // A leg whose every provider is down hands its people to the next leg
+            // at once: waiting for it would keep them from a channel that works.
+            if let Some(sink) = sink.as_deref_mut()
+                && target.breakers.is_open()
+            {
+                let e = DeliveryError::retryable(
+                    format!(
+                        "`{}` is down (every provider's breaker is open)",
+                        target.config.name
+                    ),
+                    None,
+                )
+                .with_code("outage");
+                sink.failed.push((None, e));
+                sink.tried = tried;
+                return Resolution::Resolved;
             }
             let waited = Instant::now();
             let (at, pass) = tokio::select! {
                 p = choose(target, floor) => p,
-                _ = lane.head.changed.notified(), if target.config.supersede => continue,
+                _ = changed(lane), if target.config.supersede => continue,
                 _ = cancel.cancelled() => return Resolution::Abandoned,
             };
             if at != current {
@@ -585,7 +698,7 @@ impl Dispatcher {
                     ))
                     .with_code("no_drill_recipients");
                     return self
-                        .dead_letter(target, &delivery, source, None, e, tried, cancel)
+                        .dead_letter(target, delivery, source, None, e, tried, cancel)
                         .await;
                 };
                 channel
@@ -603,19 +716,22 @@ impl Dispatcher {
                 )
                 .with_code("outage");
                 return self
-                    .dead_letter(target, &delivery, source, None, e, tried, cancel)
+                    .dead_letter(target, delivery, source, None, e, tried, cancel)
                     .await;
             }
             tried.first_at.get_or_insert_with(jiff::Timestamp::now);
             tried.count += 1;
             let Some(attempt) = self
-                .attempt(target, channel, &mut delivery, policy, cancel)
+                .attempt(target, channel, delivery, policy, cancel)
                 .await
             else {
                 breaker.release_probe(pass);
                 return Resolution::Abandoned;
             };
             let Attempt { outcome, timed_out } = attempt;
+            if let Some(sink) = sink.as_deref_mut() {
+                sink.tried = tried;
+            }
             let verdict = verdict_of(&outcome);
             let first_error = outcome
                 .results
@@ -652,6 +768,9 @@ impl Dispatcher {
                             failover_to: None,
                         }
                         .emit();
+                        if let (Some(sink), Some(who)) = (sink.as_deref_mut(), &r.recipient) {
+                            sink.delivered.push(who.clone());
+                        }
                         delivered.push(End {
                             recipient: r.recipient,
                             provider_id: receipt.provider_id,
@@ -668,7 +787,7 @@ impl Dispatcher {
             let recorded = futures::future::join_all(
                 delivered
                     .into_iter()
-                    .map(|end| self.report(target, &delivery, source, end, cancel)),
+                    .map(|end| self.report(target, delivery, source, end, cancel)),
             )
             .await;
             if recorded.contains(&Resolution::Abandoned) {
@@ -773,8 +892,14 @@ impl Dispatcher {
                     failover_to: None,
                 }
                 .emit();
+                if let Some(sink) = sink.as_deref_mut() {
+                    // Handed back to the people target: the next leg may reach
+                    // this person, and it reports what is dead (`people.rs`).
+                    sink.failed.push((recipient, e));
+                    continue;
+                }
                 if self
-                    .dead_letter(target, &delivery, source, recipient, e, tried, cancel)
+                    .dead_letter(target, delivery, source, recipient, e, tried, cancel)
                     .await
                     == Resolution::Abandoned
                 {
@@ -787,7 +912,7 @@ impl Dispatcher {
             if !wait.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = lane.head.changed.notified(), if target.config.supersede => {}
+                    _ = changed(lane), if target.config.supersede => {}
                     _ = cancel.cancelled() => return Resolution::Abandoned,
                 }
             }
@@ -927,7 +1052,7 @@ impl Dispatcher {
     /// Writes one failed delivery (or one recipient of it) to the dead-letter topic,
     /// and a dead recipient to its topic. `Abandoned` if cancelled first.
     #[allow(clippy::too_many_arguments)]
-    async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         target: &Target,
         delivery: &Delivery,
@@ -955,27 +1080,12 @@ impl Dispatcher {
         if self.dlq.write(&letter, cancel).await.is_err() {
             return Resolution::Abandoned;
         }
-        if let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
-            (e.class, &self.dead_recipient_topic, recipient.as_deref())
+        if self
+            .dead_recipient(target, delivery, recipient.as_deref(), &e, cancel)
+            .await
+            == Resolution::Abandoned
         {
-            let record = DeadRecipient {
-                recipient: r,
-                channel: target.config.kind.as_str(),
-                target: &target.config.name,
-                reason: &e.reason,
-                code: e.code.as_deref(),
-                incident_id: &delivery.update.incident_id,
-                update_id: &delivery.update.update_id,
-                time: jiff::Timestamp::now().to_string(),
-            };
-            if self
-                .dlq
-                .write_dead_recipient(topic, &record, cancel)
-                .await
-                .is_err()
-            {
-                return Resolution::Abandoned;
-            }
+            return Resolution::Abandoned;
         }
         DeliveryDeadLettered {
             update: &delivery.update,
@@ -1002,11 +1112,42 @@ impl Dispatcher {
         .await
     }
 
+    /// Writes a dead recipient (a `RecipientGone` failure) to its topic, for
+    /// whoever owns the address book. Nothing for any other failure.
+    pub(crate) async fn dead_recipient(
+        &self,
+        target: &Target,
+        delivery: &Delivery,
+        recipient: Option<&str>,
+        e: &DeliveryError,
+        cancel: &CancellationToken,
+    ) -> Resolution {
+        let (clarion_core::ErrorClass::RecipientGone, Some(topic), Some(r)) =
+            (e.class, &self.dead_recipient_topic, recipient)
+        else {
+            return Resolution::Resolved;
+        };
+        let record = DeadRecipient {
+            recipient: r,
+            channel: target.config.kind.as_str(),
+            target: &target.config.name,
+            reason: &e.reason,
+            code: e.code.as_deref(),
+            incident_id: &delivery.update.incident_id,
+            update_id: &delivery.update.update_id,
+            time: jiff::Timestamp::now().to_string(),
+        };
+        match self.dlq.write_dead_recipient(topic, &record, cancel).await {
+            Ok(_) => Resolution::Resolved,
+            Err(_) => Resolution::Abandoned,
+        }
+    }
+
     /// Records how a delivery (or one recipient of it) ended: first in the ledger,
     /// acknowledged, since only then does it count as resolved; then in the metrics,
     /// the deadline clocks and the observer. `Abandoned` when cancelled before the
     /// ledger took it (it is then redelivered and recorded when it ends).
-    async fn report(
+    pub(crate) async fn report(
         &self,
         target: &Target,
         d: &Delivery,
@@ -1196,6 +1337,15 @@ fn drill_audiences(target: &Target, update: &IncidentUpdate) -> Result<Vec<Strin
         served.extend(target.config.audiences.iter().next().cloned());
     }
     Ok(served)
+}
+
+/// Resolves when the newest update of the delivery's lane changes (a newer one
+/// may supersede it); never without a lane.
+async fn changed(lane: Option<&LaneEntry>) {
+    match lane {
+        Some(l) => l.head.changed.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The provider the next attempt goes to, from `floor` on: the first whose breaker
@@ -1428,6 +1578,7 @@ mod tests {
             backups: Vec::new(),
             failover_after: crate::config::DEFAULT_FAILOVER_AFTER,
             drill: None,
+            people: None,
         };
         let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
             .expect("built-in templates");

@@ -356,23 +356,37 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     t.audiences.iter().cloned().collect::<Vec<_>>().join(", ")
                 );
                 if connect {
-                    let providers = config::build_providers(t, &EnvSecrets)?;
-                    let several = providers.len() > 1;
-                    for config::BuiltProvider { name, channel, .. } in providers {
-                        // A target with backups: each provider on its own line.
-                        let detail = if several {
-                            format!("{detail}, provider {name}")
-                        } else {
-                            detail.clone()
-                        };
-                        match channel.healthcheck().await {
-                            Ok(()) => println!("ok      {detail}: reachable"),
-                            Err(e) => {
-                                failed = true;
-                                println!("FAILED  {detail}: {e}");
+                    for c in t.channels() {
+                        let providers = config::build_providers(c, &EnvSecrets)?;
+                        let several = providers.len() > 1 || t.people.is_some();
+                        for config::BuiltProvider { name, channel, .. } in providers {
+                            // A target with backups or legs: each provider on its
+                            // own line.
+                            let detail = match (&t.people, several) {
+                                (Some(_), _) => format!(
+                                    "{detail}, leg {} ({}) provider {name}",
+                                    c.name,
+                                    c.kind.as_str()
+                                ),
+                                (None, true) => format!("{detail}, provider {name}"),
+                                (None, false) => detail.clone(),
+                            };
+                            match channel.healthcheck().await {
+                                Ok(()) => println!("ok      {detail}: reachable"),
+                                Err(e) => {
+                                    failed = true;
+                                    println!("FAILED  {detail}: {e}");
+                                }
                             }
                         }
                     }
+                } else if let Some(p) = &t.people {
+                    let legs: Vec<String> = p
+                        .legs
+                        .iter()
+                        .map(|l| format!("{} ({})", l.kind.as_str(), l.target.kind.as_str()))
+                        .collect();
+                    println!("ok      {detail}, fallback: {}", legs.join(" → "));
                 } else if !t.backups.is_empty() {
                     let names: Vec<&str> = std::iter::once(&*t.provider_name)
                         .chain(t.backups.iter().map(|b| &*b.name))
@@ -380,6 +394,35 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     println!("ok      {detail}, providers: {}", names.join(" → "));
                 } else {
                     println!("ok      {detail}");
+                }
+            }
+            if let Some(d) = &settings.directory {
+                match (&d.source, &d.people) {
+                    (config::DirectorySource::File(path), Some(people)) => {
+                        let counts: Vec<String> = settings
+                            .targets
+                            .iter()
+                            .filter_map(|t| t.people.as_ref())
+                            .map(|p| format!("{}: {}", p.audience, people.members(&p.audience)))
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .collect();
+                        println!(
+                            "ok      directory {}: {} people{}",
+                            path.display(),
+                            people.len(),
+                            if counts.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", counts.join(", "))
+                            }
+                        );
+                    }
+                    (config::DirectorySource::Topic(topic), _) => println!(
+                        "ok      directory topic `{topic}` (its records are checked as they arrive), progress topic `{}`",
+                        d.progress_topic
+                    ),
+                    _ => {}
                 }
             }
             // Holding statements are checked here, not in `load`: the daemon never

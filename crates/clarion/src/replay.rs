@@ -263,9 +263,27 @@ pub async fn run_with_secrets(
     sel: Selection,
     dry_run: bool,
 ) -> Result<bool> {
+    if let Some(t) = settings
+        .targets
+        .iter()
+        .find(|t| *t.name == *sel.target && t.people.is_some())
+    {
+        let legs: Vec<&str> = t.channels().iter().map(|l| &*l.name).collect();
+        bail!(
+            "--target {}: a people target's dead letters are replayed per leg, each to the address it names: --target {}",
+            sel.target,
+            legs.join(" | --target ")
+        );
+    }
+    // A people target's leg goes by `TARGET.KIND` (push, sms, email).
+    let leg = settings
+        .targets
+        .iter()
+        .any(|t| t.people.is_some() && t.channels().iter().any(|l| *l.name == *sel.target));
     let Some(config) = settings
         .targets
         .iter()
+        .flat_map(|t| t.channels())
         .find(|t| *t.name == *sel.target)
         .cloned()
     else {
@@ -386,7 +404,7 @@ pub async fn run_with_secrets(
             );
             continue;
         }
-        let outcome = replay_one(&dispatcher, l, &cancel, &mut rx).await;
+        let outcome = replay_one(&dispatcher, l, leg, &cancel, &mut rx).await;
         match &outcome {
             Ended::Delivered => println!("delivered            {}", short(l)),
             Ended::DeadLetteredAgain(why) => {
@@ -449,6 +467,7 @@ fn delivered_since(
 async fn replay_one(
     dispatcher: &Dispatcher,
     l: &Letter,
+    leg: bool,
     cancel: &CancellationToken,
     rx: &mut mpsc::Receiver<DeliveryReport>,
 ) -> Ended {
@@ -464,8 +483,16 @@ async fn replay_one(
             "the target's audiences or rules no longer take this update".to_string(),
         );
     };
-    if let Some(r) = &l.recipient {
-        planned.restrict_to(vec![r.clone()]);
+    match (&l.recipient, leg) {
+        (Some(r), false) => planned.restrict_to(vec![r.clone()]),
+        // A leg has no recipients of its own: the dead letter's address is it.
+        (Some(r), true) => planned.delivery.direct = Some(vec![r.clone()].into()),
+        (None, true) => {
+            return Ended::Skipped(
+                "a people target's dead letter without an address cannot be replayed".to_string(),
+            );
+        }
+        (None, false) => {}
     }
     let mut reports = Vec::new();
     let run = dispatcher.run(planned, &l.source, cancel);

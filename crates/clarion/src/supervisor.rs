@@ -3,7 +3,7 @@
 //! starts one stream per target plus the events stream, and stops them. It does no
 //! consuming or delivering itself (`stream.rs` does).
 
-use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt, build_providers};
+use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt};
 use crate::daemon::{Summary, consumer_config, producer_config};
 use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
 use crate::dlq::DeadLetterWriter;
@@ -62,6 +62,8 @@ struct Shared<'a> {
     records: crate::ledger::Records,
     /// Records parsed once for every stream.
     parses: Arc<stream::Parses>,
+    /// The directory and walk progress of people targets, with `[directory]`.
+    people: Option<Arc<crate::people::PeopleSupport>>,
 }
 
 /// Like [`run_with_secrets`], and applies each validated config received on
@@ -104,14 +106,23 @@ pub async fn run_reloadable(
         parses: Arc::new(stream::Parses::new(
             settings.daemon.max_in_flight.saturating_mul(4),
         )),
+        people: None,
     };
     shared.records = crate::ledger::Records::new(&settings, &shared.outputs.dlq);
     if let Some(clocks) = shared.records.deadlines.clone() {
         tokio::spawn(clocks.run(shutdown.clone()));
     }
+    check_topics(&shared.base, &settings).await?;
+    if let Some(directory) = &settings.directory {
+        shared.people = Some(crate::people::PeopleSupport::start(
+            directory,
+            kafka,
+            secrets,
+            shutdown.clone(),
+        )?);
+    }
     // Build every channel before anything starts: a bad target stops the start.
     let specs = specs(&settings, &shared)?;
-    check_topics(&shared.base, kafka).await?;
     seed_target_groups(&shared.base, &settings, false).await;
     tracing::info!(
         topic = %kafka.topic,
@@ -265,8 +276,8 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
             .join("\n"),
     ));
     for t in &settings.targets {
-        let providers =
-            build_providers(t, shared.secrets).with_context(|| format!("targets.{}", t.name))?;
+        let target = Target::build(t.clone(), shared.secrets)
+            .with_context(|| format!("targets.{}", t.name))?;
         let name = t.name.to_string();
         out.push((
             Spec {
@@ -279,14 +290,15 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                 role: Role::Target {
                     dispatcher: Arc::new(
                         Dispatcher::new(
-                            vec![Target::with_providers(t.clone(), providers)],
+                            vec![target],
                             settings.audiences.clone(),
                             settings.templates.clone(),
                             shared.outputs.clone(),
                             CancellationToken::new(),
                         )
                         .with_ledger(shared.records.ledger.clone())
-                        .with_deadlines(shared.records.deadlines.clone()),
+                        .with_deadlines(shared.records.deadlines.clone())
+                        .with_people(shared.people.clone()),
                     ),
                 },
                 name: name.clone(),
@@ -346,9 +358,27 @@ async fn reload(
             "[kafka] or [daemon] changed: those are read at start; restart the daemon to apply them"
         ));
     }
+    let source = |s: &Settings| {
+        s.directory.as_ref().map(|d| {
+            (
+                d.source.clone(),
+                d.progress_topic.clone(),
+                d.batch_size,
+                d.batches_in_flight,
+            )
+        })
+    };
+    if source(current) != source(new) {
+        return Err(anyhow!(
+            "[directory] changed: it is read at start (a file's contents are read again on reload, its settings are not); restart the daemon to apply them"
+        ));
+    }
     // Build the new streams first: a target that cannot be built refuses the whole
     // reload, and nothing running is touched.
     let specs = specs(new, shared)?;
+    if let (Some(people), Some(directory)) = (&shared.people, &new.directory) {
+        people.reload(directory);
+    }
     // The deployment is running: a target that a reload brings is added later,
     // whatever the groups have committed so far (a running stream may not have
     // committed its first delivery yet).
@@ -432,12 +462,19 @@ fn group_client(
 /// source topic may be created later (the streams pick it up), so a missing one is
 /// a warning. Brokers that cannot be reached yet are a warning too: librdkafka keeps
 /// trying, and nothing is consumed (so nothing needs a dead letter) until they answer.
-async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
+async fn check_topics(base: &ClientConfig, settings: &Settings) -> Result<()> {
+    let kafka = &settings.kafka;
     let base = base.clone();
     let mut topics = vec![kafka.topic.clone(), kafka.dead_letter_topic.clone()];
     topics.extend(kafka.dead_recipient_topic.clone());
     topics.extend(kafka.ledger_topic.clone());
     topics.extend(kafka.incident_state_topic.clone());
+    if let Some(d) = &settings.directory {
+        topics.push(d.progress_topic.clone());
+        if let crate::config::DirectorySource::Topic(t) = &d.source {
+            topics.push(t.clone());
+        }
+    }
     let r = tokio::task::spawn_blocking(move || {
         let c = group_client(&base, "clarion-topic-check")?;
         let mut missing = Vec::new();
@@ -459,7 +496,7 @@ async fn check_topics(base: &ClientConfig, kafka: &KafkaConfig) -> Result<()> {
             let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
             if !required.is_empty() {
                 return Err(anyhow!(
-                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic) before starting, or failed deliveries would have nowhere to go",
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic / directory.topic / directory.progress_topic) before starting, or failed deliveries would have nowhere to go",
                     required
                         .iter()
                         .map(|t| format!("`{t}`"))

@@ -408,6 +408,22 @@ fn describe() {
         "clarion_failovers_total",
         "Deliveries that moved from one provider of a target to another (from, to)."
     );
+    describe_counter!(
+        "clarion_fallbacks_total",
+        "People a people target could not reach on one channel and tries on their next (from, to)."
+    );
+    describe_counter!(
+        "clarion_people_reached_total",
+        "People reached by people targets, by the channel that reached them."
+    );
+    describe_counter!(
+        "clarion_directory_pruned_total",
+        "Dead addresses removed from the stakeholder directory, by kind (push, sms, email)."
+    );
+    describe_gauge!(
+        "clarion_directory_people",
+        "People in the stakeholder directory this process holds."
+    );
     describe_gauge!(
         "clarion_drill_last_success_timestamp_seconds",
         Unit::Seconds,
@@ -487,6 +503,37 @@ impl FailedOver<'_> {
             "delivery goes to another provider"
         );
         metrics::counter!("clarion_failovers_total", "target" => self.target.to_string(), "from" => self.from.to_string(), "to" => self.to.to_string()).increment(1);
+    }
+}
+
+/// A person a people target could not reach on one channel is tried on the next.
+#[derive(Debug)]
+pub struct FellBack<'a> {
+    pub update: &'a IncidentUpdate,
+    pub target: &'a str,
+    pub person: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The error class of the last failure on `from` (`permanent`, `recipient_gone`,
+    /// `retryable` when its budget ran out or the leg is down).
+    pub class: &'a str,
+    pub reason: &'a str,
+}
+
+impl FellBack<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            incident_id = %self.update.incident_id,
+            update_id = %self.update.update_id,
+            target = self.target,
+            person = self.person,
+            from = self.from,
+            to = self.to,
+            class = self.class,
+            reason = self.reason,
+            "person falls back to their next channel"
+        );
+        metrics::counter!("clarion_fallbacks_total", "target" => self.target.to_string(), "from" => self.from.to_string(), "to" => self.to.to_string()).increment(1);
     }
 }
 
