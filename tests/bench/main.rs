@@ -13,9 +13,14 @@
 //!   listening on its port) for the first D seconds, and measure how the healthy
 //!   targets fare meanwhile and how long the down one takes to catch up.
 //!
+//! - `--people N [--kill-at K]` sends one update to an N-person directory
+//!   audience by email to Postfix's `smtp-sink` (`people.rs`).
+//!
 //! The daemon runs with the shipped defaults unless `--max-in-flight` says
 //! otherwise. Reported: deliveries/s, latency, the daemon's peak RSS, its CPU
 //! seconds and CPU µs per delivery, and how many times its streams paused.
+
+mod people;
 
 use anyhow::{Context, Result, bail};
 use axum::body::Bytes;
@@ -77,6 +82,14 @@ struct Args {
     /// (to measure a setting without rebuilding).
     #[arg(long = "consumer-property")]
     consumer_properties: Vec<String>,
+    /// People mode: one update to a directory audience of this many people, by
+    /// email to Postfix's smtp-sink (docs/backups.md).
+    #[arg(long)]
+    people: Option<u64>,
+    /// People mode: SIGKILL the daemon once this many messages arrived, start it
+    /// again, and count the duplicates.
+    #[arg(long)]
+    kill_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -169,6 +182,9 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.people {
+        return people::run(&args.brokers, &args.clarion, n, args.kill_at).await;
+    }
     let w = Wiring::new(&args.brokers, "bench", args.partitions).await;
     let mut targets = String::new();
     let mut sinks = Vec::new();
