@@ -92,6 +92,46 @@ fn shipped_example_config_is_valid_when_its_secrets_are_set() {
 }
 
 #[test]
+fn shipped_people_config_and_its_directory_are_valid() {
+    let (code, stdout, stderr) = run(
+        &["check-config", "config/people/clarion.toml"],
+        &SHIPPED_SECRETS,
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("customer-reach (people, audiences: customers), fallback: sms (sms) → email (email)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("directory config/people/people.csv: 4 people (customers: 3)"),
+        "{stdout}"
+    );
+    // A broken row is reported with its line, and the config refused.
+    let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-people-cli"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let toml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/people/clarion.toml"
+    ))
+    .expect("config");
+    std::fs::write(dir.join("clarion.toml"), toml).expect("config");
+    std::fs::write(
+        dir.join("people.csv"),
+        "id,audiences,sms\nu-1,customers,+15145550100\nu-2,customers,0800 123\n",
+    )
+    .expect("csv");
+    let path = dir.join("clarion.toml").display().to_string();
+    let (code, stdout, stderr) = run(&["check-config", &path], &SHIPPED_SECRETS);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("directory.file:") && stderr.contains("people.csv:3: sms:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("0800 123"), "a number is never echoed whole: {stderr}");
+}
+
+#[test]
 fn route_and_render_explain_the_sample_incident() {
     let (code, stdout, stderr) = run(
         &[
