@@ -65,7 +65,12 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
     }
     let update = Arc::new(update);
     let mut out = String::new();
-    for t in &settings.targets {
+    // A people target renders through each of its legs, routed as the target is.
+    for (t, c) in settings
+        .targets
+        .iter()
+        .flat_map(|t| t.channels().into_iter().map(move |c| (t, c)))
+    {
         if only.is_some_and(|n| n != &*t.name) {
             continue;
         }
@@ -73,8 +78,8 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
         let _ = writeln!(
             out,
             "=== {} ({}) — {}",
-            t.name,
-            t.kind.as_str(),
+            c.name,
+            c.kind.as_str(),
             decision.explanation
         );
         if !decision.matched {
@@ -83,14 +88,14 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
         }
         let delivery = Delivery::new(
             update.clone(),
-            t.name.clone(),
+            c.name.clone(),
             decision.audiences.clone().into(),
         );
         for audience in &decision.audiences {
-            let locale = t.locale_for(&update, audience);
-            let message = t
+            let locale = c.locale_for(&update, audience);
+            let message = c
                 .render(&settings.templates, &update, audience)
-                .map_err(|e| anyhow!("target {}: audience {audience}: {e}", t.name))?;
+                .map_err(|e| anyhow!("target {}: audience {audience}: {e}", c.name))?;
             let _ = writeln!(
                 out,
                 "--- audience {audience}, locale {}",
@@ -99,7 +104,7 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
             for (part, text) in &message.parts {
                 let _ = writeln!(out, "[{}]\n{}", part.as_str(), text.trim_end());
             }
-            match (&t.channel, t.kind) {
+            match (&c.channel, c.kind) {
                 (ChannelConfig::Sms(c), _) => {
                     let text = message.get(clarion_render::Part::Text).unwrap_or("").trim();
                     let a = clarion_sms::encoding::analyze(text);

@@ -381,24 +381,38 @@ pub fn preview(
         "TARGET", "AUDIENCE", "RECIPIENTS"
     );
     let mut any = false;
-    for t in &settings.targets {
+    // A people target renders through each of its legs, routed as the target is.
+    for (t, c) in settings
+        .targets
+        .iter()
+        .flat_map(|t| t.channels().into_iter().map(move |c| (t, c)))
+    {
         let decision = clarion_render::route(update, &t.audiences, &t.rules);
         if !decision.matched {
             continue;
         }
         any = true;
         for audience in &decision.audiences {
-            let message = t
+            let message = c
                 .render(&settings.templates, update, audience)
                 .map_err(|e| {
                     anyhow!(
                         "target {}: audience {audience}: the template does not render ({e}); the daemon would dead-letter this delivery",
-                        t.name
+                        c.name
                     )
                 })?;
-            let count = recipients(&t.channel, std::slice::from_ref(audience))
-                .map_or("-".to_string(), |n| n.to_string());
-            let note = match &t.channel {
+            // A leg reaches the directory's members who have its kind of address
+            // (a file directory: counted; a topic: unknown here).
+            let count = match &t.people {
+                Some(_) => settings
+                    .directory
+                    .as_ref()
+                    .and_then(|d| d.people.as_ref())
+                    .map_or("-".to_string(), |p| format!("≤{}", p.members(audience))),
+                None => recipients(&c.channel, std::slice::from_ref(audience))
+                    .map_or("-".to_string(), |n| n.to_string()),
+            };
+            let note = match &c.channel {
                 ChannelConfig::Sms(c) => {
                     let text = message.get(clarion_render::Part::Text).unwrap_or("").trim();
                     let a = clarion_sms::encoding::analyze(text);
@@ -413,12 +427,12 @@ pub fn preview(
                         }
                     )
                 }
-                _ => t.kind.as_str().to_string(),
+                _ => c.kind.as_str().to_string(),
             };
             let _ = writeln!(
                 out,
                 "{:<20} {:<12} {:>10}  {note}",
-                &*t.name, audience, count
+                &*c.name, audience, count
             );
         }
     }
@@ -1082,8 +1096,10 @@ fn check_statement(settings: &Settings, name: &str) -> Result<String> {
             continue;
         }
         for audience in &decision.audiences {
-            t.render(&settings.templates, &update, audience)
-                .map_err(|e| anyhow!("target {}: audience {audience}: {e}", t.name))?;
+            for c in t.channels() {
+                c.render(&settings.templates, &update, audience)
+                    .map_err(|e| anyhow!("target {}: audience {audience}: {e}", c.name))?;
+            }
         }
         takers.push(t.name.to_string());
     }
