@@ -170,7 +170,10 @@ from = "Example Telecom <status@example.com>"
             break;
         }
         if let Ok(Some(status)) = daemon.try_wait() {
-            bail!("the daemon exited ({status}); its log: {}", log_path.display());
+            bail!(
+                "the daemon exited ({status}); its log: {}",
+                log_path.display()
+            );
         }
         if Instant::now() > deadline {
             bail!("only {n} of {people} messages after an hour");
@@ -184,7 +187,9 @@ from = "Example Telecom <status@example.com>"
     let cpu = crate::cpu_seconds(daemon.id());
     crate::stop(&mut daemon);
     let _ = sink.kill();
-    println!("mode:              one update to a directory audience of {people} people, email to smtp-sink");
+    println!(
+        "mode:              one update to a directory audience of {people} people, email to smtp-sink"
+    );
     println!("batches:           500 people per batch, 4 batches at once (the defaults)");
     println!(
         "time:              {:.1} s from publish to the last message ({:.0} messages/s)",
@@ -196,7 +201,9 @@ from = "Example Telecom <status@example.com>"
         total.saturating_sub(people)
     );
     if let Some(k) = killed_at {
-        println!("sigkill:           after {k} messages; restarted at once, resumed from the progress topic");
+        println!(
+            "sigkill:           after {k} messages; restarted at once, resumed from the progress topic"
+        );
     }
     println!(
         "daemon peak RSS:   {:.1} MiB{}",

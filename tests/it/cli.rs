@@ -99,7 +99,9 @@ fn shipped_people_config_and_its_directory_are_valid() {
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("customer-reach (people, audiences: customers), fallback: sms (sms) → email (email)"),
+        stdout.contains(
+            "customer-reach (people, audiences: customers), fallback: sms (sms) → email (email)"
+        ),
         "{stdout}"
     );
     assert!(
@@ -128,7 +130,10 @@ fn shipped_people_config_and_its_directory_are_valid() {
         stderr.contains("directory.file:") && stderr.contains("people.csv:3: sms:"),
         "{stderr}"
     );
-    assert!(!stderr.contains("0800 123"), "a number is never echoed whole: {stderr}");
+    assert!(
+        !stderr.contains("0800 123"),
+        "a number is never echoed whole: {stderr}"
+    );
 }
 
 #[test]

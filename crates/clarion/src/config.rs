@@ -2010,7 +2010,13 @@ from = "status@example.com"
             key = dir.join("apns.p8").display(),
         );
         let pem = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
             .output()
             .expect("the tests need the `openssl` command (Debian package openssl)");
         std::fs::write(dir.join("apns.p8"), pem.stdout).expect("key");
@@ -2018,7 +2024,6 @@ from = "status@example.com"
     }
 
     static PEOPLE_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 
     fn check_people(toml: &str, path: &std::path::Path) -> String {
         parse_str(toml)
@@ -2059,7 +2064,10 @@ from = "status@example.com"
         let legs = &s.targets[0].people.as_ref().expect("people").legs;
         // Each leg inherits the people target's retry policy.
         assert!(legs.iter().all(|l| l.target.retry.max_attempts == 3));
-        assert!(legs.iter().all(|l| l.target.audiences == BTreeSet::from(["customers".to_string()])));
+        assert!(
+            legs.iter()
+                .all(|l| l.target.audiences == BTreeSet::from(["customers".to_string()]))
+        );
     }
 
     #[test]
@@ -2068,33 +2076,62 @@ from = "status@example.com"
         let at = |t: &str| check_people(t, &path);
         let source = path.display().to_string();
         assert_eq!(
-            at(&toml.replace(r#"audiences = ["customers"]"#, r#"audiences = ["customers", "business"]"#)),
-            format!("{source}: targets.reach: audiences: a people target addresses the members of one audience, not 2; use one people target per audience")
+            at(&toml.replace(
+                r#"audiences = ["customers"]"#,
+                r#"audiences = ["customers", "business"]"#
+            )),
+            format!(
+                "{source}: targets.reach: audiences: a people target addresses the members of one audience, not 2; use one people target per audience"
+            )
         );
         assert_eq!(
-            at(&toml.replace(r#"fallback = ["push", "sms", "email"]"#, r#"fallback = ["push", "fax"]"#)),
-            format!("{source}: targets.reach: fallback: `fax` is not an address kind (expected `push`, `sms` or `email`)")
+            at(&toml.replace(
+                r#"fallback = ["push", "sms", "email"]"#,
+                r#"fallback = ["push", "fax"]"#
+            )),
+            format!(
+                "{source}: targets.reach: fallback: `fax` is not an address kind (expected `push`, `sms` or `email`)"
+            )
         );
         assert_eq!(
-            at(&toml.replace(r#"fallback = ["push", "sms", "email"]"#, r#"fallback = ["push", "sms"]"#)),
-            format!("{source}: targets.reach: email: a leg that `fallback` does not list would never be used; add it to fallback or remove it")
+            at(&toml.replace(
+                r#"fallback = ["push", "sms", "email"]"#,
+                r#"fallback = ["push", "sms"]"#
+            )),
+            format!(
+                "{source}: targets.reach: email: a leg that `fallback` does not list would never be used; add it to fallback or remove it"
+            )
         );
         assert_eq!(
-            at(&toml.replace("[targets.reach.sms]", "[targets.reach.sms]\nrecipients = { customers = [\"+15005550009\"] }")),
-            format!("{source}: targets.reach: sms: target `reach.sms`: invalid `recipients`: a people target's channel addresses the directory's members; static recipients belong to an ordinary target")
+            at(&toml.replace(
+                "[targets.reach.sms]",
+                "[targets.reach.sms]\nrecipients = { customers = [\"+15005550009\"] }"
+            )),
+            format!(
+                "{source}: targets.reach: sms: target `reach.sms`: invalid `recipients`: a people target's channel addresses the directory's members; static recipients belong to an ordinary target"
+            )
         );
         assert_eq!(
             at(&toml.replace("type = \"apns\"", "type = \"sms\"")),
-            format!("{source}: targets.reach: push.type: `sms` cannot carry push addresses (one of: apns, fcm)")
+            format!(
+                "{source}: targets.reach: push.type: `sms` cannot carry push addresses (one of: apns, fcm)"
+            )
         );
         assert_eq!(
-            at(&toml.replace("[targets.reach.push]", "[targets.reach.push]\nsupersede = true")),
-            format!("{source}: targets.reach: push.supersede: belongs to the people target, not to one of its legs")
+            at(&toml.replace(
+                "[targets.reach.push]",
+                "[targets.reach.push]\nsupersede = true"
+            )),
+            format!(
+                "{source}: targets.reach: push.supersede: belongs to the people target, not to one of its legs"
+            )
         );
         let (supersede, _) = people_config("supersede = true");
         assert_eq!(
             at(&supersede),
-            format!("{source}: targets.reach: supersede: a people target walks every member for every update; skipping updates would leave people with an older one")
+            format!(
+                "{source}: targets.reach: supersede: a people target walks every member for every update; skipping updates would leave people with an older one"
+            )
         );
         assert_eq!(
             at(&toml.replace("[directory]\nfile = \"people.csv\"\nprogress_topic = \"clarion-people-progress\"\n", "")),
@@ -2102,11 +2139,18 @@ from = "status@example.com"
         );
         assert_eq!(
             at(&toml.replace("progress_topic = \"clarion-people-progress\"\n", "")),
-            format!("{source}: directory.progress_topic: missing (a compacted topic where each walk's progress is kept, so that a restart does not send to everyone again)")
+            format!(
+                "{source}: directory.progress_topic: missing (a compacted topic where each walk's progress is kept, so that a restart does not send to everyone again)"
+            )
         );
         assert_eq!(
-            at(&toml.replace("file = \"people.csv\"", "file = \"people.csv\"\ntopic = \"clarion-directory\"")),
-            format!("{source}: directory: set `file` or `topic`, not both (the topic is the address book that can change without a restart)")
+            at(&toml.replace(
+                "file = \"people.csv\"",
+                "file = \"people.csv\"\ntopic = \"clarion-directory\""
+            )),
+            format!(
+                "{source}: directory: set `file` or `topic`, not both (the topic is the address book that can change without a restart)"
+            )
         );
         // A broken row in the file is reported with its line.
         std::fs::write(
@@ -2116,7 +2160,9 @@ from = "status@example.com"
         .expect("csv");
         let got = at(&toml);
         assert!(
-            got.contains("directory.file:") && got.contains("people.csv:3") && got.contains("partners"),
+            got.contains("directory.file:")
+                && got.contains("people.csv:3")
+                && got.contains("partners"),
             "{got}"
         );
     }
