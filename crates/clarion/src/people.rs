@@ -54,6 +54,8 @@ pub struct PeopleSupport {
     batches_in_flight: usize,
     /// True once the directory and the progress topics were read to their ends.
     ready: watch::Receiver<bool>,
+    /// The config's audiences, which a directory topic's records are checked against.
+    audiences: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for PeopleSupport {
@@ -70,6 +72,7 @@ impl PeopleSupport {
     /// topic; the people targets' walks wait until both were read to their end.
     pub fn start(
         settings: &DirectorySettings,
+        audiences: &std::collections::BTreeSet<String>,
         kafka: &KafkaConfig,
         secrets: &dyn SecretResolver,
         cancel: CancellationToken,
@@ -90,6 +93,7 @@ impl PeopleSupport {
             batch_size: settings.batch_size,
             batches_in_flight: settings.batches_in_flight,
             ready,
+            audiences: audiences.clone(),
         });
         let mut waits = Vec::new();
         let weak = Arc::downgrade(&support);
@@ -178,13 +182,22 @@ impl PeopleSupport {
         let dir = self.directory();
         match value {
             None => dir.remove(key),
-            Some(v) => match Person::from_record(key, v) {
+            // Checked as a file's rows are. A person left with no address (every
+            // one of them turned out dead: what `prune` writes) stays a member, to
+            // be dead-lettered as unreachable until someone adds an address.
+            Some(v) => match Person::from_record(key, v).and_then(|p| {
+                let unreachable = AddressKind::ALL.iter().all(|k| p.addresses(*k).is_empty());
+                match crate::directory::validate(&p, &self.audiences) {
+                    Err(e) if !unreachable => Err(e),
+                    _ => Ok(p),
+                }
+            }) {
                 Ok(p) => dir.upsert(p),
                 Err(e) => tracing::warn!(
                     topic,
                     key,
                     error = %e,
-                    "directory record ignored: not a person (docs/backups.md#the-directory)"
+                    "directory record ignored, the person's previous record stays (docs/backups.md#the-directory)"
                 ),
             },
         }
@@ -603,7 +616,7 @@ impl Dispatcher {
                         reason: &last.reason,
                     }
                     .emit();
-                    let _ = person;
+                    pending.push(person);
                     continue;
                 }
                 // No channel left for this person: each address that failed is

@@ -116,6 +116,7 @@ pub async fn run_reloadable(
     if let Some(directory) = &settings.directory {
         shared.people = Some(crate::people::PeopleSupport::start(
             directory,
+            &settings.audiences,
             kafka,
             secrets,
             shutdown.clone(),
