@@ -13,6 +13,7 @@ mod kafka;
 mod leaks;
 mod ledger;
 mod ops;
+mod people;
 mod publish;
 mod push;
 mod push_e2e;
