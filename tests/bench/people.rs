@@ -135,6 +135,8 @@ from = "Example Telecom <status@example.com>"
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .create()?;
+    // What loading the directory took, before any delivery.
+    let loaded_kib = crate::peak_rss_kib(daemon.id()).unwrap_or(0);
     let published = Instant::now();
     producer
         .send(
@@ -213,6 +215,10 @@ from = "Example Telecom <status@example.com>"
         } else {
             ""
         }
+    );
+    println!(
+        "  of which loading: {:.1} MiB peak before the update was published",
+        loaded_kib as f64 / 1024.0
     );
     if let Some(cpu) = cpu {
         println!("daemon CPU:        {cpu:.1} s (the last process)");
