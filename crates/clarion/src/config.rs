@@ -612,6 +612,16 @@ impl ChannelKind {
             ChannelKind::People => "people",
         }
     }
+
+    /// The ledger's `channel` (docs/ledger.schema.json): push for both push
+    /// providers, `people` for what a people target records itself (a member it
+    /// has no address for).
+    pub fn ledger_channel(self) -> &'static str {
+        match self {
+            ChannelKind::Fcm | ChannelKind::Apns => "push",
+            other => other.as_str(),
+        }
+    }
 }
 
 /// A target's channel config, validated as its kind's struct.
@@ -1041,12 +1051,10 @@ fn validate_directory(
         bail!("directory.batches_in_flight: must be from 1 to 64");
     }
     let people = match (&src, load) {
-        (DirectorySource::File(path), true) => {
-            Some(Arc::new(crate::directory::Directory::from_people(
-                crate::directory::load_file(path, audiences)
-                    .map_err(|e| anyhow!("directory.file: {e:#}"))?,
-            )))
-        }
+        (DirectorySource::File(path), true) => Some(Arc::new(
+            crate::directory::load_file(path, audiences)
+                .map_err(|e| anyhow!("directory.file: {e:#}"))?,
+        )),
         _ => None,
     };
     Ok(DirectorySettings {

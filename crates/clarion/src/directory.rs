@@ -12,19 +12,24 @@
 //! Pure logic: this module knows no Kafka and reads no file but the one it is given.
 //! Its errors must never echo a full phone number or push token (an email address
 //! may be shown: the operator needs it to find the row), and nothing input can reach
-//! may panic. It must stay small per person: deployments list millions of them.
+//! may panic. It must stay small per person: deployments list millions of them, so
+//! a person is boxed strings with no spare capacity and shared audience names, and
+//! a file is read straight into the directory, never held whole nor as a list of
+//! people beside it.
 
 use anyhow::{Context as _, anyhow, bail};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::borrow::Borrow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
 use std::ops::Bound;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::config::STANDARD_AUDIENCES;
 use crate::telemetry::mask;
@@ -46,27 +51,82 @@ const FIELDS: &str = "id, audiences, push, sms, email";
 /// The file extensions [`load_file`] reads.
 const EXTENSIONS: &str = ".csv, .json, .jsonl, .ndjson";
 
+/// How much of a directory file is read at a time.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// One person in the directory, exactly as a directory file or topic record holds
 /// them (a record's value is this object as JSON: [`Person::to_json`]).
+///
+/// Boxed strings and slices rather than `String`s and `Vec`s: they keep no spare
+/// capacity and take 16 bytes each rather than 24, for each of millions of people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Person {
     /// Stable, unique id (an employee number, a customer account id): the topic's
     /// record key and the batch cursor. At most 256 bytes, no whitespace.
-    pub id: String,
+    pub id: Box<str>,
     /// The audiences this person belongs to: `customers`, `business`, `employees`,
-    /// `regulators`, or one the config's `audiences` declares.
-    pub audiences: Vec<String>,
+    /// `regulators`, or one the config's `audiences` declares. Each name is one
+    /// string shared by everyone who lists it ([`audience_name`]).
+    #[serde(
+        serialize_with = "write_audiences",
+        deserialize_with = "read_audiences"
+    )]
+    pub audiences: Box<[Arc<str>]>,
     /// Push device tokens (FCM registration tokens or APNs device tokens), one per
     /// device.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub push: Vec<String>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub push: Box<[Box<str>]>,
     /// Mobile number in E.164 (`+` then 8 to 15 digits), e.g. `+447700900123`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sms: Option<String>,
+    pub sms: Option<Box<str>>,
     /// Email address, e.g. `jane.doe@example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
+    pub email: Option<Box<str>>,
+}
+
+/// The audience names people hold, each once: see [`audience_name`].
+static AUDIENCE_NAMES: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+
+/// How many names [`AUDIENCE_NAMES`] keeps. A deployment has a handful of
+/// audiences; the bound is for records that name audiences that do not exist
+/// (validation rejects them, but they are read first), so that a stream of them
+/// cannot grow the table without end.
+const MAX_AUDIENCE_NAMES: usize = 1024;
+
+/// The shared copy of an audience's name: everyone who belongs to `customers`
+/// holds the same string, a pointer each rather than a string each.
+///
+/// Names nobody holds any more are forgotten when the table is full; past that, a
+/// name gets a copy of its own, as it did before names were shared.
+fn audience_name(name: &str) -> Arc<str> {
+    // Nothing can panic while the table is held, so a poisoned lock is still whole.
+    let mut names = AUDIENCE_NAMES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = names.get(name) {
+        return Arc::clone(shared);
+    }
+    if names.len() >= MAX_AUDIENCE_NAMES {
+        names.retain(|n| Arc::strong_count(n) > 1);
+    }
+    let shared: Arc<str> = Arc::from(name);
+    if names.len() < MAX_AUDIENCE_NAMES {
+        names.insert(Arc::clone(&shared));
+    }
+    shared
+}
+
+/// Serde's `Arc` support is behind a feature that would also drop sharing on the
+/// way in; the names are written as plain strings instead.
+fn write_audiences<S: Serializer>(audiences: &[Arc<str>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(audiences.iter().map(|a| &**a))
+}
+
+/// Reads a list of audience names as shared names.
+fn read_audiences<'de, D: Deserializer<'de>>(d: D) -> Result<Box<[Arc<str>]>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Ok(names.iter().map(|n| audience_name(n)).collect())
 }
 
 /// A kind of address a person has: the channel that delivers to it.
@@ -122,10 +182,15 @@ impl Person {
     /// email address if there is one.
     pub fn addresses(&self, kind: AddressKind) -> Vec<&str> {
         match kind {
-            AddressKind::Push => self.push.iter().map(String::as_str).collect(),
+            AddressKind::Push => self.push.iter().map(|t| &**t).collect(),
             AddressKind::Sms => self.sms.as_deref().into_iter().collect(),
             AddressKind::Email => self.email.as_deref().into_iter().collect(),
         }
+    }
+
+    /// Whether this person lists `audience`.
+    pub fn belongs_to(&self, audience: &str) -> bool {
+        self.audiences.iter().any(|a| **a == *audience)
     }
 
     /// A copy of this person without `address`, to write back when a channel reports
@@ -139,12 +204,18 @@ impl Person {
     pub fn without(&self, kind: AddressKind, address: &str) -> Option<Person> {
         match kind {
             AddressKind::Push => {
-                if !self.push.iter().any(|t| t == address) {
+                if !self.push.iter().any(|t| **t == *address) {
                     return None;
                 }
-                let mut copy = self.clone();
-                copy.push.retain(|t| t != address);
-                Some(copy)
+                Some(Person {
+                    push: self
+                        .push
+                        .iter()
+                        .filter(|t| ***t != *address)
+                        .cloned()
+                        .collect(),
+                    ..self.clone()
+                })
             }
             AddressKind::Sms => (self.sms.as_deref() == Some(address)).then(|| Person {
                 sms: None,
@@ -230,7 +301,7 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_audiences(listed: &[String], known: &BTreeSet<String>) -> Result<(), String> {
+fn check_audiences(listed: &[Arc<str>], known: &BTreeSet<String>) -> Result<(), String> {
     if listed.is_empty() {
         return Err("audiences: is empty, a person must belong to at least one audience".into());
     }
@@ -238,7 +309,7 @@ fn check_audiences(listed: &[String], known: &BTreeSet<String>) -> Result<(), St
         if listed[..i].contains(a) {
             return Err(format!("audiences: `{}` is listed twice", a.escape_debug()));
         }
-        if !known.contains(a) && !STANDARD_AUDIENCES.contains(&a.as_str()) {
+        if !known.contains(&**a) && !STANDARD_AUDIENCES.contains(&&**a) {
             return Err(format!(
                 "audiences: `{}` is not a standard audience nor listed in the config's `audiences`",
                 a.escape_debug()
@@ -321,7 +392,7 @@ fn check_email(email: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_push(tokens: &[String]) -> Result<(), String> {
+fn check_push(tokens: &[Box<str>]) -> Result<(), String> {
     for (i, token) in tokens.iter().enumerate() {
         // Tokens are credentials of a sort: the errors say where, never what.
         if token.is_empty() {
@@ -363,7 +434,10 @@ fn has_space_or_control(s: &str) -> bool {
 /// (`path[index]: ...` for a JSON array), the first 20 then "… and N more". A
 /// duplicate id names both places. A file with no people is a valid, empty
 /// directory (a CSV file still needs its header row).
-pub fn load_file(path: &Path, audiences: &BTreeSet<String>) -> anyhow::Result<Vec<Person>> {
+///
+/// The file is read a buffer at a time and each person goes straight into the
+/// directory, so that loading costs little more than the directory it builds.
+pub fn load_file(path: &Path, audiences: &BTreeSet<String>) -> anyhow::Result<Directory> {
     let shown = path.display().to_string();
     let extension = path
         .extension()
@@ -380,25 +454,27 @@ pub fn load_file(path: &Path, audiences: &BTreeSet<String>) -> anyhow::Result<Ve
             "{shown}: a directory file needs an extension that says its format (supported: {EXTENSIONS})"
         ),
     };
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read the directory {shown}"))?;
-    // Spreadsheets like to start a UTF-8 file with a byte-order mark.
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut loader = Loader {
-        path: &shown,
         audiences,
-        by_index: format == Format::Json,
-        people: Vec::new(),
-        places: Vec::new(),
-        problems: Vec::new(),
+        people: BTreeSet::new(),
+        reported: Vec::new(),
         problem_count: 0,
     };
-    match format {
-        Format::Csv => read_csv(bytes, &mut loader)?,
-        Format::Json => read_json(bytes, &mut loader)?,
-        Format::Jsonl => read_jsonl(bytes, &mut loader),
+    read(path, &shown, format, &mut loader)?;
+    let Loader {
+        people,
+        reported,
+        problem_count,
+        ..
+    } = loader;
+    if problem_count == 0 {
+        return Ok(Directory {
+            people: RwLock::new(people),
+        });
     }
-    loader.finish()
+    // Freed before the report reads the file again.
+    drop(people);
+    Err(report(path, &shown, format, reported, problem_count))
 }
 
 /// A directory file's format, from its extension.
@@ -409,102 +485,181 @@ enum Format {
     Jsonl,
 }
 
-/// Collects the people of one file, with where each came from, and the problems.
-#[derive(Debug)]
+/// Reads a directory file of `format`, giving each entry to `entries` in file
+/// order. `Err` is a problem that stops the reading: the file cannot be read, is
+/// not JSON, or its CSV header is wrong.
+fn read(
+    path: &Path,
+    shown: &str,
+    format: Format,
+    entries: &mut impl Entries,
+) -> anyhow::Result<()> {
+    let file = open(path).with_context(|| format!("cannot read the directory {shown}"))?;
+    match format {
+        Format::Csv => read_csv(file, shown, entries),
+        Format::Json => read_json(BufReader::with_capacity(READ_BUFFER, file), shown, entries),
+        Format::Jsonl => read_jsonl(BufReader::with_capacity(READ_BUFFER, file), shown, entries),
+    }
+}
+
+/// The file's content, without the byte-order mark spreadsheets like to start a
+/// UTF-8 file with.
+fn open(path: &Path) -> io::Result<io::Chain<io::Cursor<Vec<u8>>, File>> {
+    let mut file = File::open(path)?;
+    let mut start = Vec::with_capacity(3);
+    Read::by_ref(&mut file).take(3).read_to_end(&mut start)?;
+    if start == b"\xEF\xBB\xBF" {
+        start.clear();
+    }
+    Ok(io::Cursor::new(start).chain(file))
+}
+
+/// Where a reader puts what it finds, in file order (which is place order): the
+/// loader, or the second reading of a failed load that looks for where duplicated
+/// ids first appeared.
+trait Entries {
+    /// Takes one entry, parsed or not, found at `place`: a line, or an index in a
+    /// JSON array.
+    fn entry(&mut self, place: u64, parsed: Result<Person, String>);
+
+    /// Takes a problem with a place that is not an entry (a CSV row that is not
+    /// UTF-8).
+    fn problem(&mut self, place: u64, problem: String);
+}
+
+/// Builds the directory of one file, and collects its problems. (No `Debug`: it
+/// would print every person, addresses included.)
 struct Loader<'a> {
-    path: &'a str,
     audiences: &'a BTreeSet<String>,
-    /// Places are JSON array indexes (shown `path[7]`), not lines (`path:7`).
-    by_index: bool,
-    /// People whose id is valid, for the duplicate check (and the result, if
-    /// nothing is wrong).
-    people: Vec<Person>,
-    /// Where each of `people` is: a line or an array index.
-    places: Vec<u64>,
-    /// The first problems by place, each already `field: problem`.
-    problems: Vec<(u64, String)>,
+    /// Everyone whose id is valid, the invalid included (they take part in the
+    /// duplicate check): the directory, if nothing is wrong.
+    people: BTreeSet<ById>,
+    /// The first problems, by place.
+    reported: Vec<(u64, Problem)>,
     problem_count: usize,
 }
 
-impl Loader<'_> {
-    /// Takes one entry, parsed or not, found at `place`. Entries come in file order.
-    fn add(&mut self, place: u64, parsed: Result<Person, String>) {
+/// One problem of a failed load.
+#[derive(Debug)]
+enum Problem {
+    /// `field: problem`.
+    Invalid(String),
+    /// The id of an earlier entry, to be found again: see [`report`].
+    SameId(Box<str>),
+}
+
+impl Entries for Loader<'_> {
+    fn entry(&mut self, place: u64, parsed: Result<Person, String>) {
         match parsed {
             Ok(person) => {
                 if let Err(e) = validate(&person, self.audiences) {
                     self.problem(place, e);
                 }
                 // Even an otherwise invalid person takes part in the duplicate
-                // check, so that fixing one problem does not reveal another.
+                // check, so that fixing one problem does not reveal another. The
+                // set itself is the check: it keeps the first of two people with
+                // one id.
                 if check_id(&person.id).is_ok() {
-                    self.people.push(person);
-                    self.places.push(place);
+                    let person = Arc::new(person);
+                    if !self.people.insert(ById(Arc::clone(&person))) {
+                        self.report(place, || Problem::SameId(person.id.clone()));
+                    }
                 }
             }
             Err(e) => self.problem(place, e),
         }
     }
 
+    fn problem(&mut self, place: u64, problem: String) {
+        self.report(place, || Problem::Invalid(problem));
+    }
+}
+
+impl Loader<'_> {
     /// Records a problem. Problems arrive in file order, so the first few are the
     /// ones to show; the rest are only counted.
-    fn problem(&mut self, place: u64, problem: String) {
+    fn report(&mut self, place: u64, problem: impl FnOnce() -> Problem) {
         self.problem_count += 1;
-        if self.problems.len() < MAX_REPORTED {
-            self.problems.push((place, problem));
+        if self.reported.len() < MAX_REPORTED {
+            self.reported.push((place, problem()));
         }
     }
+}
 
-    fn at(&self, place: u64) -> String {
-        if self.by_index {
-            format!("{}[{place}]", self.path)
+/// The error of a failed load: `total` problems, the first of them `reported`.
+///
+/// Where a duplicated id first appeared is found by reading the file again: the
+/// loader keeps no place per person, which would cost every good load memory for
+/// the sake of a failed one.
+fn report(
+    path: &Path,
+    shown: &str,
+    format: Format,
+    reported: Vec<(u64, Problem)>,
+    total: usize,
+) -> anyhow::Error {
+    let by_index = format == Format::Json;
+    let mut firsts = FirstPlaces {
+        wanted: reported
+            .iter()
+            .filter_map(|(_, problem)| match problem {
+                Problem::SameId(id) => Some((id.clone(), None)),
+                Problem::Invalid(_) => None,
+            })
+            .collect(),
+    };
+    if !firsts.wanted.is_empty() {
+        // The file was just read; should it have changed since, a place not
+        // found again is said to be unknown, below.
+        let _ = read(path, shown, format, &mut firsts);
+    }
+    let mut report = format!(
+        "directory {shown}: {total} problem{}",
+        if total == 1 { "" } else { "s" }
+    );
+    for (place, problem) in &reported {
+        let at = if by_index {
+            format!("{shown}[{place}]")
         } else {
-            format!("{}:{place}", self.path)
+            format!("{shown}:{place}")
+        };
+        match problem {
+            Problem::Invalid(problem) => report.push_str(&format!("\n{at}: {problem}")),
+            Problem::SameId(id) => {
+                let earlier = match firsts.wanted.get(id).copied().flatten() {
+                    Some(first) if first < *place && by_index => format!("[{first}]"),
+                    Some(first) if first < *place => format!("line {first}"),
+                    _ => "an earlier place (the file changed while it was read)".to_string(),
+                };
+                report.push_str(&format!(
+                    "\n{at}: id: `{}` is also the id at {earlier}",
+                    id.escape_debug()
+                ));
+            }
+        }
+    }
+    if total > reported.len() {
+        report.push_str(&format!("\n… and {} more", total - reported.len()));
+    }
+    anyhow!(report)
+}
+
+/// Finds the first place of each of a few ids.
+#[derive(Debug)]
+struct FirstPlaces {
+    wanted: BTreeMap<Box<str>, Option<u64>>,
+}
+
+impl Entries for FirstPlaces {
+    fn entry(&mut self, place: u64, parsed: Result<Person, String>) {
+        if let Ok(person) = parsed {
+            if let Some(first @ None) = self.wanted.get_mut(&*person.id) {
+                *first = Some(place);
+            }
         }
     }
 
-    /// The people, or every problem found (duplicate ids included).
-    fn finish(mut self) -> anyhow::Result<Vec<Person>> {
-        // Sorting indexes rather than building a set of ids keeps a million-person
-        // load from allocating a million more strings.
-        let mut order: Vec<usize> = (0..self.people.len()).collect();
-        order.sort_unstable_by(|&a, &b| self.people[a].id.cmp(&self.people[b].id).then(a.cmp(&b)));
-        let mut duplicates: Vec<(u64, usize)> = Vec::new();
-        for run in order.chunk_by(|&a, &b| self.people[a].id == self.people[b].id) {
-            let first = run[0];
-            duplicates.extend(run[1..].iter().map(|&i| (self.places[i], first)));
-        }
-        if self.problem_count == 0 && duplicates.is_empty() {
-            self.people.shrink_to_fit();
-            return Ok(self.people);
-        }
-        duplicates.sort_unstable();
-        let total = self.problem_count + duplicates.len();
-        for &(place, first) in duplicates.iter().take(MAX_REPORTED) {
-            let earlier = if self.by_index {
-                format!("[{}]", self.places[first])
-            } else {
-                format!("line {}", self.places[first])
-            };
-            let id = self.people[first].id.escape_debug();
-            self.problems
-                .push((place, format!("id: `{id}` is also the id at {earlier}")));
-        }
-        // Stable: a place's own problem stays before its duplicate report.
-        self.problems.sort_by_key(|(place, _)| *place);
-        self.problems.truncate(MAX_REPORTED);
-        let mut report = format!(
-            "directory {}: {total} problem{}",
-            self.path,
-            if total == 1 { "" } else { "s" }
-        );
-        for (place, problem) in &self.problems {
-            report.push_str(&format!("\n{}: {problem}", self.at(*place)));
-        }
-        if total > self.problems.len() {
-            report.push_str(&format!("\n… and {} more", total - self.problems.len()));
-        }
-        Err(anyhow!(report))
-    }
+    fn problem(&mut self, _: u64, _: String) {}
 }
 
 /// The CSV columns, by position in the header row.
@@ -521,91 +676,138 @@ struct Columns {
 /// The column names a CSV header may use, in [`Columns`] order.
 const CSV_COLUMNS: [&str; 5] = ["id", "audiences", "push", "sms", "email"];
 
-fn read_csv(bytes: &[u8], loader: &mut Loader<'_>) -> anyhow::Result<()> {
-    let path = loader.path;
+fn read_csv(file: impl Read, path: &str, entries: &mut impl Entries) -> anyhow::Result<()> {
     let mut reader = csv::ReaderBuilder::new()
         // The header is read as a record of its own, to know its line.
         .has_headers(false)
         // Rows with the wrong number of cells are reported per row, not fatal.
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(bytes);
+        .buffer_capacity(READ_BUFFER)
+        .from_reader(LineCounter::new(file));
     let mut row = csv::StringRecord::new();
     let header_found = reader
         .read_record(&mut row)
-        .map_err(|e| anyhow!("{path}: cannot read the header row: {e}"))?;
+        .map_err(|e| csv_error(path, e, "cannot read the header row"))?;
     if !header_found {
         bail!(
             "{path}: the file is empty; a CSV directory starts with a header row naming its columns ({FIELDS}; push, sms and email are optional)"
         );
     }
-    let mut lines = LineCounter::default();
-    let header_line = lines.line_of(bytes, row.position());
+    let header_line = reader.get_mut().line_of(row.position());
     let columns = csv_columns(&row).map_err(|e| anyhow!("{path}:{header_line}: {e}"))?;
-    // One person per line is the norm: reserving for every line saves the copies a
-    // growing vector of a million people would make.
-    loader
-        .people
-        .reserve(bytes.iter().filter(|&&b| b == b'\n').count());
     loop {
         match reader.read_record(&mut row) {
             Ok(false) => break,
-            // A spreadsheet's trailing `,,,,` rows are blank lines too.
-            Ok(true) if row.iter().all(str::is_empty) => {}
             Ok(true) => {
-                let line = lines.line_of(bytes, row.position());
-                loader.add(line, person_from_row(&row, &columns));
+                // Even for a skipped row: it lets the counter forget its lines.
+                let line = reader.get_mut().line_of(row.position());
+                // A spreadsheet's trailing `,,,,` rows are blank lines too.
+                if !row.iter().all(str::is_empty) {
+                    entries.entry(line, person_from_row(&row, &columns));
+                }
             }
             // The reader moves past a row that is not UTF-8, so it can go on.
             Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
-                let line = lines.line_of(bytes, e.position());
-                loader.problem(line, "is not valid UTF-8".into());
+                let line = reader.get_mut().line_of(e.position());
+                entries.problem(line, "is not valid UTF-8".into());
             }
-            Err(e) => bail!("{path}: cannot read the CSV: {e}"),
+            Err(e) => return Err(csv_error(path, e, "cannot read the CSV")),
         }
     }
     Ok(())
 }
 
-/// The line a CSV record starts on, as an editor numbers it.
-///
-/// The reader's own line numbers are off after a blank line or a CRLF line end
-/// (it counts a skipped line ending as part of the record that follows), and its
-/// byte positions point before those line endings: so this counts from the byte
-/// position itself, then steps over the line endings. Records come in order, so
-/// each count resumes where the previous one stopped.
-#[derive(Debug)]
-struct LineCounter {
-    offset: usize,
-    line: u64,
-}
-
-impl Default for LineCounter {
-    fn default() -> Self {
-        Self { offset: 0, line: 1 }
+/// A CSV reader's error: the file's if it could not be read, else the CSV's.
+fn csv_error(path: &str, e: csv::Error, doing: &str) -> anyhow::Error {
+    let message = format!("{path}: {doing}: {e}");
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => {
+            anyhow::Error::new(e).context(format!("cannot read the directory {path}"))
+        }
+        _ => anyhow!(message),
     }
 }
 
-impl LineCounter {
-    fn line_of(&mut self, bytes: &[u8], position: Option<&csv::Position>) -> u64 {
+/// Passes a CSV file to its reader, noting where its line endings are, to tell
+/// the line a record starts on as an editor numbers it.
+///
+/// The reader's own line numbers are off after a blank line or a CRLF line end
+/// (it counts a skipped line ending as part of the record that follows), and its
+/// byte positions point before those line endings: so this counts the newlines
+/// before a record's byte position, and those of the line endings it points at.
+///
+/// The reader reads ahead of the record it returns, so the line endings read but
+/// not yet passed are kept, as runs of consecutive `\r` and `\n`. A run of blank
+/// lines is one run, and each record passes every run before it, so there are
+/// never more than the reader's buffer has records.
+#[derive(Debug)]
+struct LineCounter<R> {
+    inner: R,
+    /// Bytes read so far.
+    offset: u64,
+    runs: VecDeque<Run>,
+    /// The line of the last record passed.
+    line: u64,
+}
+
+/// Consecutive line-ending bytes, from byte `start` to before `end`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: u64,
+    end: u64,
+    newlines: u64,
+}
+
+impl<R> LineCounter<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            runs: VecDeque::new(),
+            line: 1,
+        }
+    }
+
+    /// The line of the record at `position`. Records come in order.
+    fn line_of(&mut self, position: Option<&csv::Position>) -> u64 {
         let Some(position) = position else {
             return self.line;
         };
-        let mut start = usize::try_from(position.byte())
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        while matches!(bytes.get(start), Some(b'\r' | b'\n')) {
-            start += 1;
-        }
-        if start > self.offset {
-            let newlines = bytes[self.offset..start]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
-            self.line += newlines as u64;
-            self.offset = start;
+        // A run that starts at or before the position ends before the record's
+        // first cell (the reader has read past that cell, so the run is whole).
+        while let Some(run) = self.runs.front().filter(|r| r.start <= position.byte()) {
+            self.line += run.newlines;
+            self.runs.pop_front();
         }
         self.line
+    }
+}
+
+impl<R: Read> Read for LineCounter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let read = buf.get(..n).unwrap_or_default();
+        for (i, &b) in read.iter().enumerate() {
+            if b != b'\n' && b != b'\r' {
+                continue;
+            }
+            let at = self.offset + i as u64;
+            let newline = u64::from(b == b'\n');
+            match self.runs.back_mut() {
+                Some(run) if run.end == at => {
+                    run.end += 1;
+                    run.newlines += newline;
+                }
+                _ => self.runs.push_back(Run {
+                    start: at,
+                    end: at + 1,
+                    newlines: newline,
+                }),
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
     }
 }
 
@@ -681,48 +883,52 @@ fn person_from_row(row: &csv::StringRecord, columns: &Columns) -> Result<Person,
         ));
     }
     let cell = |i: usize| row.get(i).unwrap_or_default();
-    let optional = |i: Option<usize>| i.map(cell).filter(|c| !c.is_empty()).map(str::to_string);
+    let optional = |i: Option<usize>| i.map(cell).filter(|c| !c.is_empty()).map(Box::from);
     Ok(Person {
-        id: cell(columns.id).to_string(),
-        audiences: csv_list(cell(columns.audiences)),
-        push: columns.push.map(|i| csv_list(cell(i))).unwrap_or_default(),
+        id: cell(columns.id).into(),
+        audiences: csv_list(cell(columns.audiences))
+            .map(audience_name)
+            .collect(),
+        push: columns
+            .push
+            .map(|i| csv_list(cell(i)).map(Box::from).collect())
+            .unwrap_or_default(),
         sms: optional(columns.sms),
         email: optional(columns.email),
     })
 }
 
-/// A `;`-separated list cell; empty items (a trailing `;`) are ignored.
-fn csv_list(cell: &str) -> Vec<String> {
-    let mut items: Vec<String> = cell
-        .split(';')
+/// A `;`-separated list cell's items; empty items (a trailing `;`) are ignored.
+fn csv_list(cell: &str) -> impl Iterator<Item = &str> {
+    cell.split(';')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(str::to_string)
-        .collect();
-    // A collected vector keeps room for four; most people have one audience.
-    items.shrink_to_fit();
-    items
 }
 
-fn read_json(bytes: &[u8], loader: &mut Loader<'_>) -> anyhow::Result<()> {
+/// Reads a JSON array of people.
+fn read_json(file: impl Read, path: &str, entries: &mut impl Entries) -> anyhow::Result<()> {
     use serde::de::DeserializeSeed as _;
-    let path = loader.path;
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    JsonElements {
-        loader: &mut *loader,
-    }
-    .deserialize(&mut deserializer)
-    .and_then(|()| deserializer.end())
-    .map_err(|e| anyhow!("{path}: invalid JSON: {e}"))
+    let mut deserializer = serde_json::Deserializer::from_reader(file);
+    JsonElements { entries }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end())
+        .map_err(|e| {
+            if e.is_io() {
+                anyhow::Error::new(e).context(format!("cannot read the directory {path}"))
+            } else {
+                anyhow!("{path}: invalid JSON: {e}")
+            }
+        })
 }
 
-/// Feeds a JSON array's elements to the loader one by one, so that a bad element is
-/// reported with its index and a million-element file is never a million `Value`s.
-struct JsonElements<'l, 'a> {
-    loader: &'l mut Loader<'a>,
+/// Feeds a JSON array's elements to the entries one by one, so that a bad element
+/// is reported with its index and a million-element file is never a million
+/// `Value`s.
+struct JsonElements<'e, E> {
+    entries: &'e mut E,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for JsonElements<'_, '_> {
+impl<'de, E: Entries> serde::de::DeserializeSeed<'de> for JsonElements<'_, E> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -730,7 +936,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for JsonElements<'_, '_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for JsonElements<'_, '_> {
+impl<'de, E: Entries> serde::de::Visitor<'de> for JsonElements<'_, E> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -740,15 +946,31 @@ impl<'de> serde::de::Visitor<'de> for JsonElements<'_, '_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0;
         while let Some(element) = seq.next_element::<Value>()? {
-            self.loader.add(index, person_from_json(element, None));
+            self.entries.entry(index, person_from_json(element, None));
             index += 1;
         }
         Ok(())
     }
 }
 
-fn read_jsonl(bytes: &[u8], loader: &mut Loader<'_>) {
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+/// Reads one JSON person per line, a line at a time.
+fn read_jsonl(
+    mut file: impl BufRead,
+    path: &str,
+    entries: &mut impl Entries,
+) -> anyhow::Result<()> {
+    let mut buffer = Vec::new();
+    let mut number = 0;
+    loop {
+        buffer.clear();
+        let read = file
+            .read_until(b'\n', &mut buffer)
+            .with_context(|| format!("cannot read the directory {path}"))?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let line = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -756,7 +978,7 @@ fn read_jsonl(bytes: &[u8], loader: &mut Loader<'_>) {
         let parsed = serde_json::from_slice(line)
             .map_err(|e| format!("invalid JSON: {e}"))
             .and_then(|json| person_from_json(json, None));
-        loader.add(i as u64 + 1, parsed);
+        entries.entry(number, parsed);
     }
 }
 
@@ -773,14 +995,26 @@ fn person_from_json(json: Value, key: Option<&str>) -> Result<Person, String> {
     };
     let mut id = None;
     let mut audiences = None;
-    let mut push = Vec::new();
+    let mut push = Box::default();
     let mut sms = None;
     let mut email = None;
     for (field, value) in object {
         match field.as_str() {
             "id" => id = Some(json_string("id", value)?),
-            "audiences" => audiences = Some(json_strings("audiences", value)?),
-            "push" => push = json_strings("push", value)?,
+            "audiences" => {
+                audiences = Some(
+                    json_strings("audiences", value)?
+                        .iter()
+                        .map(|a| audience_name(a))
+                        .collect(),
+                );
+            }
+            "push" => {
+                push = json_strings("push", value)?
+                    .into_iter()
+                    .map(String::into_boxed_str)
+                    .collect();
+            }
             // Null is absent, as serde reads an `Option`.
             "sms" if value.is_null() => {}
             "sms" => sms = Some(json_string("sms", value)?),
@@ -810,11 +1044,11 @@ fn person_from_json(json: Value, key: Option<&str>) -> Result<Person, String> {
         return Err("audiences: is missing".into());
     };
     Ok(Person {
-        id,
+        id: id.into_boxed_str(),
         audiences,
         push,
-        sms,
-        email,
+        sms: sms.map(String::into_boxed_str),
+        email: email.map(String::into_boxed_str),
     })
 }
 
@@ -831,8 +1065,6 @@ fn json_string(field: &str, value: Value) -> Result<String, String> {
 fn json_strings(field: &str, value: Value) -> Result<Vec<String>, String> {
     match value {
         Value::Array(items) => {
-            // A fresh vector of the exact size: collecting in place would keep the
-            // parser's larger buffer, for every person, for as long as they are listed.
             let mut strings = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
                 match item {
@@ -907,7 +1139,7 @@ impl PartialOrd for ById {
 impl Ord for ById {
     // Must agree with `str`'s order, which `Borrow<str>` lookups use.
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.id.as_str().cmp(other.0.id.as_str())
+        self.0.id.cmp(&other.0.id)
     }
 }
 
@@ -926,22 +1158,15 @@ impl Directory {
         Self::default()
     }
 
-    /// A directory of `people`, e.g. from [`load_file`]. When two share an id, the
-    /// later one is kept, as if each were [`Directory::upsert`]ed in turn.
-    pub fn from_people(people: Vec<Person>) -> Self {
-        let mut people: Vec<Arc<Person>> = people.into_iter().map(Arc::new).collect();
-        // Stable, so that among equal ids the later person stays last.
-        people.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut unique: Vec<ById> = Vec::with_capacity(people.len());
-        let mut people = people.into_iter().peekable();
-        while let Some(person) = people.next() {
-            if people.peek().is_none_or(|next| next.id != person.id) {
-                unique.push(ById(person));
-            }
+    /// A directory of `people`. When two share an id, the later one is kept, as if
+    /// each were [`Directory::upsert`]ed in turn.
+    pub fn from_people(people: impl IntoIterator<Item = Person>) -> Self {
+        let mut set = BTreeSet::new();
+        for person in people {
+            set.replace(ById(Arc::new(person)));
         }
-        // Already sorted, so this builds the tree in one pass.
         Self {
-            people: RwLock::new(unique.into_iter().collect()),
+            people: RwLock::new(set),
         }
     }
 
@@ -977,7 +1202,7 @@ impl Directory {
     pub fn members(&self, audience: &str) -> usize {
         self.read()
             .iter()
-            .filter(|p| p.0.audiences.iter().any(|a| a == audience))
+            .filter(|p| p.0.belongs_to(audience))
             .count()
     }
 
@@ -1001,7 +1226,7 @@ impl Directory {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.read()
             .range::<str, _>((start, Bound::Unbounded))
-            .filter(|p| p.0.audiences.iter().any(|a| a == audience))
+            .filter(|p| p.0.belongs_to(audience))
             .take(limit)
             .map(|p| p.0.clone())
             .collect()
@@ -1040,11 +1265,31 @@ mod tests {
     fn person(id: &str, audiences: &[&str]) -> Person {
         Person {
             id: id.into(),
-            audiences: audiences.iter().map(|a| a.to_string()).collect(),
-            push: Vec::new(),
+            audiences: names(audiences),
+            push: Box::default(),
             sms: None,
-            email: Some(format!("{id}@example.com")),
+            email: Some(format!("{id}@example.com").into()),
         }
+    }
+
+    /// Shared audience names, as a person holds them.
+    fn names(list: &[&str]) -> Box<[Arc<str>]> {
+        list.iter().map(|a| audience_name(a)).collect()
+    }
+
+    /// Push tokens, as a person holds them.
+    fn tokens(list: &[&str]) -> Box<[Box<str>]> {
+        list.iter().map(|t| Box::from(*t)).collect()
+    }
+
+    /// A list of boxed strings as plain strings, to compare.
+    fn strs<T: AsRef<str>>(items: &[T]) -> Vec<&str> {
+        items.iter().map(AsRef::as_ref).collect()
+    }
+
+    /// `items` and then `item`.
+    fn and<T: Clone>(items: &[T], item: T) -> Box<[T]> {
+        items.iter().cloned().chain([item]).collect()
     }
 
     /// A file of this name and content in a directory of its own under the system
@@ -1062,12 +1307,16 @@ mod tests {
         path
     }
 
+    /// Loads a file of this name and content: its people in id order, or the
+    /// error.
     fn load(name: &str, content: &str) -> Result<Vec<Person>, String> {
         let path = write(name, content);
-        let result = load_file(&path, &audiences()).map_err(|e| {
-            // Paths differ per run; the tests compare what follows them.
-            e.to_string().replace(&path.display().to_string(), "FILE")
-        });
+        let result = load_file(&path, &audiences())
+            .map(|dir| dir.read().iter().map(|p| Person::clone(&p.0)).collect())
+            .map_err(|e| {
+                // Paths differ per run; the tests compare what follows them.
+                e.to_string().replace(&path.display().to_string(), "FILE")
+            });
         let _ = std::fs::remove_dir_all(path.parent().expect("file has a parent"));
         result
     }
@@ -1095,22 +1344,22 @@ mod tests {
             vec![
                 Person {
                     id: "u1".into(),
-                    audiences: vec!["customers".into()],
-                    push: vec![],
+                    audiences: names(&["customers"]),
+                    push: tokens(&[]),
                     sms: Some("+447700900123".into()),
                     email: Some("jane@example.com".into()),
                 },
                 Person {
                     id: "u2".into(),
-                    audiences: vec!["employees".into(), "regulators".into()],
-                    push: vec!["tokA".into(), "tokB".into()],
+                    audiences: names(&["employees", "regulators"]),
+                    push: tokens(&["tokA", "tokB"]),
                     sms: None,
                     email: None,
                 },
                 Person {
                     id: "u3".into(),
-                    audiences: vec!["business".into()],
-                    push: vec![],
+                    audiences: names(&["business"]),
+                    push: tokens(&[]),
                     sms: None,
                     email: Some("ops@example.com".into()),
                 },
@@ -1236,8 +1485,8 @@ mod tests {
         assert_eq!(people.len(), 2);
         assert_eq!(people[0].sms.as_deref(), Some("+447700900123"));
         assert_eq!(people[0].email, None);
-        assert_eq!(people[1].audiences, ["wholesale", "business"]);
-        assert_eq!(people[1].push, ["tokA"]);
+        assert_eq!(strs(&people[1].audiences), ["wholesale", "business"]);
+        assert_eq!(strs(&people[1].push), ["tokA"]);
         assert_eq!(load("p.json", "[]").expect("empty is fine"), vec![]);
     }
 
@@ -1275,7 +1524,7 @@ mod tests {
         for name in ["p.jsonl", "p.ndjson"] {
             let people = load(name, text).expect("valid");
             assert_eq!(
-                people.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+                people.iter().map(|p| &*p.id).collect::<Vec<_>>(),
                 ["u1", "u2"]
             );
         }
@@ -1306,7 +1555,7 @@ mod tests {
     /// Validates `person` changed by `change`, expecting `expected` (`Ok` is "").
     fn check(change: impl FnOnce(&mut Person), expected: &str) {
         let mut p = Person {
-            push: vec!["tokA".into()],
+            push: tokens(&["tokA"]),
             sms: Some("+447700900123".into()),
             ..person("u1", &["customers", "wholesale"])
         };
@@ -1322,12 +1571,12 @@ mod tests {
         let p = person("u1", &["regulators"]);
         assert_eq!(validate(&p, &BTreeSet::new()), Ok(()));
 
-        check(|p| p.id.clear(), "id: is empty");
+        check(|p| p.id = "".into(), "id: is empty");
         check(
-            |p| p.id = "x".repeat(257),
+            |p| p.id = "x".repeat(257).into(),
             "id: is 257 bytes long, the limit is 256",
         );
-        check(|p| p.id = "x".repeat(256), "");
+        check(|p| p.id = "x".repeat(256).into(), "");
         check(
             |p| p.id = "u 1".into(),
             "id: `u 1` contains whitespace or a control character",
@@ -1338,21 +1587,21 @@ mod tests {
         );
 
         check(
-            |p| p.audiences.clear(),
+            |p| p.audiences = names(&[]),
             "audiences: is empty, a person must belong to at least one audience",
         );
         check(
-            |p| p.audiences.push("customers".into()),
+            |p| p.audiences = and(&p.audiences, audience_name("customers")),
             "audiences: `customers` is listed twice",
         );
         check(
-            |p| p.audiences.push("partners".into()),
+            |p| p.audiences = and(&p.audiences, audience_name("partners")),
             "audiences: `partners` is not a standard audience nor listed in the config's `audiences`",
         );
 
         check(
             |p| {
-                p.push.clear();
+                p.push = tokens(&[]);
                 p.sms = None;
                 p.email = None;
             },
@@ -1379,12 +1628,12 @@ mod tests {
         check(|p| p.sms = Some("+44 7700900123".into()), e164);
         check(|p| p.sms = Some("+12345678".into()), "");
         check(
-            |p| p.sms = Some(String::new()),
+            |p| p.sms = Some("".into()),
             "sms: is empty (leave it out when there is no number)",
         );
 
         check(
-            |p| p.email = Some(String::new()),
+            |p| p.email = Some("".into()),
             "email: is empty (leave it out when there is no address)",
         );
         check(
@@ -1428,14 +1677,14 @@ mod tests {
             "email: `jane@exa_mple.com`: `_` is not allowed in a domain name",
         );
         check(
-            |p| p.email = Some(format!("{}@example.com", "j".repeat(65))),
+            |p| p.email = Some(format!("{}@example.com", "j".repeat(65)).into()),
             &format!(
                 "email: `{}@example.com`: the part before the `@` is longer than 64 bytes",
                 "j".repeat(65)
             ),
         );
         check(
-            |p| p.email = Some(format!("j@{}.com", "e".repeat(250))),
+            |p| p.email = Some(format!("j@{}.com", "e".repeat(250)).into()),
             "email: is 256 bytes long, the limit is 254",
         );
         check(
@@ -1443,24 +1692,24 @@ mod tests {
             "",
         );
 
-        check(|p| p.push.push(String::new()), "push[1]: is empty");
+        check(|p| p.push = and(&p.push, "".into()), "push[1]: is empty");
         check(
-            |p| p.push.push("tok B".into()),
+            |p| p.push = and(&p.push, "tok B".into()),
             "push[1]: contains whitespace or a control character",
         );
         check(
-            |p| p.push.push("t".repeat(4097)),
+            |p| p.push = and(&p.push, "t".repeat(4097).into()),
             "push[1]: is 4097 bytes long, the limit is 4096",
         );
-        check(|p| p.push.push("t".repeat(4096)), "");
+        check(|p| p.push = and(&p.push, "t".repeat(4096).into()), "");
         check(
-            |p| p.push.push("tokA".into()),
+            |p| p.push = and(&p.push, "tokA".into()),
             "push[1]: is the same token as push[0]",
         );
     }
 
     fn ids(people: &[Arc<Person>]) -> Vec<&str> {
-        people.iter().map(|p| p.id.as_str()).collect()
+        people.iter().map(|p| &*p.id).collect()
     }
 
     #[test]
@@ -1513,7 +1762,7 @@ mod tests {
         assert_eq!(dir.len(), 2);
         assert_eq!(
             dir.get("u1").map(|p| p.audiences.clone()),
-            Some(vec!["employees".to_string()])
+            Some(names(&["employees"]))
         );
         assert_eq!(ids(&dir.members_after("customers", None, 10)), ["u2"]);
         dir.remove("u2");
@@ -1530,14 +1779,14 @@ mod tests {
         assert_eq!(dir.len(), 2);
         assert_eq!(
             dir.get("u1").map(|p| p.audiences.clone()),
-            Some(vec!["business".to_string()])
+            Some(names(&["business"]))
         );
     }
 
     #[test]
     fn without_each_kind() {
         let p = Person {
-            push: vec!["tokA".into(), "tokB".into()],
+            push: tokens(&["tokA", "tokB"]),
             sms: Some("+447700900123".into()),
             email: Some("Jane.Doe@Example.com".into()),
             ..person("u1", &["customers"])
@@ -1547,7 +1796,7 @@ mod tests {
         assert_eq!(p.addresses(AddressKind::Email), ["Jane.Doe@Example.com"]);
 
         let q = p.without(AddressKind::Push, "tokA").expect("has tokA");
-        assert_eq!(q.push, ["tokB"]);
+        assert_eq!(strs(&q.push), ["tokB"]);
         assert_eq!(
             (q.sms.as_deref(), q.email.as_deref()),
             (p.sms.as_deref(), p.email.as_deref())
@@ -1602,13 +1851,13 @@ mod tests {
             br#"{"audiences":["customers"],"email":"a@example.com"}"#,
         )
         .expect("id taken from the key");
-        assert_eq!(p.id, "u1");
+        assert_eq!(&*p.id, "u1");
         let p = Person::from_record(
             "u1",
             br#"{"id":"u1","audiences":["customers"],"push":["t"]}"#,
         )
         .expect("id equal to the key");
-        assert_eq!(p.push, ["t"]);
+        assert_eq!(strs(&p.push), ["t"]);
         assert_eq!(
             Person::from_record("u1", br#"{"id":"u2","audiences":["customers"]}"#),
             Err("id: `u2` is not the record's key `u1`".to_string())
@@ -1636,23 +1885,256 @@ mod tests {
     #[test]
     fn to_json_round_trips_through_from_record() {
         let full = Person {
-            push: vec!["tokA".into(), "tokB".into()],
+            push: tokens(&["tokA", "tokB"]),
             sms: Some("+447700900123".into()),
             ..person("u1", &["customers", "wholesale"])
         };
         let sparse = Person {
             email: None,
-            push: vec!["tokA".into()],
+            push: tokens(&["tokA"]),
             ..person("u2", &["employees"])
         };
         assert_eq!(
             String::from_utf8(sparse.to_json()).expect("UTF-8"),
             r#"{"id":"u2","audiences":["employees"],"push":["tokA"]}"#
         );
-        for p in [full, sparse] {
+        let email_only = person("u3", &["customers"]);
+        assert_eq!(
+            String::from_utf8(email_only.to_json()).expect("UTF-8"),
+            r#"{"id":"u3","audiences":["customers"],"email":"u3@example.com"}"#
+        );
+        for p in [full, sparse, email_only] {
             assert_eq!(Person::from_record(&p.id, &p.to_json()), Ok(p.clone()));
             // Serde's own reading of the record agrees.
             assert_eq!(serde_json::from_slice::<Person>(&p.to_json()).ok(), Some(p));
+        }
+    }
+
+    #[test]
+    fn audience_names_are_shared() {
+        let people = load(
+            "p.csv",
+            "id,audiences,email
+\
+             u1,customers;wholesale,a@example.com
+\
+             u2,wholesale;customers,b@example.com
+",
+        )
+        .expect("valid");
+        let customers = &people[0].audiences[0];
+        assert_eq!(&**customers, "customers");
+        assert!(Arc::ptr_eq(customers, &people[1].audiences[1]));
+        assert!(Arc::ptr_eq(
+            &people[0].audiences[1],
+            &people[1].audiences[0]
+        ));
+        // Every way in shares the same names: records, JSON files, serde.
+        let record = Person::from_record("u3", br#"{"audiences":["customers"],"push":["t"]}"#)
+            .expect("valid");
+        assert!(Arc::ptr_eq(customers, &record.audiences[0]));
+        let json = load(
+            "p.jsonl",
+            r#"{"id":"u4","audiences":["customers"],"email":"d@example.com"}"#,
+        )
+        .expect("valid");
+        assert!(Arc::ptr_eq(customers, &json[0].audiences[0]));
+        let read: Person = serde_json::from_slice(&record.to_json()).expect("valid");
+        assert!(Arc::ptr_eq(customers, &read.audiences[0]));
+    }
+
+    #[test]
+    fn audience_names_nobody_holds_are_forgotten() {
+        let held = audience_name("customers");
+        for i in 0..2 * MAX_AUDIENCE_NAMES {
+            drop(audience_name(&format!("made-up-{i}")));
+        }
+        let names = AUDIENCE_NAMES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        assert!(names.len() <= MAX_AUDIENCE_NAMES, "{}", names.len());
+        assert!(
+            names
+                .get("customers")
+                .is_some_and(|n| Arc::ptr_eq(n, &held))
+        );
+    }
+
+    #[test]
+    fn csv_line_numbers_hold_across_read_buffers() {
+        // Several buffers' worth, with CRLF line ends, blank lines, blank rows and
+        // quoted line breaks wherever a buffer happens to end.
+        let mut csv = String::from("id,audiences,email,push\r\n");
+        let mut line = 2;
+        let mut expected = vec!["directory FILE: 2 problems".to_string()];
+        for i in 0..20_000 {
+            match i % 5 {
+                0 => {
+                    csv.push_str("\r\n\r\n");
+                    line += 2;
+                }
+                1 => {
+                    csv.push_str(",,,\r\n");
+                    line += 1;
+                }
+                _ => {}
+            }
+            if i == 9_999 || i == 19_999 {
+                csv.push_str(&format!("u{i},customers,nope{i},\r\n"));
+                expected.push(format!("FILE:{line}: email: `nope{i}` has no `@`"));
+                line += 1;
+            } else if i % 3 == 0 {
+                csv.push_str(&format!(
+                    "u{i},customers,u{i}@example.com,\"a{i};\r\nb{i}\"\r\n"
+                ));
+                line += 2;
+            } else {
+                csv.push_str(&format!("u{i},customers,u{i}@example.com,\r\n"));
+                line += 1;
+            }
+        }
+        assert!(csv.len() > 4 * READ_BUFFER);
+        assert_eq!(load_err("p.csv", &csv), expected.join("\n"));
+    }
+
+    #[test]
+    fn a_duplicate_whose_first_place_is_gone_says_so() {
+        // The file changed between the load and the report's second reading.
+        let path = write("p.csv", "id,audiences,email\nu2,customers,b@example.com\n");
+        let err = report(
+            &path,
+            "FILE",
+            Format::Csv,
+            vec![(3, Problem::SameId("u1".into()))],
+            1,
+        );
+        let _ = std::fs::remove_dir_all(path.parent().expect("file has a parent"));
+        assert_eq!(
+            err.to_string(),
+            "directory FILE: 1 problem\n\
+             FILE:3: id: `u1` is also the id at an earlier place (the file changed while it was read)"
+        );
+    }
+}
+
+/// What a million-person directory costs, measured as the daemon would hold it:
+/// `cargo test --release -p clarion directory::measure -- --ignored --nocapture`.
+///
+/// Each phase runs in a fresh process (this test runs itself again), because a
+/// process's peak RSS only ever grows and mimalloc keeps what was freed.
+#[cfg(test)]
+mod measure {
+    use super::*;
+    use std::io::Write as _;
+
+    // The daemon's allocator (main.rs), so that the numbers are the daemon's.
+    #[global_allocator]
+    static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+    const PEOPLE: usize = 1_000_000;
+    const PHASE: &str = "CLARION_MEASURE_PHASE";
+    const FILE: &str = "CLARION_MEASURE_FILE";
+
+    /// VmHWM and VmRSS, in KiB.
+    fn memory() -> (u64, u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    fn report(label: &str, base: (u64, u64)) {
+        let (hwm, rss) = memory();
+        println!(
+            "{label:<28} VmHWM {:>6.1} MiB  VmRSS {:>6.1} MiB  (+{:.1} MiB, {} B/person over the start)",
+            hwm as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            (rss - base.1) as f64 / 1024.0,
+            (rss - base.1) * 1024 / PEOPLE as u64,
+        );
+    }
+
+    fn row(i: usize) -> String {
+        format!("p{i:08},customers,person{i}@example.com")
+    }
+
+    #[test]
+    #[ignore = "a measurement, not a check: builds a million people"]
+    fn directory_memory() {
+        let audiences: BTreeSet<String> = ["customers".to_string()].into();
+        match std::env::var(PHASE).as_deref() {
+            // The heap a directory holds once built, with no file in the way:
+            // people arrive one by one, as from the topic.
+            Ok("steady") => {
+                let base = memory();
+                report("start", base);
+                let dir = Directory::new();
+                for i in 0..PEOPLE {
+                    let line = row(i);
+                    let cells: Vec<&str> = line.split(',').collect();
+                    dir.upsert(Person {
+                        id: cells[0].into(),
+                        audiences: [audience_name(cells[1])].into(),
+                        push: Box::default(),
+                        sms: None,
+                        email: Some(cells[2].into()),
+                    });
+                }
+                report("steady: upserted", base);
+                assert_eq!(dir.len(), PEOPLE);
+            }
+            Ok("load") => {
+                let path = std::env::var(FILE).expect("the parent names the file");
+                let base = memory();
+                report("start", base);
+                let dir = load_file(Path::new(&path), &audiences).expect("valid");
+                report("load: load_file", base);
+                assert_eq!(dir.len(), PEOPLE);
+            }
+            _ => {
+                let path = std::env::temp_dir()
+                    .join(format!("clarion-measure-{}.csv", std::process::id()));
+                let mut file =
+                    std::io::BufWriter::new(std::fs::File::create(&path).expect("create the file"));
+                writeln!(file, "id,audiences,email").expect("write");
+                for i in 0..PEOPLE {
+                    writeln!(file, "{}", row(i)).expect("write");
+                }
+                file.flush().expect("write");
+                drop(file);
+                for phase in ["steady", "load"] {
+                    let started = std::time::Instant::now();
+                    let out = std::process::Command::new(
+                        std::env::current_exe().expect("the test binary"),
+                    )
+                    .args([
+                        "directory::measure::directory_memory",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env(PHASE, phase)
+                    .env(FILE, &path)
+                    .output()
+                    .expect("run the phase");
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    for line in stdout.lines().filter(|l| l.contains("VmHWM")) {
+                        println!("{line}");
+                    }
+                    println!("{phase}: {:.2?}", started.elapsed());
+                    assert!(
+                        out.status.success(),
+                        "{stdout}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }

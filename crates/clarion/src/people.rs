@@ -408,7 +408,7 @@ impl Dispatcher {
                     exhausted = true;
                     break;
                 };
-                let last = last.id.clone();
+                let last = last.id.to_string();
                 next_after = Some(last.clone());
                 let contents = &contents;
                 let delivery = &delivery;
