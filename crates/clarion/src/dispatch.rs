@@ -1180,7 +1180,7 @@ impl Dispatcher {
                 status: u.status.as_str().to_string(),
                 impact: u.impact.as_str().to_string(),
                 target: d.target.to_string(),
-                channel: target.config.kind.as_str().to_string(),
+                channel: target.config.kind.ledger_channel().to_string(),
                 audiences: d.audiences.to_vec(),
                 recipient: recipient
                     .as_deref()
