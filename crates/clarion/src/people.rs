@@ -325,20 +325,24 @@ impl Dispatcher {
         cancel: &CancellationToken,
         _lane: LaneEntry,
     ) -> Resolution {
+        // What cannot be walked at all is dead-lettered as the target's.
+        let fail = |e: DeliveryError| {
+            self.dead_letter(
+                target,
+                &delivery,
+                source,
+                None,
+                e,
+                Default::default(),
+                cancel,
+            )
+        };
         let Some(support) = self.people.clone() else {
-            let e = DeliveryError::permanent("a people target runs without a directory")
-                .with_code("no_directory");
-            return self
-                .dead_letter(
-                    target,
-                    &delivery,
-                    source,
-                    None,
-                    e,
-                    Default::default(),
-                    cancel,
-                )
-                .await;
+            return fail(
+                DeliveryError::permanent("a people target runs without a directory")
+                    .with_code("no_directory"),
+            )
+            .await;
         };
         let Some(people) = &target.config.people else {
             return Resolution::Resolved;
@@ -354,18 +358,7 @@ impl Dispatcher {
             match self.render(&leg.target, &d) {
                 Ok(c) => contents.push(Arc::new(c)),
                 Err(reason) => {
-                    let e = DeliveryError::permanent(reason).with_code("template");
-                    return self
-                        .dead_letter(
-                            target,
-                            &delivery,
-                            source,
-                            None,
-                            e,
-                            Default::default(),
-                            cancel,
-                        )
-                        .await;
+                    return fail(DeliveryError::permanent(reason).with_code("template")).await;
                 }
             }
         }
