@@ -764,16 +764,14 @@ mod tests {
         );
     }
 
-    /// Finding 5: the request path carries the device token (personal data), and
-    /// reqwest's error text carries the URL; the reason (WARN logs, dead letters) must
-    /// name only the scheme and host.
-    #[tokio::test]
-    async fn a_failed_send_never_shows_the_device_token() {
-        let token = "deadbeef".repeat(8);
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("addr").port()
-        };
+    /// A port on loopback that nothing listens on.
+    fn unused_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    /// The keys of an APNs target at `port` (a fresh signing key), then `extra`.
+    fn config_at(port: u16, extra: &str) -> ApnsConfig {
         let pem = crate::fcm::tests::openssl_key(&[
             "genpkey",
             "-algorithm",
@@ -781,19 +779,22 @@ mod tests {
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
         ]);
-        let config: ApnsConfig = toml::from_str(&format!(
+        toml::from_str(&format!(
             r#"
             signing_key = {{ value = {} }}
             key_id = "ABC123DEFG"
             team_id = "TEAM123456"
             topic = "com.example.status"
             base_url = "https://127.0.0.1:{port}"
-            device_tokens = {{ customers = ["{token}"] }}
+            {extra}
             "#,
             toml::Value::String(pem),
         ))
-        .expect("config");
-        let channel = build("push-apns", &config, &crate::fcm::tests::Values).expect("build");
+        .expect("config")
+    }
+
+    /// The first update of a sample incident, for customers, to `push-apns`.
+    fn delivery() -> Delivery {
         let update = clarion_core::samples::lifecycle(
             "INC-1",
             "Outage",
@@ -801,11 +802,26 @@ mod tests {
             jiff::Timestamp::UNIX_EPOCH,
         )
         .remove(0);
-        let delivery = Delivery::new(
+        Delivery::new(
             std::sync::Arc::new(update),
             std::sync::Arc::from("push-apns"),
             vec!["customers".to_string()].into(),
+        )
+    }
+
+    /// Finding 5: the request path carries the device token (personal data), and
+    /// reqwest's error text carries the URL; the reason (WARN logs, dead letters) must
+    /// name only the scheme and host.
+    #[tokio::test]
+    async fn a_failed_send_never_shows_the_device_token() {
+        let token = "deadbeef".repeat(8);
+        let port = unused_port();
+        let config = config_at(
+            port,
+            &format!(r#"device_tokens = {{ customers = ["{token}"] }}"#),
         );
+        let channel = build("push-apns", &config, &crate::fcm::tests::Values).expect("build");
+        let delivery = delivery();
         let outcome = channel.send(&delivery).await;
         let error = outcome.results[0].result.clone().expect_err("refused");
         let shown = format!("{} {error:?}", error.reason);
@@ -821,30 +837,9 @@ mod tests {
     /// the valid direct tokens only, and a malformed one is refused without it.
     #[tokio::test]
     async fn a_directory_config_needs_no_device_tokens_and_refuses_them() {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("addr").port()
-        };
-        let pem = crate::fcm::tests::openssl_key(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ]);
+        let port = unused_port();
         let config = |tokens: &str, directory: bool| {
-            let mut c: ApnsConfig = toml::from_str(&format!(
-                r#"
-                signing_key = {{ value = {} }}
-                key_id = "ABC123DEFG"
-                team_id = "TEAM123456"
-                topic = "com.example.status"
-                base_url = "https://127.0.0.1:{port}"
-                device_tokens = {tokens}
-                "#,
-                toml::Value::String(pem.clone()),
-            ))
-            .expect("config");
+            let mut c = config_at(port, &format!("device_tokens = {tokens}"));
             c.directory = directory;
             build("push-apns", &c, &crate::fcm::tests::Values).map_err(|e| e.to_string())
         };
@@ -862,21 +857,8 @@ mod tests {
             )
         );
         let channel = config("{}", true).expect("a directory leg builds");
-
-        let update = clarion_core::samples::lifecycle(
-            "INC-1",
-            "Outage",
-            &["customers"],
-            jiff::Timestamp::UNIX_EPOCH,
-        )
-        .remove(0);
         let valid = "deadbeef".repeat(8);
-        let delivery = Delivery::new(
-            std::sync::Arc::new(update),
-            std::sync::Arc::from("push-apns"),
-            vec!["customers".to_string()].into(),
-        )
-        .with_direct(vec![valid.clone(), "not-hex".into(), valid.clone()]);
+        let delivery = delivery().with_direct(vec![valid.clone(), "not-hex".into(), valid.clone()]);
         let outcome = channel.send(&delivery).await;
         let shown = format!("{outcome:?}");
         assert_eq!(outcome.results.len(), 2, "{shown}");

@@ -61,6 +61,21 @@ pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
     Ok(c)
 }
 
+/// A consumer for reading a topic by assigning its partitions: never subscribed, so
+/// no group membership, and nothing committed (`group` only names it to the
+/// brokers). For one-off reads and for following Clarion's own compacted topics.
+pub fn reader_config(
+    kafka: &KafkaConfig,
+    secrets: &dyn SecretResolver,
+    group: &str,
+) -> Result<ClientConfig> {
+    let mut c = consumer_config(kafka, secrets)?;
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .remove("statistics.interval.ms");
+    Ok(c)
+}
+
 /// The dead-letter producer: idempotent, acknowledged by all in-sync replicas.
 pub fn producer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
     let mut c = base_client(kafka, secrets)?;

@@ -569,7 +569,7 @@ impl Dispatcher {
             lane,
             ..
         } = planned;
-        if !target.legs.is_empty() {
+        if let Some(people) = &target.config.people {
             if let Some(prev) = after {
                 tokio::select! {
                     _ = prev => {}
@@ -579,7 +579,7 @@ impl Dispatcher {
             // The lane is held for the whole walk: every member gets this update
             // before anyone gets the next one of the incident.
             return self
-                .run_people(delivery, target, source, cancel, lane)
+                .run_people(delivery, target, people, source, cancel, lane)
                 .await;
         }
         // Rendering is deterministic: a template that fails now fails on every try,
@@ -1739,27 +1739,13 @@ mod tests {
     }
 
     async fn run_one(channel: Arc<dyn Channel>, retry: RetryPolicy) -> Vec<DeliveryReport> {
-        let (tx, mut rx) = mpsc::channel(4096);
-        let (mut d, _cluster) = dispatcher(Arc::new(Scripted::default()), tx);
-        let mut config = d.targets[0].config.clone();
-        config.retry = retry;
-        d.targets = vec![Target::new(config, channel)];
-        let update = Arc::new(
-            samples::lifecycle("I", "t", &["customers"], jiff::Timestamp::now()).remove(0),
-        );
-        let src = source();
-        for p in d.plan(&update).expect("plan") {
-            assert_eq!(
-                d.run(p, &src, &CancellationToken::new()).await,
-                Resolution::Resolved
-            );
-        }
-        drop(d);
-        let mut reports = Vec::new();
-        while let Some(r) = rx.recv().await {
-            reports.push(r);
-        }
-        reports
+        run_failover(
+            vec![("primary", channel)],
+            retry,
+            crate::config::DEFAULT_FAILOVER_AFTER,
+            |_| {},
+        )
+        .await
     }
 
     #[tokio::test]
@@ -1780,7 +1766,7 @@ mod tests {
         failover_after: Duration,
         before: impl FnOnce(&Target),
     ) -> Vec<DeliveryReport> {
-        let (tx, mut rx) = mpsc::channel(64);
+        let (tx, mut rx) = mpsc::channel(4096);
         let (mut d, _cluster) = dispatcher(Arc::new(Scripted::default()), tx);
         let mut config = d.targets[0].config.clone();
         config.retry = retry;

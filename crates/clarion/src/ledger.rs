@@ -314,12 +314,10 @@ pub fn read_key(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let mut config = crate::daemon::consumer_config(kafka, secrets)?;
-    config
-        .set("group.id", "clarion-ledger-reader")
-        .set("enable.auto.commit", "false")
-        .remove("statistics.interval.ms");
-    let consumer: BaseConsumer = config.create().context("cannot create a Kafka consumer")?;
+    let consumer: BaseConsumer =
+        crate::daemon::reader_config(kafka, secrets, "clarion-ledger-reader")?
+            .create()
+            .context("cannot create a Kafka consumer")?;
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("cannot reach the Kafka brokers at {}", kafka.brokers))?;

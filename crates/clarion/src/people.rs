@@ -237,15 +237,12 @@ fn follow(
     use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let mut config = crate::daemon::consumer_config(kafka, secrets)?;
-    // Assigned, never subscribed: no group membership and nothing committed.
-    config
-        .set("group.id", format!("{}.follow", kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .remove("group.instance.id")
-        .remove("statistics.interval.ms");
-    let consumer: BaseConsumer = config.create().context("cannot create a Kafka consumer")?;
+    // The end of each partition is signalled, for "read to its end".
+    let consumer: BaseConsumer =
+        crate::daemon::reader_config(kafka, secrets, &format!("{}.follow", kafka.group_id))?
+            .set("enable.partition.eof", "true")
+            .create()
+            .context("cannot create a Kafka consumer")?;
     let (tx, rx) = watch::channel(false);
     let topic = topic.to_string();
     std::thread::Builder::new()
@@ -321,6 +318,7 @@ impl Dispatcher {
         &self,
         delivery: Delivery,
         target: &Target,
+        people: &crate::config::PeopleConfig,
         source: &Source,
         cancel: &CancellationToken,
         _lane: LaneEntry,
@@ -343,9 +341,6 @@ impl Dispatcher {
                     .with_code("no_directory"),
             )
             .await;
-        };
-        let Some(people) = &target.config.people else {
-            return Resolution::Resolved;
         };
         // Each leg's text, once per update.
         let mut contents: Vec<Arc<BTreeMap<String, Content>>> = Vec::new();

@@ -685,12 +685,13 @@ async fn produce(
 
 /// A consumer for one-off reads: no group membership, nothing committed.
 fn reader(settings: &Settings, reporter: Reporter) -> Result<BaseConsumer<Reporter>> {
-    let mut c = crate::daemon::consumer_config(&settings.kafka, &crate::config::EnvSecrets)?;
-    c.set("group.id", "clarion-publish")
-        .set("enable.auto.commit", "false")
-        .remove("statistics.interval.ms");
-    c.create_with_context(reporter.for_reader())
-        .context("cannot create a Kafka consumer")
+    crate::daemon::reader_config(
+        &settings.kafka,
+        &crate::config::EnvSecrets,
+        "clarion-publish",
+    )?
+    .create_with_context(reporter.for_reader())
+    .context("cannot create a Kafka consumer")
 }
 
 /// Waits until the brokers answer and the topic exists, saying so once per state
