@@ -192,9 +192,18 @@ async fn readyz_turns_unready_when_the_broker_stops_and_ready_when_it_is_back() 
     assert_eq!(get(port, "/livez").await.map(|(s, _)| s), Some(200));
     let (_, page) = get(port, "/metrics").await.expect("/metrics");
     assert!(page.contains("clarion_ready 0"), "{page}");
+    // Readiness turns on the first client to lose the brokers; each client's own
+    // gauge follows when that client notices (its error callback, or at the latest
+    // its next statistics report, every 5 s), so the target's consumer may lag.
+    let hook_down = wait_for(port, "/metrics", Duration::from_secs(30), |_, page| {
+        page.contains("clarion_kafka_connected{client=\"hook\"} 0")
+    })
+    .await;
     assert!(
-        page.contains("clarion_kafka_connected{client=\"hook\"} 0"),
-        "{page}"
+        hook_down
+            .as_ref()
+            .is_some_and(|(_, page)| page.contains("clarion_kafka_connected{client=\"hook\"} 0")),
+        "the target's consumer never reported the brokers gone: {hook_down:?}"
     );
 
     broker.restart().await;
