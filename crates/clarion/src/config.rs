@@ -315,10 +315,13 @@ pub struct DaemonConfig {
 }
 
 fn default_max_in_flight() -> usize {
-    // Per stream: each target has its own window now, so four targets hold four
-    // times this. 256 keeps a target's `concurrency` (64) busy with room to spare,
-    // and bounds what a crash replays to that target.
-    256
+    // Per stream: each target has its own window, so four targets hold four times
+    // this. 96 keeps a target's `concurrency` (64) busy with a third to spare for
+    // updates waiting behind their incident's previous one, and bounds what a crash
+    // replays to that target. Measured (docs/benchmarks.md): a larger window
+    // drains a backlog no faster on this machine, and each doubling costs about
+    // 20 MiB of peak RSS with four targets.
+    96
 }
 fn default_max_event_bytes() -> usize {
     256 * 1024

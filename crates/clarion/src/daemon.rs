@@ -42,9 +42,15 @@ pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
         .set("heartbeat.interval.ms", "2000")
         // Each stream is a consumer of its own: cap what librdkafka prefetches per
         // consumer (its default is 64 MiB), so memory does not grow with the number
-        // of targets. 2 MiB holds thousands of updates; the window bounds the rest.
-        .set("queued.max.messages.kbytes", "2048")
-        .set("fetch.max.bytes", "2097152")
+        // of targets. 512 KiB holds hundreds of updates, more than a window; one
+        // fetch response is at most 1 MiB (librdkafka refuses less than
+        // `message.max.bytes`, 1,000,000). A queue over its cap postpones the next
+        // fetch by `fetch.queue.backoff.ms`, 1 s by default: that second is what made
+        // small queues slow (6,207 against 21,105 deliveries/s, docs/benchmarks.md),
+        // so the stream fetches again 10 ms after it has made room.
+        .set("queued.max.messages.kbytes", "512")
+        .set("fetch.max.bytes", "1048576")
+        .set("fetch.queue.backoff.ms", "10")
         // With a consumer per stream, a fetch could wait the broker's default
         // 500 ms for data a sibling stream's fetch had just taken: measured at
         // 1,000 updates/s, p99 went from 315 ms to 11 ms with 100 ms here (20 ms
@@ -54,6 +60,14 @@ pub fn consumer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
         .set("statistics.interval.ms", "5000");
     for (k, v) in &kafka.consumer {
         c.set(k, v);
+    }
+    // librdkafka refuses a fetch size below `message.max.bytes`: an operator who
+    // raised that alone gets fetches that large, not a client that will not start.
+    if !kafka.consumer.contains_key("fetch.max.bytes")
+        && let Some(max) = kafka.consumer.get("message.max.bytes")
+        && max.parse::<u64>().is_ok_and(|m| m > 1_048_576)
+    {
+        c.set("fetch.max.bytes", max);
     }
     c.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
@@ -101,4 +115,58 @@ pub struct Summary {
     pub pauses: u64,
     /// Records read, per stream (by consumer group).
     pub consumed_by_group: std::collections::BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EnvSecrets, parse_str};
+    use rdkafka::consumer::BaseConsumer;
+
+    /// Whether librdkafka accepts the consumer config that `extra` gives.
+    fn consumer(extra: &str) -> std::result::Result<(), String> {
+        let toml = format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:9"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+{extra}
+
+[targets.hook]
+type = "webhook"
+audiences = ["customers"]
+url = "http://127.0.0.1:1/hook"
+secrets = [{{ value = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }}]
+"#
+        );
+        let settings = parse_str(&toml)
+            .and_then(|raw| raw.validate("test.toml", &EnvSecrets))
+            .map_err(|e| format!("{e:#}"))?;
+        let config = consumer_config(&settings.kafka, &EnvSecrets).map_err(|e| format!("{e:#}"))?;
+        // Creating the client is where librdkafka checks the properties together;
+        // it needs no broker.
+        config
+            .create::<BaseConsumer>()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_consumer_properties_make_a_client_librdkafka_accepts() {
+        consumer("").expect("the defaults");
+    }
+
+    #[test]
+    fn a_larger_message_max_bytes_alone_raises_the_fetch_size_with_it() {
+        consumer("consumer = { \"message.max.bytes\" = \"4000000\" }")
+            .expect("fetch.max.bytes follows message.max.bytes");
+        // An explicit fetch size below it is the operator's own contradiction, and
+        // librdkafka's error says so.
+        let err = consumer(
+            "consumer = { \"message.max.bytes\" = \"4000000\", \"fetch.max.bytes\" = \"2000000\" }",
+        )
+        .expect_err("refused");
+        assert!(err.contains("fetch.max.bytes"), "{err}");
+    }
 }
