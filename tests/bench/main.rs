@@ -7,7 +7,9 @@
 //! - `--updates N` publishes N updates as fast as possible while the daemon runs
 //!   (throughput);
 //! - `--backlog N` publishes N updates first, then starts the daemon and times the
-//!   drain (the backlog after an outage);
+//!   drain (the backlog after an outage); with `--outage-seconds` (any value) the
+//!   first target stays down until the other three have drained it, then comes
+//!   back and catches up (the peak RSS of "a backlog with one target down");
 //! - `--rate R --seconds S` publishes R updates/s for S seconds (latency without
 //!   saturation); add `--outage-seconds D` to keep the first target down (nothing
 //!   listening on its port) for the first D seconds, and measure how the healthy
@@ -69,7 +71,8 @@ struct Args {
     #[arg(long)]
     ledger: bool,
     /// Fixed-rate mode: the first target is down (refuses connections) for this
-    /// many seconds from the start.
+    /// many seconds from the start. Backlog mode: any value keeps the first target
+    /// down until the others have drained the backlog, then brings it back.
     #[arg(long, default_value_t = 0)]
     outage_seconds: u64,
     /// Fixed-rate mode: measure a hand-over. `restart`: one daemon is SIGKILLed a
@@ -279,6 +282,29 @@ async fn main() -> Result<()> {
         let pid = daemon.id();
         let started = Instant::now();
         let expected = n * args.targets as u64;
+        if let Some((addr, app)) = held_back {
+            // One target down for the whole drain: the healthy ones drain first,
+            // then it comes back and catches up. Peak RSS covers both.
+            wait_for(
+                &sinks[1..],
+                n * (args.targets as u64 - 1),
+                Duration::from_secs(900),
+                Some((&mut daemon, &log_path)),
+            )
+            .await?;
+            let healthy = started.elapsed();
+            println!(
+                "healthy targets:   {} deliveries in {:.2} s with hook0 down ({:.0}/s); peak RSS so far {} MiB",
+                n * (args.targets as u64 - 1),
+                healthy.as_secs_f64(),
+                (n * (args.targets as u64 - 1)) as f64 / healthy.as_secs_f64(),
+                peak_rss_kib(pid).map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+            );
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
         wait_for(
             &sinks,
             expected,
