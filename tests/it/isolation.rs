@@ -273,9 +273,13 @@ async fn sigkill_during_an_outage_loses_nothing_and_replays_at_most_a_window() {
     let a = Receiver::start(Behaviour::Jitter(Duration::from_millis(20))).await;
     let b = Receiver::start(Behaviour::Jitter(Duration::from_millis(20))).await;
     let port = clarion_tests::free_port();
+    // Eight at a time, so that the healthy targets take about a second over the
+    // thousand updates and the kill lands mid-flight: at the default 64 they were
+    // done in a fifth of a second, and once (CI) before the kill that followed the
+    // 50 ms poll. The window (64) still fills: eight are sent while the rest wait.
     let targets = [
-        hook("a", &a.url, ""),
-        hook("b", &b.url, ""),
+        hook("a", &a.url, "concurrency = 8"),
+        hook("b", &b.url, "concurrency = 8"),
         hook("down", &down_url(port), ""),
     ]
     .join("\n");
