@@ -164,6 +164,13 @@ async fn metrics_are_complete_before_any_traffic_and_other_paths_are_404() {
     );
     let (status, body) = get(port, "/livez").await.expect("/livez");
     assert_eq!(status, 200, "{body}");
+    // Transparent huge pages are off for the daemon's process (main.rs,
+    // docs/benchmarks.md): the kernel's own view of it.
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .expect("/proc/PID/status");
+    if let Some(line) = proc_status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     for path in ["/", "/healthz", "/ready", "/metricsx"] {
         let (status, _) = get(port, path).await.expect("answers");
         assert_eq!(status, 404, "{path}");
