@@ -319,6 +319,22 @@ fn check_config_names_the_file_and_key() {
         &format!("{base}[kafka.producer]\n\"enable.idempotence\" = \"false\"\n{hook}"),
         "kafka.producer.enable.idempotence: Clarion sets this itself",
     );
+    // Valid key by key, refused by librdkafka only together or when it makes a
+    // client: found by check-config, not by the daemon's start.
+    check(
+        "fetch-size.toml",
+        &format!(
+            "{base}[kafka.consumer]\n\"message.max.bytes\" = \"4000000\"\n\"fetch.max.bytes\" = \"2000000\"\n{hook}"
+        ),
+        "kafka.consumer: librdkafka refuses the consumer: ",
+    );
+    check(
+        "ca-file.toml",
+        &format!(
+            "{base}[kafka.producer]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"/nonexistent/ca.pem\"\n{hook}"
+        ),
+        "kafka.producer: librdkafka refuses the producer: ",
+    );
     let path = dir.join("gateway-ok.toml");
     std::fs::write(
         &path,

@@ -103,6 +103,24 @@ pub fn producer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Res
     Ok(c)
 }
 
+/// Creates (and drops) a consumer and the dead-letter producer from the config, as
+/// the daemon will, without waiting for the brokers. librdkafka checks its
+/// properties together only when a client is made: a `fetch.max.bytes` below
+/// `message.max.bytes`, a CA file that is not there, a SASL mechanism this build
+/// lacks. `check-config` finds those here, before a start-up in a crisis does.
+pub fn check_clients(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<()> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+    consumer_config(kafka, secrets)?
+        .create::<BaseConsumer>()
+        .map(drop)
+        .map_err(|e| anyhow!("kafka.consumer: librdkafka refuses the consumer: {e}"))?;
+    producer_config(kafka, secrets)?
+        .create::<BaseProducer>()
+        .map(drop)
+        .map_err(|e| anyhow!("kafka.producer: librdkafka refuses the producer: {e}"))
+}
+
 /// What a run did, for the last log line.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {

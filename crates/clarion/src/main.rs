@@ -361,6 +361,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 .or_else(|| std::env::var_os("CLARION_CONFIG").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let settings = load(&config)?;
+            clarion::daemon::check_clients(&settings.kafka, &EnvSecrets)
+                .with_context(|| config.display().to_string())?;
             let mut failed = false;
             for t in &settings.targets {
                 let detail = format!(
