@@ -399,12 +399,13 @@ impl Dispatcher {
         }
     }
 
-    /// Reports planned and successful deliveries to the deadline clocks.
+    /// Gives people targets their directory and walk progress (`people.rs`).
     pub fn with_people(mut self, people: Option<Arc<crate::people::PeopleSupport>>) -> Self {
         self.people = people;
         self
     }
 
+    /// Reports planned and successful deliveries to the deadline clocks.
     pub fn with_deadlines(mut self, deadlines: Option<Arc<DeadlineTracker>>) -> Self {
         self.deadlines = deadlines;
         self
