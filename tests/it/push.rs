@@ -62,6 +62,28 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 signed by it, and an APNs-style `.p8` key.
 fn make_keys(dir: &Path) {
+    make_server_certificate(dir);
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "apns.p8",
+        ],
+    );
+    openssl(
+        dir,
+        &["pkey", "-in", "apns.p8", "-pubout", "-out", "apns.pub"],
+    );
+}
+
+/// In `dir`: a CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost
+/// signed by it (`server.pem`, `server.key`), made with the openssl command.
+pub(crate) fn make_server_certificate(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -117,22 +139,6 @@ fn make_keys(dir: &Path) {
             "-extfile",
             "ext.cnf",
         ],
-    );
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "apns.p8",
-        ],
-    );
-    openssl(
-        dir,
-        &["pkey", "-in", "apns.p8", "-pubout", "-out", "apns.pub"],
     );
 }
 

@@ -214,3 +214,145 @@ async fn retry_after_is_honoured() {
         e.reason
     );
 }
+
+/// One HTTPS webhook receiver (`tests/peers/webhook_peer.py`) with its own CA.
+struct TlsPeer {
+    _child: clarion_tests::ChildGuard,
+    _scratch: crate::push::Scratch,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl TlsPeer {
+    async fn start(python: &std::path::Path, secret: &str) -> TlsPeer {
+        let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-webhook-tls"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let scratch = crate::push::Scratch(dir.clone());
+        crate::push::make_server_certificate(&dir);
+        let port = clarion_tests::free_port();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/webhook_peer.py");
+        let p = |f: &str| dir.join(f).display().to_string();
+        let child = clarion_tests::ChildGuard::spawn(
+            std::process::Command::new(python)
+                .arg(script)
+                .args(["--port", &port.to_string()])
+                .args(["--cert", &p("server.pem"), "--key", &p("server.key")])
+                .args(["--secret", secret, "--out", &p("requests.jsonl")]),
+        )
+        .expect("start the webhook peer");
+        assert!(
+            clarion_tests::wait_for_port(port, Duration::from_secs(30)).await,
+            "the webhook peer did not start"
+        );
+        TlsPeer {
+            _child: child,
+            _scratch: scratch,
+            dir,
+            port,
+        }
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("peer JSON line"))
+            .collect()
+    }
+}
+
+/// The daemon to HTTPS receivers, end to end: the one whose CA the daemon's platform
+/// trust store holds (`SSL_CERT_FILE`, as on a host with a private CA) gets every
+/// update once, over HTTP/2 (offered by ALPN), signed so that the reference verifier
+/// accepts it; the one whose certificate nobody vouches for gets no request at all,
+/// and each update is dead-lettered with the certificate named as the reason and not
+/// one character of the URL's path or query.
+#[tokio::test]
+async fn https_receivers_get_signed_updates_over_http2_and_unknown_certificates_are_refused() {
+    let name = "https_receivers_get_signed_updates_over_http2_and_unknown_certificates_are_refused";
+    let (Some(brokers), Some(python)) = (clarion_tests::kafka(name), clarion_tests::python(name))
+    else {
+        return;
+    };
+    let trusted = TlsPeer::start(&python, OLD).await;
+    let untrusted = TlsPeer::start(&python, OLD).await;
+    let w = clarion_tests::daemon::Wiring::new(&brokers, "webhook-tls", 1).await;
+    let targets = format!(
+        r#"
+[targets.status-page]
+type = "webhook"
+audiences = ["customers"]
+url = "https://127.0.0.1:{trusted}/hooks/status?token=s3cr3tQUERY"
+secrets = [{{ value = "{OLD}" }}]
+
+[targets.unvouched]
+type = "webhook"
+audiences = ["customers"]
+url = "https://127.0.0.1:{untrusted}/hooks/s3cr3tPATH"
+secrets = [{{ value = "{OLD}" }}]
+# Spend the attempts rather than wait for the target to come back.
+breaker = {{ failures = 1000 }}
+"#,
+        trusted = trusted.port,
+        untrusted = untrusted.port,
+    );
+    let ca = trusted.dir.join("ca.pem").display().to_string();
+    let daemon = clarion_tests::daemon::Process::start_env(
+        &w.config(&targets),
+        "webhook-tls",
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    let updates = samples::lifecycle(
+        "INC-TLS",
+        "TLS outage",
+        &["customers"],
+        jiff::Timestamp::now(),
+    );
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
+
+    let dead =
+        clarion_tests::kafka::read_all(&brokers, &w.dlq, updates.len(), Duration::from_secs(90))
+            .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while trusted.requests().len() < updates.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = daemon.log_text();
+
+    let got = trusted.requests();
+    let ids: Vec<&str> = got
+        .iter()
+        .filter_map(|r| r["body"]["update_id"].as_str())
+        .collect();
+    let want: Vec<&str> = updates.iter().map(|u| u.update_id.as_str()).collect();
+    assert_eq!(ids, want, "each update once, in order; log:\n{log}");
+    for r in &got {
+        assert_eq!(r["verified"], true, "{r}");
+        assert_eq!(r["http_version"], "2", "{r}");
+        assert_eq!(r["path"], "/hooks/status", "{r}");
+    }
+
+    assert!(
+        untrusted.requests().is_empty(),
+        "{:?}",
+        untrusted.requests()
+    );
+    assert_eq!(dead.len(), updates.len(), "log:\n{log}");
+    for d in &dead {
+        d.assert_dlq_headers(&[("target", "unvouched")]);
+        let reason = &d.headers["clarion.dlq.reason"];
+        assert!(
+            reason.contains("cannot connect") && reason.contains("certificate"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&format!("https://127.0.0.1:{}", untrusted.port)),
+            "{reason}"
+        );
+        assert!(!reason.contains("s3cr3t"), "{reason}");
+    }
+    assert!(
+        !log.contains("s3cr3t"),
+        "the log shows a URL's path or query:\n{log}"
+    );
+}

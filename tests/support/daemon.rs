@@ -188,16 +188,21 @@ pub struct Process {
 
 impl Process {
     pub fn start(toml: &str, name: &str) -> Process {
+        Self::start_env(toml, name, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables for the daemon.
+    pub fn start_env(toml: &str, name: &str, env: &[(&str, &str)]) -> Process {
         let dir = std::env::temp_dir().join(crate::unique_topic(name));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = dir.join("clarion.toml");
         std::fs::write(&config, toml).expect("write config");
         crate::capture::record_config(toml);
         let log = crate::capture::log_path(name).unwrap_or_else(|| dir.join("clarion.log"));
-        Self::start_with(config, log)
+        Self::start_with(config, log, env)
     }
 
-    fn start_with(config: PathBuf, log: PathBuf) -> Process {
+    fn start_with(config: PathBuf, log: PathBuf, env: &[(&str, &str)]) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,6 +213,7 @@ impl Process {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -223,7 +229,7 @@ impl Process {
 
     /// Starts another daemon with the same config and log.
     pub fn restart(&self) -> Process {
-        Self::start_with(self.config.clone(), self.log.clone())
+        Self::start_with(self.config.clone(), self.log.clone(), &[])
     }
 
     pub fn signal(&self, sig: &str) {
