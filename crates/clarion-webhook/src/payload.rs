@@ -5,11 +5,35 @@
 //! `data` carries the update scoped to those audiences, so a customers-only status
 //! page never receives the wording written for regulators.
 
-use clarion_core::{Delivery, IncidentUpdate};
-use serde_json::json;
+use clarion_core::{Delivery, Impact, IncidentUpdate, Status};
+use serde::Serialize;
+use std::borrow::Cow;
 
 /// Bumped when the envelope changes incompatibly.
 pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The envelope, serialized straight to bytes (no `serde_json::Value` tree in
+/// between: building one cost an allocation per key and per string, for every
+/// delivery). Fields are declared in alphabetical order, the order the envelope
+/// had when it was built as a `Value`.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    audiences: &'a [String],
+    data: Cow<'a, IncidentUpdate>,
+    /// A drill says so at the top, where a receiver looks before acting on it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    drill: bool,
+    idempotency_key: &'a str,
+    impact: Impact,
+    incident_id: &'a str,
+    payload_version: u32,
+    sequence: u64,
+    status: Status,
+    target: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    update_id: &'a str,
+}
 
 /// The exact bytes POSTed for a delivery. They depend only on the delivery, never on
 /// the time of the attempt, so every retry sends identical bytes under the same
@@ -25,46 +49,51 @@ pub fn payload(delivery: &Delivery) -> Vec<u8> {
         return body.as_bytes().to_vec();
     }
     let u = &delivery.update;
-    let mut body = json!({
-        "type": "incident.update",
-        "payload_version": PAYLOAD_VERSION,
-        "idempotency_key": delivery.key.as_str(),
-        "target": &*delivery.target,
-        "audiences": &*delivery.audiences,
-        "incident_id": u.incident_id,
-        "update_id": u.update_id,
-        "sequence": u.sequence,
-        "status": u.status,
-        "impact": u.impact,
-        "data": scoped(u, &delivery.audiences),
-    });
-    // A drill says so at the top, where a receiver looks before acting on it.
-    if u.drill
-        && let Some(envelope) = body.as_object_mut()
-    {
-        envelope.insert("drill".into(), serde_json::Value::Bool(true));
-    }
-    // Serializing a Value built from strings and numbers cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    let envelope = Envelope {
+        audiences: &delivery.audiences,
+        data: scoped(u, &delivery.audiences),
+        drill: u.drill,
+        idempotency_key: delivery.key.as_str(),
+        impact: u.impact,
+        incident_id: &u.incident_id,
+        payload_version: PAYLOAD_VERSION,
+        sequence: u.sequence,
+        status: u.status,
+        target: &delivery.target,
+        kind: "incident.update",
+        update_id: &u.update_id,
+    };
+    // Strings, numbers and string-keyed maps: serializing cannot fail.
+    let mut body = Vec::with_capacity(1024);
+    let _ = serde_json::to_writer(&mut body, &envelope);
+    body
 }
 
 /// The update as this target may see it: `audiences`, `audience_messages` and
 /// `locales` keep only the audiences the target serves. Everything else (title,
 /// the general `message`, links) is meant for every audience and stays. The result
 /// is still a valid event (every `audience_messages` key is in `audiences`), so a
-/// receiver can validate `data` against docs/event.schema.json.
-fn scoped(update: &IncidentUpdate, served: &[String]) -> IncidentUpdate {
+/// receiver can validate `data` against docs/event.schema.json. Borrowed, not
+/// copied, when the target serves every audience the update names (the usual case).
+fn scoped<'a>(update: &'a IncidentUpdate, served: &[String]) -> Cow<'a, IncidentUpdate> {
     let serves = |audience: &String| served.contains(audience);
+    if update.audiences.iter().all(serves)
+        && update.audience_messages.keys().all(serves)
+        && update.locales.keys().all(serves)
+    {
+        return Cow::Borrowed(update);
+    }
     let mut u = update.clone();
     u.audiences.retain(serves);
     u.audience_messages.retain(|audience, _| serves(audience));
     u.locales.retain(|audience, _| serves(audience));
-    u
+    Cow::Owned(u)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::Arc;
 
     /// An update for customers and regulators, each with their own wording.
