@@ -603,23 +603,44 @@ impl TemplateSet {
         ctx: &RenderContext<'_>,
     ) -> Option<String> {
         let stem = kind.file_stem(part)?;
-        let locales = self.locale_chain(ctx.locale);
         let (t, a) = (ctx.target, ctx.audience);
+        let k = kind.as_str();
+        // This runs for every delivery: a directory without a single file (the
+        // usual case for most targets) is skipped without naming its candidates.
+        let has_files_under = |prefix: &str| {
+            self.files
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .is_some_and(|(name, _)| name.starts_with(prefix))
+        };
+        let target_dir = has_files_under(&format!("targets/{t}/"));
+        let kind_dir = has_files_under(&format!("{k}/"));
+        let locales = if target_dir || kind_dir {
+            self.locale_chain(ctx.locale)
+        } else {
+            Vec::new()
+        };
         let mut candidates: Vec<String> = Vec::new();
-        candidates.extend(
-            locales
-                .iter()
-                .map(|l| format!("targets/{t}/{a}/{l}/{stem}.j2")),
-        );
-        candidates.push(format!("targets/{t}/{a}/{stem}.j2"));
-        candidates.push(format!("targets/{t}/{stem}.j2"));
+        if target_dir {
+            candidates.extend(
+                locales
+                    .iter()
+                    .map(|l| format!("targets/{t}/{a}/{l}/{stem}.j2")),
+            );
+            candidates.push(format!("targets/{t}/{a}/{stem}.j2"));
+            candidates.push(format!("targets/{t}/{stem}.j2"));
+        }
         if let (ChannelKind::Webhook, Some(preset)) = (kind, self.presets.get(t)) {
             candidates.push(preset_name(preset));
         }
-        let k = kind.as_str();
-        candidates.extend(locales.iter().map(|l| format!("{k}/{a}/{l}/{stem}.j2")));
-        candidates.push(format!("{k}/{a}/{stem}.j2"));
-        candidates.push(format!("{k}/{stem}.j2"));
+        if kind_dir {
+            candidates.extend(locales.iter().map(|l| format!("{k}/{a}/{l}/{stem}.j2")));
+            candidates.push(format!("{k}/{a}/{stem}.j2"));
+            candidates.push(format!("{k}/{stem}.j2"));
+        }
         if let Some(name) = builtin_name(kind, part) {
             candidates.push(name.to_string());
         }
