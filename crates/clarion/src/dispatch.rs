@@ -579,9 +579,9 @@ impl Dispatcher {
             }
             // The lane is held for the whole walk: every member gets this update
             // before anyone gets the next one of the incident.
-            return self
-                .run_people(delivery, target, people, source, cancel, lane)
-                .await;
+            // Boxed: a walk's state is large, and inline it would make every
+            // delivery's future that large.
+            return Box::pin(self.run_people(delivery, target, people, source, cancel, lane)).await;
         }
         // Rendering is deterministic: a template that fails now fails on every try,
         // so it is a permanent failure, dead-lettered with the template's error.
@@ -598,9 +598,16 @@ impl Dispatcher {
             Ok(content) => delivery.content = Arc::new(content),
             Err(reason) => {
                 let e = DeliveryError::permanent(reason).with_code("template");
-                return self
-                    .dead_letter(target, &delivery, source, None, e, Tried::default(), cancel)
-                    .await;
+                return Box::pin(self.dead_letter(
+                    target,
+                    &delivery,
+                    source,
+                    None,
+                    e,
+                    Tried::default(),
+                    cancel,
+                ))
+                .await;
             }
         }
         self.retry_loop(target, &mut delivery, source, cancel, Some(&lane), None)
@@ -638,8 +645,7 @@ impl Dispatcher {
             if target.config.supersede
                 && let Some(by) = lane.and_then(LaneEntry::superseded_by)
             {
-                return self
-                    .superseded(target, delivery, source, by, tried, cancel)
+                return Box::pin(self.superseded(target, delivery, source, by, tried, cancel))
                     .await;
             }
             // A leg whose every provider is down hands its people to the next leg
@@ -698,9 +704,10 @@ impl Dispatcher {
                         provider.name
                     ))
                     .with_code("no_drill_recipients");
-                    return self
-                        .dead_letter(target, delivery, source, None, e, tried, cancel)
-                        .await;
+                    return Box::pin(
+                        self.dead_letter(target, delivery, source, None, e, tried, cancel),
+                    )
+                    .await;
                 };
                 channel
             } else {
@@ -716,9 +723,10 @@ impl Dispatcher {
                     None,
                 )
                 .with_code("outage");
-                return self
-                    .dead_letter(target, delivery, source, None, e, tried, cancel)
-                    .await;
+                return Box::pin(
+                    self.dead_letter(target, delivery, source, None, e, tried, cancel),
+                )
+                .await;
             }
             tried.first_at.get_or_insert_with(jiff::Timestamp::now);
             tried.count += 1;
@@ -899,8 +907,7 @@ impl Dispatcher {
                     sink.failed.push((recipient, e));
                     continue;
                 }
-                if self
-                    .dead_letter(target, delivery, source, recipient, e, tried, cancel)
+                if Box::pin(self.dead_letter(target, delivery, source, recipient, e, tried, cancel))
                     .await
                     == Resolution::Abandoned
                 {
@@ -1078,12 +1085,13 @@ impl Dispatcher {
                 idempotency_key: delivery.key.as_str(),
             }),
         };
-        if self.dlq.write(&letter, cancel).await.is_err() {
+        // Kafka writes are boxed here and below: a produce future is kilobytes, and
+        // held inline it made every delivery's state machine that large, copied
+        // whole each time one is created or boxed (see `report`).
+        if Box::pin(self.dlq.write(&letter, cancel)).await.is_err() {
             return Resolution::Abandoned;
         }
-        if self
-            .dead_recipient(target, delivery, recipient.as_deref(), &e, cancel)
-            .await
+        if Box::pin(self.dead_recipient(target, delivery, recipient.as_deref(), &e, cancel)).await
             == Resolution::Abandoned
         {
             return Resolution::Abandoned;
@@ -1172,45 +1180,52 @@ impl Dispatcher {
             "delivered"
         };
         if let Some(ledger) = &self.ledger {
-            let u = &d.update;
-            let record = LedgerRecord {
-                schema_version: crate::ledger::SCHEMA_VERSION,
-                incident_id: u.incident_id.clone(),
-                update_id: u.update_id.clone(),
-                sequence: u.sequence,
-                status: u.status.as_str().to_string(),
-                impact: u.impact.as_str().to_string(),
-                target: d.target.to_string(),
-                channel: target.config.kind.ledger_channel().to_string(),
-                audiences: d.audiences.to_vec(),
-                recipient: recipient
-                    .as_deref()
-                    .map(|r| crate::telemetry::mask(Some(r))),
-                recipient_ref: recipient
-                    .as_deref()
-                    .map(|r| crate::ledger::recipient_ref(r, d.key.as_str())),
-                outcome: outcome.to_string(),
-                attempts: tried.count,
-                first_attempt_at: tried.first_at,
-                final_at: jiff::Timestamp::now(),
-                occurred_at: u.occurred_at,
-                published_at: source
-                    .timestamp_ms
-                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
-                latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
-                provider: tried.provider.map(|i| target.providers[i].name.to_string()),
-                drill: u.drill,
-                provider_id: provider_id.clone(),
-                error: error.as_ref().map(|e| crate::ledger::LedgerError {
-                    class: e.class.as_str().to_string(),
-                    code: e.code.clone(),
-                    reason: e.reason.clone(),
-                }),
-                superseded_by: superseded_by.clone(),
-                idempotency_key: d.key.as_str().to_string(),
-                source: crate::ledger::SourceRef::of(source),
-            };
-            if ledger.write(&record, cancel).await.is_err() {
+            // Boxed, record and produce together: inline they made every delivery's
+            // `report` (and so its retry loop) kilobytes larger, though most
+            // deployments write no ledger.
+            let written = Box::pin(async {
+                let u = &d.update;
+                let record = LedgerRecord {
+                    schema_version: crate::ledger::SCHEMA_VERSION,
+                    incident_id: u.incident_id.clone(),
+                    update_id: u.update_id.clone(),
+                    sequence: u.sequence,
+                    status: u.status.as_str().to_string(),
+                    impact: u.impact.as_str().to_string(),
+                    target: d.target.to_string(),
+                    channel: target.config.kind.ledger_channel().to_string(),
+                    audiences: d.audiences.to_vec(),
+                    recipient: recipient
+                        .as_deref()
+                        .map(|r| crate::telemetry::mask(Some(r))),
+                    recipient_ref: recipient
+                        .as_deref()
+                        .map(|r| crate::ledger::recipient_ref(r, d.key.as_str())),
+                    outcome: outcome.to_string(),
+                    attempts: tried.count,
+                    first_attempt_at: tried.first_at,
+                    final_at: jiff::Timestamp::now(),
+                    occurred_at: u.occurred_at,
+                    published_at: source
+                        .timestamp_ms
+                        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
+                    latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
+                    provider: tried.provider.map(|i| target.providers[i].name.to_string()),
+                    drill: u.drill,
+                    provider_id: provider_id.clone(),
+                    error: error.as_ref().map(|e| crate::ledger::LedgerError {
+                        class: e.class.as_str().to_string(),
+                        code: e.code.clone(),
+                        reason: e.reason.clone(),
+                    }),
+                    superseded_by: superseded_by.clone(),
+                    idempotency_key: d.key.as_str().to_string(),
+                    source: crate::ledger::SourceRef::of(source),
+                };
+                ledger.write(&record, cancel).await
+            })
+            .await;
+            if written.is_err() {
                 return Resolution::Abandoned;
             }
         }
@@ -1237,21 +1252,20 @@ impl Dispatcher {
         }
         .emit();
         if let Some(tx) = &self.observer {
-            let _ = tx
-                .send(DeliveryReport {
-                    incident_id: d.update.incident_id.clone(),
-                    update_id: d.update.update_id.clone(),
-                    sequence: d.update.sequence,
-                    status: d.update.status,
-                    target: d.target.clone(),
-                    provider: tried.provider.map(|i| target.providers[i].name.clone()),
-                    recipient,
-                    attempts: d.attempt,
-                    dead_letter_reason: dead,
-                    superseded_by,
-                    latency,
-                })
-                .await;
+            let _ = Box::pin(tx.send(DeliveryReport {
+                incident_id: d.update.incident_id.clone(),
+                update_id: d.update.update_id.clone(),
+                sequence: d.update.sequence,
+                status: d.update.status,
+                target: d.target.clone(),
+                provider: tried.provider.map(|i| target.providers[i].name.clone()),
+                recipient,
+                attempts: d.attempt,
+                dead_letter_reason: dead,
+                superseded_by,
+                latency,
+            }))
+            .await;
         }
         Resolution::Resolved
     }

@@ -674,7 +674,10 @@ async fn handle(
                 }
                 // The incident's latest update, for `clarion publish`: acknowledged
                 // before the update resolves, like a dead letter.
-                dispatcher.record_state(&update, source, cancel).await
+                // Boxed, like every Kafka write on the delivery path: a produce
+                // future is kilobytes, and inline it would make every task's
+                // future that large, copied whole when the task is boxed.
+                Box::pin(dispatcher.record_state(&update, source, cancel)).await
             }
             Err((kind, reason)) => {
                 EventRejected {
@@ -685,7 +688,7 @@ async fn handle(
                     kind: kind.as_str(),
                 }
                 .emit();
-                dispatcher.reject(source, kind, reason).await
+                Box::pin(dispatcher.reject(source, kind, reason)).await
             }
         },
         (Role::Target { dispatcher }, Work::Deliver(plans)) => {
