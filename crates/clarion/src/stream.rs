@@ -510,8 +510,8 @@ pub async fn run(
                     .emit();
                     let reason =
                         format!("the daemon panicked while handling this update: {message}");
-                    role.dispatcher()
-                        .reject(&source, DlqKind::InternalError, reason)
+                    // Boxed for the same reason as `handle`.
+                    Box::pin(role.dispatcher().reject(&source, DlqKind::InternalError, reason))
                         .await
                 }
             };
