@@ -17,11 +17,15 @@
 //!
 //! - `--people N [--kill-at K]` sends one update to an N-person directory
 //!   audience by email to Postfix's `smtp-sink` (`people.rs`).
+//! - `--http-floor N` measures the HTTP client alone: N webhook-sized POSTs through
+//!   reqwest, hyper-util's pooled client and a bare hyper connection
+//!   (`http_floor.rs`; needs no broker: pass `--brokers -`).
 //!
 //! The daemon runs with the shipped defaults unless `--max-in-flight` says
 //! otherwise. Reported: deliveries/s, latency, the daemon's peak RSS, its CPU
 //! seconds and CPU µs per delivery, and how many times its streams paused.
 
+mod http_floor;
 mod people;
 
 use anyhow::{Context, Result, bail};
@@ -63,6 +67,12 @@ struct Args {
     /// time the drain.
     #[arg(long)]
     backlog: Option<u64>,
+    /// Measure the HTTP client alone with this many requests (see `http_floor.rs`).
+    #[arg(long)]
+    http_floor: Option<u64>,
+    /// Internal: serve the HTTP floor's receiver on this port.
+    #[arg(long, hide = true)]
+    http_sink: Option<u16>,
     /// `daemon.max_in_flight` (default: the shipped default).
     #[arg(long)]
     max_in_flight: Option<usize>,
@@ -185,6 +195,12 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(port) = args.http_sink {
+        return http_floor::sink(port).await;
+    }
+    if let Some(n) = args.http_floor {
+        return http_floor::run(n).await;
+    }
     if let Some(n) = args.people {
         return people::run(&args.brokers, &args.clarion, n, args.kill_at).await;
     }
