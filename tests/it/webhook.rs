@@ -356,3 +356,134 @@ breaker = {{ failures = 1000 }}
         "the log shows a URL's path or query:\n{log}"
     );
 }
+
+/// Tinyproxy (Debian's `tinyproxy`, a real HTTP proxy) on a free port, asking for
+/// basic auth, logging every request it proxies.
+struct Tinyproxy {
+    _child: clarion_tests::ChildGuard,
+    _scratch: crate::push::Scratch,
+    log: std::path::PathBuf,
+    port: u16,
+}
+
+impl Tinyproxy {
+    async fn start(user: &str, password: &str) -> Tinyproxy {
+        let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-tinyproxy"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let scratch = crate::push::Scratch(dir.clone());
+        let port = clarion_tests::free_port();
+        let log = dir.join("tinyproxy.log");
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 100\nAllow 127.0.0.1\nBasicAuth {user} {password}\nDisableViaHeader Yes\n",
+                log.display()
+            ),
+        )
+        .expect("write tinyproxy.conf");
+        let child = clarion_tests::ChildGuard::spawn(
+            std::process::Command::new("tinyproxy")
+                .args(["-d", "-c"])
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+        .expect("this test needs Debian's tinyproxy (scripts/test installs it)");
+        assert!(
+            clarion_tests::wait_for_port(port, Duration::from_secs(10)).await,
+            "tinyproxy did not start"
+        );
+        Tinyproxy {
+            _child: child,
+            _scratch: scratch,
+            log,
+            port,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A host whose only way out is a proxy: the daemon's environment names it
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, as curl reads them), with credentials, and every
+/// webhook goes through it: to an `https://` receiver by a CONNECT tunnel, TLS
+/// end to end (the receiver's reference verifier accepts each signature), and to an
+/// `http://` one as a proxied request. Tinyproxy's own log shows both, and nothing
+/// the daemon logs shows the proxy's password.
+#[tokio::test]
+async fn webhooks_go_through_the_proxy_the_environment_names() {
+    let name = "webhooks_go_through_the_proxy_the_environment_names";
+    let (Some(brokers), Some(python)) = (clarion_tests::kafka(name), clarion_tests::python(name))
+    else {
+        return;
+    };
+    let tls = TlsPeer::start(&python, OLD).await;
+    let plain = Receiver::start(Behaviour::Always(204)).await;
+    let proxy = Tinyproxy::start("ops", "s3cr3tPROXY").await;
+    let w = clarion_tests::daemon::Wiring::new(&brokers, "webhook-proxy", 1).await;
+    let targets = format!(
+        r#"
+[targets.status-page]
+type = "webhook"
+audiences = ["customers"]
+url = "https://127.0.0.1:{tls}/hooks/status"
+secrets = [{{ value = "{OLD}" }}]
+
+[targets.chat-bridge]
+type = "webhook"
+audiences = ["customers"]
+url = "{plain}"
+"#,
+        tls = tls.port,
+        plain = plain.url,
+    );
+    let ca = tls.dir.join("ca.pem").display().to_string();
+    let via = format!("http://ops:s3cr3tPROXY@127.0.0.1:{}", proxy.port);
+    let daemon = clarion_tests::daemon::Process::start_env(
+        &w.config(&targets),
+        "webhook-proxy",
+        &[
+            ("SSL_CERT_FILE", &ca),
+            ("HTTPS_PROXY", &via),
+            ("HTTP_PROXY", &via),
+            ("NO_PROXY", "example.invalid"),
+        ],
+    );
+    let updates = samples::lifecycle(
+        "INC-PROXY",
+        "Proxy outage",
+        &["customers"],
+        jiff::Timestamp::now(),
+    );
+    clarion_tests::kafka::publish_updates(&brokers, &w.topic, &updates).await;
+    let n = updates.len();
+    let both = plain
+        .wait_until(Duration::from_secs(90), |got| got.len() >= n)
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tls.requests().len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (log, proxied) = (daemon.log_text(), proxy.log());
+    assert!(
+        both,
+        "the http:// receiver got {:?}; log:\n{log}",
+        plain.received().len()
+    );
+    let got = tls.requests();
+    assert_eq!(got.len(), n, "{got:?}\nlog:\n{log}\ntinyproxy:\n{proxied}");
+    assert!(got.iter().all(|r| r["verified"] == true), "{got:?}");
+
+    assert!(
+        proxied.contains(&format!("CONNECT 127.0.0.1:{}", tls.port)),
+        "tinyproxy did not tunnel to the https receiver:\n{proxied}"
+    );
+    assert!(
+        proxied.contains(&format!("POST {}", plain.url)),
+        "tinyproxy did not forward to the http receiver:\n{proxied}"
+    );
+    assert!(!log.contains("s3cr3tPROXY"), "{log}");
+}

@@ -16,6 +16,7 @@
 //! may be secret references in config, and nothing here prints more of the URL than
 //! its scheme and host, nor any header value, in a log line, an error or a `Debug`.
 
+mod egress;
 mod payload;
 mod sign;
 
@@ -30,10 +31,12 @@ use clarion_http::{error_chain, redact_url, redact_urls, snippet};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, USER_AGENT,
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, PROXY_AUTHORIZATION,
+    USER_AGENT,
 };
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -148,9 +151,11 @@ pub enum WebhookConfigError {
     Timeout,
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    #[error("proxy: {0}")]
+    Proxy(String),
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 
 /// A webhook target, ready to send.
 pub struct WebhookChannel {
@@ -163,6 +168,8 @@ pub struct WebhookChannel {
     client: Client<Connector, Full<Bytes>>,
     head_client: Client<Connector, Empty<Bytes>>,
     timeout: Duration,
+    /// The proxy connections go through (scheme, host and port only), if any.
+    proxy: Option<String>,
 }
 
 impl fmt::Debug for WebhookChannel {
@@ -172,16 +179,28 @@ impl fmt::Debug for WebhookChannel {
             .field("url", &redact_url(&self.url))
             .field("keys", &self.keys.len())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
-/// Builds a webhook target from its config, resolving and checking its secrets. Does
-/// no network I/O.
+/// Builds a webhook target from its config, resolving and checking its secrets, with
+/// the proxy the environment names (see [`build_with_proxies`]). Does no network I/O.
 pub fn build(
     target: &str,
     config: &WebhookConfig,
     secrets: &dyn SecretResolver,
+) -> Result<WebhookChannel, WebhookConfigError> {
+    build_with_proxies(target, config, secrets, &Matcher::from_env())
+}
+
+/// [`build`] with the proxy rules given rather than read from the environment
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl reads them).
+pub fn build_with_proxies(
+    target: &str,
+    config: &WebhookConfig,
+    secrets: &dyn SecretResolver,
+    proxies: &Matcher,
 ) -> Result<WebhookChannel, WebhookConfigError> {
     let url = config
         .url
@@ -245,7 +264,21 @@ pub fn build(
         basic.set_sensitive(true);
         headers.insert(AUTHORIZATION, basic);
     }
-    let connector = connector(config.timeout.min(Duration::from_secs(10)))?;
+    let route = egress::proxy_for(proxies, &uri).map_err(WebhookConfigError::Proxy)?;
+    let proxy = route.as_ref().map(|(p, _)| {
+        let (scheme, host) = (p.scheme_str().unwrap_or("http"), p.host().unwrap_or(""));
+        match p.port_u16() {
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
+        }
+    });
+    let https = url.scheme() == "https";
+    // A forward proxy (plain http:// receivers) reads its credentials from every
+    // request; a tunnel sends them once, in its CONNECT.
+    if let (false, Some((_, Some(auth)))) = (https, &route) {
+        headers.insert(PROXY_AUTHORIZATION, auth.clone());
+    }
+    let connector = connector(config.timeout.min(Duration::from_secs(10)), https, route)?;
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(Duration::from_secs(60))
@@ -260,6 +293,7 @@ pub fn build(
         client: builder.build(connector.clone()),
         head_client: builder.build(connector),
         timeout: config.timeout,
+        proxy,
     })
 }
 
@@ -301,18 +335,26 @@ fn request_uri(url: &Url) -> Result<(Uri, Option<HeaderValue>), WebhookConfigErr
 
 /// TCP with keep-alive and no Nagle delay, then TLS for `https://` (certificates
 /// checked against the platform's roots, HTTP/2 when the peer offers it).
-fn connector(connect_timeout: Duration) -> Result<Connector, WebhookConfigError> {
+fn connector(
+    connect_timeout: Duration,
+    https: bool,
+    route: Option<(Uri, Option<HeaderValue>)>,
+) -> Result<Connector, WebhookConfigError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    let egress = match route {
+        None => egress::Egress::direct(http),
+        Some((proxy, auth)) => egress::Egress::via(http, https, proxy, auth),
+    };
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .try_with_platform_verifier()
         .map_err(|e| WebhookConfigError::Client(format!("TLS: {e}")))?
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http))
+        .wrap_connector(egress))
 }
 
 impl WebhookChannel {

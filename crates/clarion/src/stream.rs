@@ -511,8 +511,11 @@ pub async fn run(
                     let reason =
                         format!("the daemon panicked while handling this update: {message}");
                     // Boxed for the same reason as `handle`.
-                    Box::pin(role.dispatcher().reject(&source, DlqKind::InternalError, reason))
-                        .await
+                    Box::pin(
+                        role.dispatcher()
+                            .reject(&source, DlqKind::InternalError, reason),
+                    )
+                    .await
                 }
             };
             if resolution == Resolution::Resolved
