@@ -27,6 +27,7 @@ import re
 import time
 
 import jwt
+from asgi import lifespan, read_body
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
@@ -120,22 +121,12 @@ class Peer:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         self.connections.add(tuple(scope["client"]))
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.requests += 1
         status, reply = self.answer(scope, headers, body)

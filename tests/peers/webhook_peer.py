@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 
+from asgi import lifespan, read_body
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from standardwebhooks.webhooks import Webhook
@@ -26,19 +27,11 @@ class Receiver:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = await read_body(receive)
         if scope["method"] == "POST":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             try:
