@@ -157,6 +157,12 @@ pub enum WebhookConfigError {
 
 type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 
+// Standard Webhooks' headers, as constants: a name given as a string is parsed
+// again on every insert, and this runs for every delivery.
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
 /// A webhook target, ready to send.
 pub struct WebhookChannel {
     url: Url,
@@ -364,9 +370,9 @@ impl WebhookChannel {
         let mut headers = self.headers.clone();
         let id = delivery.key.as_str();
         if let Ok(v) = HeaderValue::from_str(id) {
-            headers.insert("webhook-id", v);
+            headers.insert(WEBHOOK_ID, v);
         }
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
         if !self.keys.is_empty() {
             let signature = self
                 .keys
@@ -375,7 +381,7 @@ impl WebhookChannel {
                 .collect::<Vec<_>>()
                 .join(" ");
             if let Ok(v) = HeaderValue::from_str(&signature) {
-                headers.insert("webhook-signature", v);
+                headers.insert(WEBHOOK_SIGNATURE, v);
             }
         }
         (headers, body)

@@ -8,9 +8,11 @@ use std::fmt;
 
 const PREFIX: &str = "whsec_";
 
-/// A decoded signing secret.
+/// A decoded signing secret, kept as HMAC's keyed state: keying hashes the secret's
+/// padded blocks, and doing it once here rather than on every signature saves two
+/// SHA-256 blocks per request.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey(Hmac<Sha256>);
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,15 +41,16 @@ impl SigningKey {
         if !(24..=64).contains(&bytes.len()) {
             return Err(SigningError::Length(bytes.len()));
         }
-        Ok(SigningKey(bytes))
+        // new_from_slice only fails for algorithms with fixed key sizes; HMAC takes any.
+        let Ok(mac) = Hmac::<Sha256>::new_from_slice(&bytes) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        Ok(SigningKey(mac))
     }
 
     /// The `v1,<base64>` signature entry for one message.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        // new_from_slice only fails for algorithms with fixed key sizes; HMAC takes any.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
-            unreachable!("HMAC accepts keys of any length")
-        };
+        let mut mac = self.0.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
