@@ -27,9 +27,8 @@ import re
 import time
 
 import jwt
-from asgi import lifespan, read_body
+from asgi import lifespan, read_body, tls_config
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PATH_RE = re.compile(r"^/3/device/([0-9a-fA-F]+)$")
@@ -187,11 +186,7 @@ def main():
     p.add_argument("--stats", required=True, help="file to write the stats JSON to")
     args = p.parse_args()
 
-    config = Config()
-    config.bind = ["127.0.0.1:%d" % args.port]
-    config.certfile = args.cert
-    config.keyfile = args.key
-    config.alpn_protocols = ["h2"]
+    config = tls_config(args, ["h2"])
     # Apple keeps idle connections open for a long time; so does the stand-in, so that
     # a second connection in the test means the client opened one, not that we closed.
     config.keep_alive_timeout = 600
@@ -199,7 +194,6 @@ def main():
     # streams in flight; Apple has no such limit.
     config.keep_alive_max_requests = 10_000_000
     config.h2_max_concurrent_streams = 1000
-    config.accesslog = None
     peer = Peer(args)
     peer.write_stats()
     asyncio.run(serve(peer, config))

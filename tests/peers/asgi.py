@@ -21,3 +21,17 @@ async def read_body(receive):
         body += message.get("body", b"")
         if not message.get("more_body"):
             return body
+
+
+def tls_config(args, alpn):
+    """Hypercorn's config for a TLS peer on 127.0.0.1: `args` has the port, the
+    certificate and its key; `alpn` lists the protocols offered."""
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = ["127.0.0.1:%d" % args.port]
+    config.certfile = args.cert
+    config.keyfile = args.key
+    config.alpn_protocols = alpn
+    config.accesslog = None
+    return config

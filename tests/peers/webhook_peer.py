@@ -14,9 +14,8 @@ import argparse
 import asyncio
 import json
 
-from asgi import lifespan, read_body
+from asgi import lifespan, read_body, tls_config
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from standardwebhooks.webhooks import Webhook
 
 
@@ -65,12 +64,7 @@ def main():
     p.add_argument("--out", required=True, help="file to append one JSON line per request to")
     args = p.parse_args()
 
-    config = Config()
-    config.bind = ["127.0.0.1:%d" % args.port]
-    config.certfile = args.cert
-    config.keyfile = args.key
-    config.alpn_protocols = ["h2", "http/1.1"]
-    config.accesslog = None
+    config = tls_config(args, ["h2", "http/1.1"])
     asyncio.run(serve(Receiver(args), config))
 
 
