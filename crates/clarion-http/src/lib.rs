@@ -26,18 +26,35 @@ pub const SNIPPET_CHARS: usize = 200;
 /// closes it, so a peer that sends an endless or huge body costs us `limit` bytes and
 /// one connection, not memory.
 pub async fn read_limited(
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while body.len() < limit {
-        let Some(chunk) = response.chunk().await? else {
+    read_body_limited(reqwest::Body::from(response), limit).await
+}
+
+/// [`read_limited`] for any HTTP body (the webhook channel's hyper replies). A body
+/// read to its end lets a pooled connection be reused.
+pub async fn read_body_limited<B>(mut body: B, limit: usize) -> Result<Vec<u8>, B::Error>
+where
+    B: http_body::Body + Unpin,
+{
+    use http_body_util::BodyExt as _;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(frame) = body.frame().await else {
             break;
         };
-        let room = limit - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Ok(mut data) = frame?.into_data() {
+            use bytes::Buf as _;
+            while data.has_remaining() && out.len() < limit {
+                let chunk = data.chunk();
+                let take = chunk.len().min(limit - out.len());
+                out.extend_from_slice(&chunk[..take]);
+                data.advance(take);
+            }
+        }
     }
-    Ok(body)
+    Ok(out)
 }
 
 /// The reply's `Retry-After` hint, parsed and capped by

@@ -41,12 +41,9 @@ pub(crate) fn proxy_for(
     };
     let proxy = intercept.uri().clone();
     if proxy.scheme_str() != Some("http") || proxy.host().is_none() {
-        let shown = match (proxy.scheme_str(), proxy.host()) {
-            (Some(scheme), Some(host)) => format!("{scheme}://{host}"),
-            _ => "a proxy".to_string(),
-        };
         return Err(format!(
-            "the environment's proxy setting names {shown}, which webhook targets cannot use: give an http:// proxy, or list the host in NO_PROXY"
+            "the environment's proxy setting names {}, which webhook targets cannot use: give an http:// proxy, or list the host in NO_PROXY",
+            shown(&proxy)
         ));
     }
     let auth = intercept.basic_auth().cloned().map(|mut v| {
@@ -54,6 +51,19 @@ pub(crate) fn proxy_for(
         v
     });
     Ok(Some((proxy, auth)))
+}
+
+/// A proxy's URL as logs and errors may show it: scheme, host and port, never its
+/// credentials.
+pub(crate) fn shown(proxy: &Uri) -> String {
+    let (scheme, host) = (
+        proxy.scheme_str().unwrap_or("http"),
+        proxy.host().unwrap_or("?"),
+    );
+    match proxy.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    }
 }
 
 /// A connector that follows the route chosen for the target.
@@ -112,41 +122,24 @@ impl Service<Uri> for Egress {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         match &self.route {
-            Route::Direct => {
-                let mut http = self.http.clone();
-                Box::pin(async move {
-                    std::future::poll_fn(|cx| http.poll_ready(cx)).await?;
-                    let inner = http.call(dst).await?;
-                    Ok(Io {
-                        inner,
-                        forwarded: false,
-                    })
-                })
-            }
-            Route::Tunnel(tunnel) => {
-                let mut tunnel = tunnel.clone();
-                Box::pin(async move {
-                    std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
-                    let inner = tunnel.call(dst).await?;
-                    Ok(Io {
-                        inner,
-                        forwarded: false,
-                    })
-                })
-            }
-            Route::Forward(proxy) => {
-                let (mut http, proxy) = (self.http.clone(), proxy.clone());
-                Box::pin(async move {
-                    std::future::poll_fn(|cx| http.poll_ready(cx)).await?;
-                    let inner = http.call(proxy).await?;
-                    Ok(Io {
-                        inner,
-                        forwarded: true,
-                    })
-                })
-            }
+            Route::Direct => Box::pin(connect(self.http.clone(), dst, false)),
+            Route::Tunnel(tunnel) => Box::pin(connect(tunnel.clone(), dst, false)),
+            Route::Forward(proxy) => Box::pin(connect(self.http.clone(), proxy.clone(), true)),
         }
     }
+}
+
+/// One connection through `connector` to `dst`.
+async fn connect<C>(mut connector: C, dst: Uri, forwarded: bool) -> Result<Io, BoxError>
+where
+    C: Service<Uri, Response = TokioIo<TcpStream>>,
+    C::Error: Into<BoxError>,
+{
+    std::future::poll_fn(|cx| connector.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let inner = connector.call(dst).await.map_err(Into::into)?;
+    Ok(Io { inner, forwarded })
 }
 
 /// A connection, marked as going through a forward proxy when it does: hyper then

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use clarion_core::{
     Channel, Delivery, DeliveryError, Outcome, Receipt, Secret, SecretRef, SecretResolver,
 };
-use clarion_http::{error_chain, redact_url, redact_urls, snippet};
-use http_body_util::{BodyExt, Empty, Full};
+use clarion_http::{error_chain, read_body_limited, redact_url, redact_urls, snippet};
+use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, PROXY_AUTHORIZATION,
@@ -172,7 +172,6 @@ pub struct WebhookChannel {
     keys: Vec<SigningKey>,
     headers: HeaderMap,
     client: Client<Connector, Full<Bytes>>,
-    head_client: Client<Connector, Empty<Bytes>>,
     timeout: Duration,
     /// The proxy connections go through (scheme, host and port only), if any.
     proxy: Option<String>,
@@ -191,22 +190,12 @@ impl fmt::Debug for WebhookChannel {
 }
 
 /// Builds a webhook target from its config, resolving and checking its secrets, with
-/// the proxy the environment names (see [`build_with_proxies`]). Does no network I/O.
+/// the proxy the environment names (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
+/// `NO_PROXY`, as curl reads them; see `egress.rs`). Does no network I/O.
 pub fn build(
     target: &str,
     config: &WebhookConfig,
     secrets: &dyn SecretResolver,
-) -> Result<WebhookChannel, WebhookConfigError> {
-    build_with_proxies(target, config, secrets, &Matcher::from_env())
-}
-
-/// [`build`] with the proxy rules given rather than read from the environment
-/// (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl reads them).
-pub fn build_with_proxies(
-    target: &str,
-    config: &WebhookConfig,
-    secrets: &dyn SecretResolver,
-    proxies: &Matcher,
 ) -> Result<WebhookChannel, WebhookConfigError> {
     let url = config
         .url
@@ -270,14 +259,8 @@ pub fn build_with_proxies(
         basic.set_sensitive(true);
         headers.insert(AUTHORIZATION, basic);
     }
-    let route = egress::proxy_for(proxies, &uri).map_err(WebhookConfigError::Proxy)?;
-    let proxy = route.as_ref().map(|(p, _)| {
-        let (scheme, host) = (p.scheme_str().unwrap_or("http"), p.host().unwrap_or(""));
-        match p.port_u16() {
-            Some(port) => format!("{scheme}://{host}:{port}"),
-            None => format!("{scheme}://{host}"),
-        }
-    });
+    let route = egress::proxy_for(&Matcher::from_env(), &uri).map_err(WebhookConfigError::Proxy)?;
+    let proxy = route.as_ref().map(|(p, _)| egress::shown(p));
     let https = url.scheme() == "https";
     // A forward proxy (plain http:// receivers) reads its credentials from every
     // request; a tunnel sends them once, in its CONNECT.
@@ -290,14 +273,14 @@ pub fn build_with_proxies(
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new());
+    let client = builder.build(connector);
     tracing::debug!(target_name = target, url = %redact_url(&url), signed = !keys.is_empty(), "webhook target built");
     Ok(WebhookChannel {
         url,
         uri,
         keys,
         headers,
-        client: builder.build(connector.clone()),
-        head_client: builder.build(connector),
+        client,
         timeout: config.timeout,
         proxy,
     })
@@ -412,13 +395,13 @@ impl Channel for WebhookChannel {
     async fn healthcheck(&self) -> Result<(), DeliveryError> {
         // A webhook has no side-effect-free probe in the spec, so check that the host
         // accepts connections and answers HTTP at all: any status is fine here.
-        let mut request = Request::new(Empty::new());
+        let mut request = Request::new(Full::new(Bytes::new()));
         *request.method_mut() = Method::HEAD;
         *request.uri_mut() = self.uri.clone();
         request
             .headers_mut()
             .insert(USER_AGENT, self.headers[USER_AGENT].clone());
-        match tokio::time::timeout(self.timeout, self.head_client.request(request)).await {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(transport_error(&self.url, &e)),
             Err(_) => Err(timed_out(self.timeout)),
@@ -470,7 +453,7 @@ async fn classify(response: Response<Incoming>) -> Result<Receipt, DeliveryError
         if !body.is_end_stream() {
             tokio::spawn(tokio::time::timeout(
                 Duration::from_secs(1),
-                read_limited(body, clarion_http::DEFAULT_BODY_LIMIT),
+                read_body_limited(body, clarion_http::DEFAULT_BODY_LIMIT),
             ));
         }
         return Ok(Receipt {
@@ -503,31 +486,12 @@ async fn classify(response: Response<Incoming>) -> Result<Receipt, DeliveryError
     Err(error.with_code(code.to_string()))
 }
 
-/// At most `limit` bytes of the reply body (`None` if the body broke off first).
-/// Reading stops at the limit and the rest is never pulled off the connection:
-/// dropping the body then closes it, so a peer that sends an endless or huge body
-/// costs `limit` bytes and one connection, not memory. A body read to its end lets
-/// the connection go back to the pool.
-async fn read_limited(mut body: Incoming, limit: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let Some(frame) = body.frame().await else {
-            break;
-        };
-        if let Ok(data) = frame.ok()?.into_data() {
-            let room = limit - out.len();
-            out.extend_from_slice(&data[..data.len().min(room)]);
-        }
-    }
-    Some(out)
-}
-
 /// The start of the reply body, for the reason text. The body is read only up to
 /// [`clarion_http::DEFAULT_BODY_LIMIT`]: a receiver (or a proxy in front of it) that
 /// answers an error with megabytes, or never finishes its body, must not hold the
 /// attempt or the memory.
 async fn body_snippet(response: Response<Incoming>) -> String {
-    let Some(bytes) = read_limited(response.into_body(), clarion_http::DEFAULT_BODY_LIMIT).await
+    let Ok(bytes) = read_body_limited(response.into_body(), clarion_http::DEFAULT_BODY_LIMIT).await
     else {
         return String::new();
     };
@@ -641,8 +605,6 @@ mod tests {
         );
     }
 
-    /// Finding 5, config side: the URL and header values may come from secret
-    /// references, resolved at build time, and what is sent is the resolved value.
     /// `https://user:password@host/` sends basic auth (percent-decoded), as reqwest
     /// and curl do, and the userinfo never shows; an answer with a body that arrives
     /// after its headers (Slack's `ok`, streamed) is still read to its end, so the
@@ -712,6 +674,8 @@ mod tests {
         assert_eq!(connections.len(), 1, "{seen:?}");
     }
 
+    /// Finding 5, config side: the URL and header values may come from secret
+    /// references, resolved at build time, and what is sent is the resolved value.
     #[tokio::test]
     async fn url_and_headers_may_be_secret_references() {
         let seen = Arc::new(std::sync::Mutex::new(None::<(String, String)>));
