@@ -596,9 +596,8 @@ async fn a_walk_resumes_after_a_sigkill_without_sending_to_those_already_reached
             .sum()
     };
 
-    let dir = std::env::temp_dir().join(unique_topic("clarion-people-walk"));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let _scratch = crate::push::Scratch(dir.clone());
+    let scratch = crate::push::Scratch::new("clarion-people-walk");
+    let dir = scratch.0.clone();
     let numbers: Vec<String> = (0..PEOPLE).map(|i| format!("+4477009{i:05}")).collect();
     let mut csv = String::from("id,audiences,sms\n");
     for (i, n) in numbers.iter().enumerate() {

@@ -41,6 +41,15 @@ impl SecretResolver for Files {
 /// A scratch directory removed when the test ends.
 pub(crate) struct Scratch(pub(crate) PathBuf);
 
+impl Scratch {
+    /// A fresh directory under the system's temp dir, named after `prefix`.
+    pub(crate) fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(unique_topic(prefix));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -157,9 +166,8 @@ impl Peer {
 }
 
 pub(crate) async fn start_peer(python: PathBuf) -> Peer {
-    let dir = std::env::temp_dir().join(unique_topic("clarion-apns"));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let scratch = Scratch(dir.clone());
+    let scratch = Scratch::new("clarion-apns");
+    let dir = scratch.0.clone();
     make_keys(&dir);
     let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/apns_peer.py");

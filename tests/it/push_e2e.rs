@@ -136,9 +136,8 @@ struct FcmMock {
 /// Starts the FCM stand-in, with a throwaway RSA service-account key made by
 /// `openssl`.
 async fn start_fcm() -> FcmMock {
-    let dir = std::env::temp_dir().join(unique_topic("clarion-fcm-e2e"));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let scratch = Scratch(dir.clone());
+    let scratch = Scratch::new("clarion-fcm-e2e");
+    let dir = scratch.0.clone();
     openssl(
         &dir,
         &[

@@ -225,9 +225,8 @@ struct TlsPeer {
 
 impl TlsPeer {
     async fn start(python: &std::path::Path, secret: &str) -> TlsPeer {
-        let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-webhook-tls"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let scratch = crate::push::Scratch(dir.clone());
+        let scratch = crate::push::Scratch::new("clarion-webhook-tls");
+        let dir = scratch.0.clone();
         crate::push::make_server_certificate(&dir);
         let port = clarion_tests::free_port();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/webhook_peer.py");
@@ -368,9 +367,8 @@ struct Tinyproxy {
 
 impl Tinyproxy {
     async fn start(user: &str, password: &str) -> Tinyproxy {
-        let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-tinyproxy"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let scratch = crate::push::Scratch(dir.clone());
+        let scratch = crate::push::Scratch::new("clarion-tinyproxy");
+        let dir = scratch.0.clone();
         let port = clarion_tests::free_port();
         let log = dir.join("tinyproxy.log");
         let conf = dir.join("tinyproxy.conf");
