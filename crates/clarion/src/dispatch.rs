@@ -1085,13 +1085,12 @@ impl Dispatcher {
                 idempotency_key: delivery.key.as_str(),
             }),
         };
-        // Kafka writes are boxed here and below: a produce future is kilobytes, and
-        // held inline it made every delivery's state machine that large, copied
-        // whole each time one is created or boxed (see `report`).
-        if Box::pin(self.dlq.write(&letter, cancel)).await.is_err() {
+        if self.dlq.write(&letter, cancel).await.is_err() {
             return Resolution::Abandoned;
         }
-        if Box::pin(self.dead_recipient(target, delivery, recipient.as_deref(), &e, cancel)).await
+        if self
+            .dead_recipient(target, delivery, recipient.as_deref(), &e, cancel)
+            .await
             == Resolution::Abandoned
         {
             return Resolution::Abandoned;
@@ -1180,8 +1179,8 @@ impl Dispatcher {
             "delivered"
         };
         if let Some(ledger) = &self.ledger {
-            // Boxed, record and produce together: inline they made every delivery's
-            // `report` (and so its retry loop) kilobytes larger, though most
+            // Boxed: the record is large, and inline it made every delivery's
+            // `report` (and so its retry loop) that much larger, though most
             // deployments write no ledger.
             let written = Box::pin(async {
                 let u = &d.update;

@@ -370,8 +370,28 @@ impl DeadLetterWriter {
     /// Produces one record, retrying transient errors until the broker acknowledges
     /// it or `abort`. A too-large record is handed back to the caller at once; other
     /// permanent errors are retried (`give_up_permanent == false`) or handed back.
+    ///
+    /// Boxed: every Kafka write of the daemon (dead letters, dead recipients, the
+    /// ledger, incident state) comes through here, and this future is kilobytes.
+    /// Inline, it made each delivery's state machine that much larger, and a
+    /// delivery's future is copied whole whenever it is created or boxed (`memmove`
+    /// led the profile under a backlog).
     #[allow(clippy::too_many_arguments)]
-    async fn produce(
+    fn produce<'a>(
+        &'a self,
+        topic: &'a str,
+        key: Option<&'a [u8]>,
+        payload: &'a [u8],
+        headers: OwnedHeaders,
+        abort: &'a CancellationToken,
+        what: &'static str,
+        give_up_permanent: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(self.produce_inline(topic, key, payload, headers, abort, what, give_up_permanent))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn produce_inline(
         &self,
         topic: &str,
         key: Option<&[u8]>,

@@ -510,12 +510,9 @@ pub async fn run(
                     .emit();
                     let reason =
                         format!("the daemon panicked while handling this update: {message}");
-                    // Boxed for the same reason as `handle`.
-                    Box::pin(
-                        role.dispatcher()
-                            .reject(&source, DlqKind::InternalError, reason),
-                    )
-                    .await
+                    role.dispatcher()
+                        .reject(&source, DlqKind::InternalError, reason)
+                        .await
                 }
             };
             if resolution == Resolution::Resolved
@@ -677,10 +674,7 @@ async fn handle(
                 }
                 // The incident's latest update, for `clarion publish`: acknowledged
                 // before the update resolves, like a dead letter.
-                // Boxed, like every Kafka write on the delivery path: a produce
-                // future is kilobytes, and inline it would make every task's
-                // future that large, copied whole when the task is boxed.
-                Box::pin(dispatcher.record_state(&update, source, cancel)).await
+                dispatcher.record_state(&update, source, cancel).await
             }
             Err((kind, reason)) => {
                 EventRejected {
@@ -691,7 +685,7 @@ async fn handle(
                     kind: kind.as_str(),
                 }
                 .emit();
-                Box::pin(dispatcher.reject(source, kind, reason)).await
+                dispatcher.reject(source, kind, reason).await
             }
         },
         (Role::Target { dispatcher }, Work::Deliver(plans)) => {
