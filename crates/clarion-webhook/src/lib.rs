@@ -398,9 +398,9 @@ impl Channel for WebhookChannel {
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.method_mut() = Method::HEAD;
         *request.uri_mut() = self.uri.clone();
-        request
-            .headers_mut()
-            .insert(USER_AGENT, self.headers[USER_AGENT].clone());
+        if let Some(agent) = self.headers.get(USER_AGENT) {
+            request.headers_mut().insert(USER_AGENT, agent.clone());
+        }
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(transport_error(&self.url, &e)),
