@@ -18,6 +18,7 @@
 
 mod egress;
 mod payload;
+mod pool;
 mod sign;
 
 pub use payload::{PAYLOAD_VERSION, payload};
@@ -35,9 +36,8 @@ use hyper::header::{
     USER_AGENT,
 };
 use hyper::{Method, Request, Response, Uri};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -159,6 +159,9 @@ type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 
 // Standard Webhooks' headers, as constants: a name given as a string is parsed
 // again on every insert, and this runs for every delivery.
+/// Idle connections are closed after this long (reqwest's and hyper-util's default
+/// was 90 s; receivers behind nginx close theirs after 75 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
@@ -166,12 +169,11 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 /// A webhook target, ready to send.
 pub struct WebhookChannel {
     url: Url,
-    /// `url` without its userinfo (that became an `authorization` header), parsed
-    /// once: cloning a `Uri` is reference counting, parsing one is not.
-    uri: Uri,
     keys: Vec<SigningKey>,
     headers: HeaderMap,
-    client: Client<Connector, Full<Bytes>>,
+    /// Connections to `url` without its userinfo (that became an `authorization`
+    /// header), which the pool holds parsed once.
+    pool: pool::Pool,
     timeout: Duration,
     /// The proxy connections go through (scheme, host and port only), if any.
     proxy: Option<String>,
@@ -268,19 +270,13 @@ pub fn build(
         headers.insert(PROXY_AUTHORIZATION, auth.clone());
     }
     let connector = connector(config.timeout.min(Duration::from_secs(10)), https, route)?;
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    let client = builder.build(connector);
+    let pool = pool::Pool::new(connector, uri, IDLE_TIMEOUT);
     tracing::debug!(target_name = target, url = %redact_url(&url), signed = !keys.is_empty(), "webhook target built");
     Ok(WebhookChannel {
         url,
-        uri,
         keys,
         headers,
-        client,
+        pool,
         timeout: config.timeout,
         proxy,
     })
@@ -324,7 +320,7 @@ fn request_uri(url: &Url) -> Result<(Uri, Option<HeaderValue>), WebhookConfigErr
 
 /// TCP with keep-alive and no Nagle delay, then TLS for `https://` (certificates
 /// checked against the platform's roots, HTTP/2 when the peer offers it).
-fn connector(
+pub(crate) fn connector(
     connect_timeout: Duration,
     https: bool,
     route: Option<(Uri, Option<HeaderValue>)>,
@@ -350,22 +346,29 @@ impl WebhookChannel {
     /// The headers and body of one attempt, exactly as they will be sent.
     pub fn request_parts(&self, delivery: &Delivery, timestamp: i64) -> (HeaderMap, Vec<u8>) {
         let body = payload(delivery);
-        let mut headers = self.headers.clone();
+        // Sized once for the three headers added here: a clone of the target's map
+        // would grow (and copy) on the first of them.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
+        }
         let id = delivery.key.as_str();
         if let Ok(v) = HeaderValue::from_str(id) {
             headers.insert(WEBHOOK_ID, v);
         }
         headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        if !self.keys.is_empty() {
-            let signature = self
-                .keys
-                .iter()
-                .map(|k| k.sign(id, timestamp, &body))
-                .collect::<Vec<_>>()
-                .join(" ");
-            if let Ok(v) = HeaderValue::from_str(&signature) {
-                headers.insert(WEBHOOK_SIGNATURE, v);
-            }
+        let signature = match self.keys.as_slice() {
+            [] => None,
+            [key] => Some(key.sign(id, timestamp, &body)),
+            keys => Some(
+                keys.iter()
+                    .map(|k| k.sign(id, timestamp, &body))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        };
+        if let Some(v) = signature.and_then(|s| HeaderValue::try_from(s).ok()) {
+            headers.insert(WEBHOOK_SIGNATURE, v);
         }
         (headers, body)
     }
@@ -377,11 +380,10 @@ impl Channel for WebhookChannel {
         let (headers, body) = self.request_parts(delivery, jiff::Timestamp::now().as_second());
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = headers;
         // The timeout covers the whole attempt, connecting to the reply's last byte.
         let attempt = async {
-            match self.client.request(request).await {
+            match self.pool.send(request).await {
                 Ok(response) => classify(response).await,
                 Err(e) => Err(transport_error(&self.url, &e)),
             }
@@ -397,11 +399,10 @@ impl Channel for WebhookChannel {
         // accepts connections and answers HTTP at all: any status is fine here.
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.method_mut() = Method::HEAD;
-        *request.uri_mut() = self.uri.clone();
         if let Some(agent) = self.headers.get(USER_AGENT) {
             request.headers_mut().insert(USER_AGENT, agent.clone());
         }
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(transport_error(&self.url, &e)),
             Err(_) => Err(timed_out(self.timeout)),
@@ -412,16 +413,10 @@ impl Channel for WebhookChannel {
 /// A request that got no HTTP reply (refused, reset, TLS failed). Anything that
 /// happened on the wire may work later, so it is retryable. The reason never holds
 /// more of the URL than its scheme and host ([`error_chain`] reduces any URL).
-fn transport_error(url: &Url, e: &hyper_util::client::legacy::Error) -> DeliveryError {
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    // The client's own text ("client error (Connect)") says less than its causes.
-    let chain = match std::error::Error::source(e) {
-        Some(cause) => error_chain(cause),
-        None => error_chain(e),
+fn transport_error(url: &Url, e: &pool::Failure) -> DeliveryError {
+    let (what, chain) = match e {
+        pool::Failure::Connect(cause) => ("cannot connect", error_chain(cause.as_ref())),
+        pool::Failure::Request(cause) => ("request failed", error_chain(cause)),
     };
     DeliveryError::retryable(
         format!("webhook: {what}: {}: {chain}", redact_url(url)),
