@@ -6,7 +6,11 @@
 //! - `reqwest`: reqwest 0.13 set up as the webhook channel had it (no redirects,
 //!   timeouts);
 //! - `hyper-pool`: hyper-util's pooled client with a timeout per request, as the
-//!   webhook channel has it now;
+//!   webhook channel had it from 2026-12-01 until it got a pool of its own;
+//! - `channel`: the webhook channel's whole `send` (`clarion_webhook`): the envelope
+//!   of a sample update serialized, signed, and sent through the channel's own
+//!   one-origin pool with its timeout. This one builds its own body and headers, so
+//!   it does more than the others;
 //! - `hyper-conn`: one bare hyper HTTP/1.1 connection per sender, no pool, no
 //!   timeout: the floor.
 //!
@@ -60,7 +64,7 @@ pub async fn run(n: u64) -> Result<()> {
         "http floor: {n} POSTs of {} bytes, {CONCURRENCY} at a time",
         body.len()
     );
-    for client in ["reqwest", "hyper-pool", "hyper-conn"] {
+    for client in ["reqwest", "hyper-pool", "channel", "hyper-conn"] {
         // A warm-up, so that connecting is not measured.
         send(client, &url, &body, CONCURRENCY * 4).await?;
         let cpu = crate::cpu_seconds(std::process::id()).context("no /proc")?;
@@ -98,11 +102,14 @@ async fn send(client: &str, url: &str, body: &Bytes, n: u64) -> Result<()> {
         .pool_idle_timeout(Duration::from_secs(60))
         .build_http::<Full<Bytes>>();
     let uri: hyper::Uri = url.parse()?;
+    let channel = Arc::new(webhook_channel(url)?);
+    let delivery = Arc::new(delivery());
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
         let (left, body, client) = (left.clone(), body.clone(), client.to_string());
         let (reqwest, pool, uri, url) =
             (reqwest.clone(), pool.clone(), uri.clone(), url.to_string());
+        let (channel, delivery) = (channel.clone(), delivery.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = None;
             while left
@@ -126,6 +133,12 @@ async fn send(client: &str, url: &str, body: &Bytes, n: u64) -> Result<()> {
                         let status = response.status();
                         response.into_body().collect().await?;
                         status
+                    }
+                    "channel" => {
+                        use clarion_core::Channel as _;
+                        let outcome = channel.send(&delivery).await;
+                        anyhow::ensure!(outcome.is_delivered(), "{outcome:?}");
+                        hyper::StatusCode::NO_CONTENT
                     }
                     _ => {
                         if conn.is_none() {
@@ -156,6 +169,35 @@ async fn send(client: &str, url: &str, body: &Bytes, n: u64) -> Result<()> {
         t.await??;
     }
     Ok(())
+}
+
+/// The webhook channel as a signed target of the daemon's has it.
+fn webhook_channel(url: &str) -> Result<clarion_webhook::WebhookChannel> {
+    let config: clarion_webhook::WebhookConfig = serde_json::from_value(serde_json::json!({
+        "url": url,
+        "secrets": [{ "value": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD" }],
+        "timeout": "15s",
+    }))?;
+    Ok(clarion_webhook::build(
+        "floor",
+        &config,
+        &clarion::config::EnvSecrets,
+    )?)
+}
+
+fn delivery() -> clarion_core::Delivery {
+    let update = clarion_core::samples::lifecycle(
+        "INC-FLOOR",
+        "Calls failing in the north region",
+        &["customers"],
+        jiff::Timestamp::now(),
+    )
+    .remove(0);
+    clarion_core::Delivery::new(
+        Arc::new(update),
+        Arc::from("floor"),
+        Arc::from(vec!["customers".to_string()]),
+    )
 }
 
 fn request(uri: hyper::Uri, body: &Bytes) -> Result<hyper::Request<Full<Bytes>>> {
