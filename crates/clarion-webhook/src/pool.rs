@@ -126,7 +126,9 @@ impl Pool {
         loop {
             let (conn, reused) = match inner.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (TCP, TLS, a proxy, the handshake) is most of
+                // this future's size, and the usual request never connects.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let unsent = match conn {
                 Conn::H2(mut tx) => {
