@@ -354,6 +354,12 @@ breaker = {{ failures = 1000 }}
         !log.contains("s3cr3t"),
         "the log shows a URL's path or query:\n{log}"
     );
+    // One line per failed attempt, ours: the verifier's own ERROR line (through the
+    // `log` bridge) would say the same again, every attempt, without the target.
+    assert!(
+        log.contains("certificate") && !log.contains("failed to verify TLS certificate"),
+        "the certificate error is logged twice:\n{log}"
+    );
 }
 
 /// Tinyproxy (Debian's `tinyproxy`, a real HTTP proxy) on a free port, asking for

@@ -20,6 +20,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// A dependency whose log lines repeat ours (see `init_logs`).
+const QUIET_TARGET: &str = "rustls_platform_verifier";
+
 static DEFAULT_FILTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Changes the filter used when `RUST_LOG` is unset (the demo uses `warn`).
@@ -27,11 +30,22 @@ pub fn set_default_filter(filter: &str) {
     let _ = DEFAULT_FILTER.set(filter.to_string());
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`).
+/// Installs the global subscriber. `RUST_LOG` overrides the default filter (`info`);
+/// the certificate verifier's own log lines stay off unless it names them.
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = DEFAULT_FILTER.get().map(String::as_str).unwrap_or("info");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // rustls-platform-verifier logs every failed certificate check at ERROR (through
+    // the `log` bridge), on every attempt, inside the delivery's span; the delivery's
+    // own WARN line already carries the same error with the target, the attempt and
+    // what happens next. A wrong certificate for an hour would double the log, and
+    // at the wrong level. Off unless `RUST_LOG` names the verifier.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains(QUIET_TARGET))
+        && let Ok(directive) = format!("{QUIET_TARGET}=off").parse()
+    {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
