@@ -5,11 +5,13 @@
 //! (a 3xx is a misconfigured URL, and following it would send a signed payload
 //! somewhere nobody configured) and never retries on its own.
 //!
-//! Requests go out through hyper's pooled client directly, not through reqwest: one
-//! request per delivery is this channel's whole cost, and reqwest's layers (redirect
-//! and retry policies, a URL parsed again into a URI for every request) doubled it.
-//! Connections are kept alive and reused, HTTP/2 is used when a `https://` peer
-//! offers it, and certificates are checked against the platform's roots.
+//! Requests go out on hyper's connections directly, not through reqwest: one request
+//! per delivery is this channel's whole cost, and reqwest's layers (redirect and retry
+//! policies, a URL parsed again into a URI for every request) doubled it. A target has
+//! one origin, so its connections are pooled by `pool.rs`, simpler and cheaper than a
+//! general client's pool. Connections are kept alive and reused, HTTP/2 is used when
+//! a `https://` peer offers it, and certificates are checked against the platform's
+//! roots.
 //!
 //! The URL and the header values are treated as credentials: a Slack or Teams
 //! incoming-webhook URL *is* the secret, and a header often carries an API key. They

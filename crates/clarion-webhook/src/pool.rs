@@ -394,6 +394,15 @@ mod tests {
         request
     }
 
+    /// Three POSTs, each answered 204, with `pause` after each.
+    async fn send_three(pool: &Pool, pause: Duration) {
+        for _ in 0..3 {
+            let response = pool.send(post()).await.expect("reply");
+            assert_eq!(response.status(), 204);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     async fn next(
         connections: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
     ) -> Vec<String> {
@@ -409,10 +418,7 @@ mod tests {
     async fn requests_share_a_connection_that_closes_when_idle_too_long() {
         let (uri, mut connections) = receiver(false).await;
         let pool = pool(&uri, Duration::from_millis(300));
-        for _ in 0..3 {
-            let response = pool.send(post()).await.expect("reply");
-            assert_eq!(response.status(), 204);
-        }
+        send_three(&pool, Duration::ZERO).await;
         assert_eq!(pool.idle(), 1);
         // Nothing closes it but the pool's idle timeout: the receiver keeps it open.
         let requests = next(&mut connections).await;
@@ -437,12 +443,8 @@ mod tests {
     async fn a_connection_the_peer_closed_is_not_used_again() {
         let (uri, mut connections) = receiver(true).await;
         let pool = pool(&uri, Duration::from_secs(60));
-        for _ in 0..3 {
-            let response = pool.send(post()).await.expect("reply");
-            assert_eq!(response.status(), 204);
-            // The hang-up reaches the idle connection.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Time for the hang-up to reach the idle connection.
+        send_three(&pool, Duration::from_millis(100)).await;
         let mut requests = Vec::new();
         for _ in 0..3 {
             requests.push(next(&mut connections).await.len());
