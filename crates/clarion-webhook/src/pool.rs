@@ -412,6 +412,32 @@ mod tests {
             .expect("receiver runs")
     }
 
+    /// `Host` is the URL's host, with its port unless that is the scheme's default,
+    /// as hyper-util and curl send it; HTTP/1.1 requests go in origin form.
+    #[test]
+    fn host_and_origin_form_come_from_the_url() {
+        let cases = [
+            (
+                "https://hooks.example.com/a?b=1",
+                "hooks.example.com",
+                "/a?b=1",
+            ),
+            ("https://hooks.example.com:443/a", "hooks.example.com", "/a"),
+            (
+                "https://hooks.example.com:8443/a",
+                "hooks.example.com:8443",
+                "/a",
+            ),
+            ("http://10.0.0.7:80", "10.0.0.7", "/"),
+            ("http://[::1]:8080/hook", "[::1]:8080", "/hook"),
+        ];
+        for (url, host, origin_form) in cases {
+            let pool = pool(&url.parse().expect("uri"), Duration::from_secs(60));
+            assert_eq!(pool.inner.host, host, "{url}");
+            assert_eq!(pool.inner.origin_form, origin_form, "{url}");
+        }
+    }
+
     /// Requests reuse one connection, in origin form with a `Host` header; once it
     /// has been idle for the idle timeout, the pool closes it.
     #[tokio::test]
