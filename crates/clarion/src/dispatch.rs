@@ -598,16 +598,9 @@ impl Dispatcher {
             Ok(content) => delivery.content = Arc::new(content),
             Err(reason) => {
                 let e = DeliveryError::permanent(reason).with_code("template");
-                return Box::pin(self.dead_letter(
-                    target,
-                    &delivery,
-                    source,
-                    None,
-                    e,
-                    Tried::default(),
-                    cancel,
-                ))
-                .await;
+                return self
+                    .dead_letter(target, &delivery, source, None, e, Tried::default(), cancel)
+                    .await;
             }
         }
         self.retry_loop(target, &mut delivery, source, cancel, Some(&lane), None)
@@ -704,10 +697,9 @@ impl Dispatcher {
                         provider.name
                     ))
                     .with_code("no_drill_recipients");
-                    return Box::pin(
-                        self.dead_letter(target, delivery, source, None, e, tried, cancel),
-                    )
-                    .await;
+                    return self
+                        .dead_letter(target, delivery, source, None, e, tried, cancel)
+                        .await;
                 };
                 channel
             } else {
@@ -723,10 +715,9 @@ impl Dispatcher {
                     None,
                 )
                 .with_code("outage");
-                return Box::pin(
-                    self.dead_letter(target, delivery, source, None, e, tried, cancel),
-                )
-                .await;
+                return self
+                    .dead_letter(target, delivery, source, None, e, tried, cancel)
+                    .await;
             }
             tried.first_at.get_or_insert_with(jiff::Timestamp::now);
             tried.count += 1;
@@ -907,7 +898,8 @@ impl Dispatcher {
                     sink.failed.push((recipient, e));
                     continue;
                 }
-                if Box::pin(self.dead_letter(target, delivery, source, recipient, e, tried, cancel))
+                if self
+                    .dead_letter(target, delivery, source, recipient, e, tried, cancel)
                     .await
                     == Resolution::Abandoned
                 {
@@ -1059,8 +1051,26 @@ impl Dispatcher {
 
     /// Writes one failed delivery (or one recipient of it) to the dead-letter topic,
     /// and a dead recipient to its topic. `Abandoned` if cancelled first.
+    ///
+    /// Boxed: its state (the letter, the report, the Kafka writes) is large, and
+    /// inline it would make every delivery's future that large, though most
+    /// deliveries never dead-letter.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn dead_letter(
+    pub(crate) fn dead_letter<'a>(
+        &'a self,
+        target: &'a Target,
+        delivery: &'a Delivery,
+        source: &'a Source,
+        recipient: Option<String>,
+        e: DeliveryError,
+        tried: Tried,
+        cancel: &'a CancellationToken,
+    ) -> futures::future::BoxFuture<'a, Resolution> {
+        Box::pin(self.dead_letter_inline(target, delivery, source, recipient, e, tried, cancel))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dead_letter_inline(
         &self,
         target: &Target,
         delivery: &Delivery,
