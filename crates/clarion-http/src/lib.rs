@@ -81,7 +81,14 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> DeliveryError {
     } else {
         "request failed"
     };
-    DeliveryError::retryable(format!("{provider}: {what}: {chain}"), None)
+    no_reply(provider, what, &chain)
+}
+
+/// The retryable error of a request that got no HTTP reply, worded the same for
+/// every HTTP channel: `provider: what: detail` (`what` is `cannot connect`,
+/// `request failed` or `timed out`). `detail` must already be free of URL paths.
+pub fn no_reply(provider: &str, what: &str, detail: &str) -> DeliveryError {
+    DeliveryError::retryable(format!("{provider}: {what}: {detail}"), None)
 }
 
 /// An error and its causes on one line, `a: b: c`, because reqwest's own message

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use clarion_core::{
     Channel, Delivery, DeliveryError, Outcome, Receipt, Secret, SecretRef, SecretResolver,
 };
-use clarion_http::{error_chain, read_body_limited, redact_url, redact_urls, snippet};
+use clarion_http::{error_chain, no_reply, read_body_limited, redact_url, redact_urls, snippet};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{
@@ -159,11 +159,12 @@ pub enum WebhookConfigError {
 
 type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
 
-// Standard Webhooks' headers, as constants: a name given as a string is parsed
-// again on every insert, and this runs for every delivery.
 /// Idle connections are closed after this long (reqwest's and hyper-util's default
 /// was 90 s; receivers behind nginx close theirs after 75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// Standard Webhooks' headers, as constants: a name given as a string is parsed
+// again on every insert, and this runs for every delivery.
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
@@ -420,21 +421,16 @@ fn transport_error(url: &Url, e: &pool::Failure) -> DeliveryError {
         pool::Failure::Connect(cause) => ("cannot connect", error_chain(cause.as_ref())),
         pool::Failure::Request(cause) => ("request failed", error_chain(cause)),
     };
-    DeliveryError::retryable(
-        format!("webhook: {what}: {}: {chain}", redact_url(url)),
-        None,
-    )
+    no_reply("webhook", what, &format!("{}: {chain}", redact_url(url)))
 }
 
 /// No reply within the target's `timeout`. Retryable: the peer may have taken the
 /// request, and a retry that duplicates beats a loss.
 fn timed_out(timeout: Duration) -> DeliveryError {
-    DeliveryError::retryable(
-        format!(
-            "webhook: timed out: no reply within {}",
-            humantime::format_duration(timeout)
-        ),
-        None,
+    no_reply(
+        "webhook",
+        "timed out",
+        &format!("no reply within {}", humantime::format_duration(timeout)),
     )
 }
 
