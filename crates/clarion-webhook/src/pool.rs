@@ -179,22 +179,14 @@ impl Pool {
     /// the reader is done with the body (it closes the connection if it gives up).
     fn checkin(&self, mut tx: http1::SendRequest<Full<Bytes>>, forwarded: bool) {
         if tx.is_ready() {
-            self.inner.state().idle.push(Idle {
-                tx,
-                forwarded,
-                since: Instant::now(),
-            });
+            self.inner.park(tx, forwarded);
         } else if !tx.is_closed() {
             let pool = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
                 if tx.ready().await.is_ok()
                     && let Some(inner) = pool.upgrade()
                 {
-                    inner.state().idle.push(Idle {
-                        tx,
-                        forwarded,
-                        since: Instant::now(),
-                    });
+                    inner.park(tx, forwarded);
                 }
             });
         }
@@ -218,11 +210,7 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "webhook HTTP/2 connection ended");
-                }
-            });
+            drive(connection);
             tx.ready().await.map_err(handshake_failed)?;
             let mut state = inner.state();
             // Requests that raced to connect each made one; the first is shared, the
@@ -236,11 +224,7 @@ impl Pool {
             Conn::H2(tx)
         } else {
             let (mut tx, connection) = http1::handshake(io).await.map_err(handshake_failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "webhook connection ended");
-                }
-            });
+            drive(connection);
             tx.ready().await.map_err(handshake_failed)?;
             Conn::H1 {
                 tx,
@@ -266,6 +250,16 @@ impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (pushes and pops only).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts an HTTP/1.1 connection ready for a request on top of the idle stack:
+    /// the next request takes it.
+    fn park(&self, tx: http1::SendRequest<Full<Bytes>>, forwarded: bool) {
+        self.state().idle.push(Idle {
+            tx,
+            forwarded,
+            since: Instant::now(),
+        });
     }
 
     /// The shared HTTP/2 connection, else the most recently used idle HTTP/1.1 one
@@ -306,6 +300,17 @@ impl Inner {
             state.h2 = None;
         }
     }
+}
+
+/// Runs a connection's I/O until it closes (its last sender dropped, or the peer
+/// gone); why it closed is only worth a debug line, since a request on it has its
+/// own error.
+fn drive(connection: impl std::future::Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "webhook connection ended");
+        }
+    });
 }
 
 /// Closes expired idle connections every half idle timeout, until the pool is gone.
