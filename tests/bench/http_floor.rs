@@ -49,15 +49,15 @@ pub async fn sink(port: u16) -> Result<()> {
 
 pub async fn run(n: u64) -> Result<()> {
     let port = clarion_tests::free_port();
-    let _sink = clarion_tests::ChildGuard::spawn(
+    let _sink = clarion_tests::ChildGuard::listening(
         std::process::Command::new(std::env::current_exe()?)
             .args(["--brokers", "-", "--clarion", "-", "--http-sink"])
             .arg(port.to_string()),
-    )?;
-    anyhow::ensure!(
-        clarion_tests::wait_for_port(port, Duration::from_secs(10)).await,
-        "the receiver did not start"
-    );
+        port,
+        Duration::from_secs(10),
+        "the HTTP floor's receiver",
+    )
+    .await;
     let url = format!("http://127.0.0.1:{port}/hook");
     let body = Bytes::from(body());
     println!(

@@ -18,8 +18,8 @@
 //! - `--people N [--kill-at K]` sends one update to an N-person directory
 //!   audience by email to Postfix's `smtp-sink` (`people.rs`).
 //! - `--http-floor N` measures the HTTP client alone: N webhook-sized POSTs through
-//!   reqwest, hyper-util's pooled client and a bare hyper connection
-//!   (`http_floor.rs`; needs no broker: pass `--brokers -`).
+//!   reqwest, hyper-util's pooled client, the webhook channel's own `send` and a
+//!   bare hyper connection (`http_floor.rs`; needs no broker: pass `--brokers -`).
 //!
 //! The daemon runs with the shipped defaults unless `--max-in-flight` says
 //! otherwise. Reported: deliveries/s, latency, the daemon's peak RSS, its CPU

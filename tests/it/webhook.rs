@@ -231,18 +231,17 @@ impl TlsPeer {
         let port = clarion_tests::free_port();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/webhook_peer.py");
         let p = |f: &str| dir.join(f).display().to_string();
-        let child = clarion_tests::ChildGuard::spawn(
+        let child = clarion_tests::ChildGuard::listening(
             std::process::Command::new(python)
                 .arg(script)
                 .args(["--port", &port.to_string()])
                 .args(["--cert", &p("server.pem"), "--key", &p("server.key")])
                 .args(["--secret", secret, "--out", &p("requests.jsonl")]),
+            port,
+            Duration::from_secs(30),
+            "the webhook peer",
         )
-        .expect("start the webhook peer");
-        assert!(
-            clarion_tests::wait_for_port(port, Duration::from_secs(30)).await,
-            "the webhook peer did not start"
-        );
+        .await;
         TlsPeer {
             _child: child,
             _scratch: scratch,
@@ -386,18 +385,17 @@ impl Tinyproxy {
             ),
         )
         .expect("write tinyproxy.conf");
-        let child = clarion_tests::ChildGuard::spawn(
+        let child = clarion_tests::ChildGuard::listening(
             std::process::Command::new("tinyproxy")
                 .args(["-d", "-c"])
                 .arg(&conf)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null()),
+            port,
+            Duration::from_secs(10),
+            "Debian's tinyproxy (scripts/test installs it)",
         )
-        .expect("this test needs Debian's tinyproxy (scripts/test installs it)");
-        assert!(
-            clarion_tests::wait_for_port(port, Duration::from_secs(10)).await,
-            "tinyproxy did not start"
-        );
+        .await;
         Tinyproxy {
             _child: child,
             _scratch: scratch,

@@ -27,7 +27,7 @@ import re
 import time
 
 import jwt
-from asgi import lifespan, read_body, tls_config
+from asgi import http_request, tls_config
 from hypercorn.asyncio import serve
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -119,14 +119,11 @@ class Peer:
         return None
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+        request = await http_request(scope, receive, send)
+        if request is None:
             return
-        if scope["type"] != "http":
-            return
+        body, headers = request
         self.connections.add(tuple(scope["client"]))
-        body = await read_body(receive)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         self.requests += 1
         status, reply = self.answer(scope, headers, body)
         if status is None:

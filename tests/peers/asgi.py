@@ -1,5 +1,5 @@
 """What the ASGI test peers (apns_peer.py, webhook_peer.py) share: Hypercorn's
-lifespan handshake and reading a request's whole body."""
+lifespan handshake, reading a request whole, and the TLS config."""
 
 
 async def lifespan(receive, send):
@@ -21,6 +21,20 @@ async def read_body(receive):
         body += message.get("body", b"")
         if not message.get("more_body"):
             return body
+
+
+async def http_request(scope, receive, send):
+    """The request this ASGI call carries, as (body, headers) with header names and
+    values decoded, or None when there is none to answer (the lifespan protocol,
+    answered here, or a websocket)."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return None
+    if scope["type"] != "http":
+        return None
+    body = await read_body(receive)
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    return body, headers
 
 
 def tls_config(args, alpn):

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import json
 
-from asgi import lifespan, read_body, tls_config
+from asgi import http_request, tls_config
 from hypercorn.asyncio import serve
 from standardwebhooks.webhooks import Webhook
 
@@ -25,14 +25,11 @@ class Receiver:
         self.out = args.out
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
+        request = await http_request(scope, receive, send)
+        if request is None:
             return
-        if scope["type"] != "http":
-            return
-        body = await read_body(receive)
+        body, headers = request
         if scope["method"] == "POST":
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             try:
                 self.webhook.verify(body, headers)
                 verified, why = True, "verified"

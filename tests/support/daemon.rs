@@ -184,6 +184,8 @@ pub struct Process {
     pub child: Child,
     pub log: PathBuf,
     config: PathBuf,
+    /// Extra environment, given again to a restarted daemon.
+    env: Vec<(String, String)>,
 }
 
 impl Process {
@@ -199,10 +201,14 @@ impl Process {
         std::fs::write(&config, toml).expect("write config");
         crate::capture::record_config(toml);
         let log = crate::capture::log_path(name).unwrap_or_else(|| dir.join("clarion.log"));
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::start_with(config, log, env)
     }
 
-    fn start_with(config: PathBuf, log: PathBuf, env: &[(&str, &str)]) -> Process {
+    fn start_with(config: PathBuf, log: PathBuf, env: Vec<(String, String)>) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -213,13 +219,18 @@ impl Process {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
             .expect("spawn clarion");
-        Process { child, log, config }
+        Process {
+            child,
+            log,
+            config,
+            env,
+        }
     }
 
     /// The config file the daemon reads (and re-reads on SIGHUP).
@@ -227,9 +238,9 @@ impl Process {
         &self.config
     }
 
-    /// Starts another daemon with the same config and log.
+    /// Starts another daemon with the same config, log and environment.
     pub fn restart(&self) -> Process {
-        Self::start_with(self.config.clone(), self.log.clone(), &[])
+        Self::start_with(self.config.clone(), self.log.clone(), self.env.clone())
     }
 
     pub fn signal(&self, sig: &str) {

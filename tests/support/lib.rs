@@ -65,6 +65,22 @@ impl ChildGuard {
     pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
         cmd.spawn().map(ChildGuard)
     }
+
+    /// Starts a peer and waits up to `wait` for it to accept connections on
+    /// `127.0.0.1:port`; panics naming `what` if it does not start or never listens.
+    pub async fn listening(
+        cmd: &mut Command,
+        port: u16,
+        wait: std::time::Duration,
+        what: &str,
+    ) -> Self {
+        let child = Self::spawn(cmd).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        assert!(
+            wait_for_port(port, wait).await,
+            "{what} did not listen on port {port} within {wait:?}"
+        );
+        child
+    }
 }
 
 impl Drop for ChildGuard {
