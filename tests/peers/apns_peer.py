@@ -27,7 +27,7 @@ import re
 import time
 
 import jwt
-from asgi import http_request, tls_config
+from asgi import add_tls_arguments, http_request, tls_config
 from hypercorn.asyncio import serve
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -170,9 +170,7 @@ class Peer:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    add_tls_arguments(p)
     p.add_argument("--public-key", required=True, help="PEM public key of the .p8 signing key")
     p.add_argument("--key-id", required=True)
     p.add_argument("--team-id", required=True)

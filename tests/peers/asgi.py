@@ -37,6 +37,13 @@ async def http_request(scope, receive, send):
     return body, headers
 
 
+def add_tls_arguments(parser):
+    """The arguments `tls_config` reads: --port, --cert and --key."""
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+
+
 def tls_config(args, alpn):
     """Hypercorn's config for a TLS peer on 127.0.0.1: `args` has the port, the
     certificate and its key; `alpn` lists the protocols offered."""

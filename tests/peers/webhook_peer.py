@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import json
 
-from asgi import http_request, tls_config
+from asgi import add_tls_arguments, http_request, tls_config
 from hypercorn.asyncio import serve
 from standardwebhooks.webhooks import Webhook
 
@@ -54,9 +54,7 @@ class Receiver:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    add_tls_arguments(p)
     p.add_argument("--secret", required=True, help="the whsec_ signing secret")
     p.add_argument("--out", required=True, help="file to append one JSON line per request to")
     args = p.parse_args()
