@@ -281,7 +281,7 @@ async fn main() -> Result<()> {
             .args(["run", "--config"])
             .arg(&config)
             // The final line with the pause count is INFO.
-            .env("RUST_LOG", "warn,clarion::supervisor=info")
+            .env("RUST_LOG", "warn,clarion::engine::supervisor=info")
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -455,7 +455,7 @@ async fn three_replicas_one_killed_lose_nothing_for_any_target() {
                 .map(|r| r
                     .log_text()
                     .lines()
-                    .filter(|l| l.contains("down") && !l.contains("INFO clarion::dispatch"))
+                    .filter(|l| l.contains("down") && !l.contains("INFO clarion::engine::dispatch"))
                     .map(|l| format!("{l}\n"))
                     .collect::<String>())
                 .collect::<Vec<_>>()

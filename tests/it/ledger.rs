@@ -765,5 +765,5 @@ url = "{}"
 
 /// `telemetry::mask`, as the ledger writes recipients.
 fn mask(r: &str) -> String {
-    clarion::telemetry::mask(Some(r))
+    clarion_core::mask(Some(r))
 }

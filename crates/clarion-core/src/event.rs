@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The four audiences every deployment has; the daemon's config may add more.
+pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
+
 /// The only `schema_version` this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 

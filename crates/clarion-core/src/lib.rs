@@ -9,6 +9,7 @@
 mod channel;
 mod event;
 mod key;
+mod privacy;
 pub mod retry_after;
 pub mod samples;
 mod secret;
@@ -17,6 +18,9 @@ pub use channel::{
     Channel, Content, Delivery, DeliveryError, ErrorClass, Outcome, Progress, Receipt,
     RecipientResult,
 };
-pub use event::{EventError, Impact, IncidentUpdate, Link, SCHEMA_VERSION, Status};
+pub use event::{
+    EventError, Impact, IncidentUpdate, Link, SCHEMA_VERSION, STANDARD_AUDIENCES, Status,
+};
 pub use key::IdempotencyKey;
+pub use privacy::mask;
 pub use secret::{Secret, SecretRef, SecretResolver};

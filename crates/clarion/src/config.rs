@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The four audiences every deployment has; config may add more.
-pub const STANDARD_AUDIENCES: [&str; 4] = ["customers", "business", "employees", "regulators"];
+pub use clarion_core::STANDARD_AUDIENCES;
 
 /// librdkafka properties Clarion sets itself because at-least-once depends on them.
 pub const OWNED_KAFKA_PROPERTIES: [&str; 5] = [
@@ -364,7 +363,7 @@ pub struct HealthConfig {
 }
 
 fn default_max_unresolved_age() -> Duration {
-    crate::health::DEFAULT_MAX_UNRESOLVED_AGE
+    DEFAULT_MAX_UNRESOLVED_AGE
 }
 
 impl Default for HealthConfig {
@@ -511,7 +510,7 @@ struct TargetCommon {
     start: StartAt,
     /// Stop hammering a target that is down (docs/configuration.md, "breaker").
     #[serde(default)]
-    breaker: crate::breaker::BreakerConfig,
+    breaker: BreakerConfig,
     /// Updates this target's stream holds at once (default: `daemon.max_in_flight`).
     #[serde(default)]
     max_in_flight: Option<usize>,
@@ -651,7 +650,7 @@ pub struct TargetConfig {
     pub supersede: bool,
     /// Where a target added to a running deployment starts.
     pub start: StartAt,
-    pub breaker: crate::breaker::BreakerConfig,
+    pub breaker: BreakerConfig,
     /// This target's in-flight bound, if it has its own.
     pub max_in_flight: Option<usize>,
     /// The target's own provider: `channel` under the name `provider_name`.
@@ -1910,6 +1909,54 @@ impl SecretResolver for EnvSecrets {
                 }
             }
             SecretRef::Value(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// Default for `health.max_unresolved_age`.
+pub const DEFAULT_MAX_UNRESOLVED_AGE: Duration = Duration::from_secs(15 * 60);
+
+/// How a target's breaker behaves (`[targets.NAME.breaker]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive target-level failures that open the breaker.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// Wait before the first probe once open; doubles after each failed probe.
+    #[serde(default = "default_probe", with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// The longest wait between two probes.
+    #[serde(default = "default_max_probe", with = "humantime_serde")]
+    pub max_probe_interval: Duration,
+    /// How long an outage may last before the deliveries waiting for the target are
+    /// dead-lettered ("target down since T"). Probes go on after it.
+    #[serde(default = "default_outage_budget", with = "humantime_serde")]
+    pub outage_budget: Duration,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_probe() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_probe() -> Duration {
+    // Gentle on a peer that is down, yet a target that comes back is found within
+    // half a minute.
+    Duration::from_secs(30)
+}
+fn default_outage_budget() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: default_failures(),
+            probe_interval: default_probe(),
+            max_probe_interval: default_max_probe(),
+            outage_budget: default_outage_budget(),
         }
     }
 }

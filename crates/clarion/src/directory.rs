@@ -31,8 +31,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::config::STANDARD_AUDIENCES;
-use crate::telemetry::mask;
+use clarion_core::{STANDARD_AUDIENCES, mask};
 
 /// The longest id accepted, in bytes: ids are Kafka keys and cursors, not documents.
 const MAX_ID_BYTES: usize = 256;

@@ -4,26 +4,30 @@
 //!
 //! This is the only crate that knows Kafka. It must never store an offset past an
 //! unresolved update, and never hold unbounded work: see `ARCHITECTURE.md`.
+//!
+//! The crate is in rooms, one folder each, whose imports run one way (top to
+//! bottom; `scripts/module-graph` fails on a cycle):
+//! - `cli`: the commands other than `run` (publish, drill, follow, status, report,
+//!   dlq replay, route, render, demo, check-config);
+//! - `engine`: the running daemon: supervisor, streams, offsets, dispatch, breakers,
+//!   people walks;
+//! - `people`: the directory a people target walks, kept current from its file or
+//!   topic;
+//! - `records`: what the daemon writes down: dead letters, the ledger, the incident
+//!   state, deadlines;
+//! - `ops`: health, logs and metrics, and the listener that serves them;
+//! - `kafka`: the librdkafka settings every client starts from;
+//! - `config`: parse, validate, build;
+//! - `directory`: the people directory's data, with no I/O beyond reading its file.
 
-pub mod breaker;
+pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod deadlines;
-pub mod demo;
 pub mod directory;
-pub mod dispatch;
-pub mod dlq;
-pub mod health;
-pub mod ledger;
-pub mod offsets;
+pub mod engine;
+pub mod kafka;
+pub mod ops;
 pub mod people;
-pub mod preview;
-pub mod publish;
-pub mod replay;
-pub mod report;
-pub mod stream;
-pub mod supervisor;
-pub mod telemetry;
+pub mod records;
 
-pub use daemon::{Summary, run, run_with_secrets};
-pub use dispatch::DeliveryReport;
+pub use engine::dispatch::DeliveryReport;
+pub use engine::supervisor::{Summary, run, run_with_secrets};

@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use clarion::config::{self, EnvSecrets};
-use clarion::telemetry::{self, LogFormat};
+use clarion::ops::telemetry::{self, LogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -340,7 +340,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             tokio::spawn(signals(shutdown.clone()));
             let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
             tokio::spawn(reload_on_sighup(config.clone(), reload_tx));
-            clarion::supervisor::run_reloadable(
+            clarion::engine::supervisor::run_reloadable(
                 settings,
                 &clarion::config::EnvSecrets,
                 shutdown,
@@ -361,7 +361,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 .or_else(|| std::env::var_os("CLARION_CONFIG").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let settings = load(&config)?;
-            clarion::daemon::check_clients(&settings.kafka, &EnvSecrets)
+            clarion::kafka::check_clients(&settings.kafka, &EnvSecrets)
                 .with_context(|| config.display().to_string())?;
             let mut failed = false;
             for t in &settings.targets {
@@ -444,7 +444,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             // Holding statements are checked here, not in `load`: the daemon never
             // reads them, so a broken one must not stop it, but it must be found
             // before ops need it in a crisis.
-            for line in clarion::publish::check_statements(&settings)
+            for line in clarion::cli::publish::check_statements(&settings)
                 .with_context(|| format!("{}: holding statements", config.display()))?
             {
                 println!("ok      {line}");
@@ -474,15 +474,15 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 },
         } => {
             let since = since
-                .map(|s| clarion::replay::parse_since(&s, jiff::Timestamp::now()))
+                .map(|s| clarion::cli::replay::parse_since(&s, jiff::Timestamp::now()))
                 .transpose()?;
             let settings = load(&config)?;
-            let selection = clarion::replay::Selection {
+            let selection = clarion::cli::replay::Selection {
                 target,
                 incident,
                 since,
             };
-            let all_delivered = clarion::replay::run(settings, selection, dry_run).await?;
+            let all_delivered = clarion::cli::replay::run(settings, selection, dry_run).await?;
             Ok(if all_delivered {
                 ExitCode::SUCCESS
             } else {
@@ -490,7 +490,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
         Command::Demo => {
-            clarion::demo::run().await?;
+            clarion::cli::demo::run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status {
@@ -501,7 +501,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         } => {
             let (_, mut records) = ledger_of(&config, &incident).await?;
             if let Some(a) = &audience {
-                records = clarion::report::only_audience(records, a);
+                records = clarion::cli::report::only_audience(records, a);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
@@ -514,11 +514,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                         .unwrap_or_default()
                 );
             } else {
-                print!("{}", clarion::report::status_table(&incident, &records));
+                print!(
+                    "{}",
+                    clarion::cli::report::status_table(&incident, &records)
+                );
             }
             Ok(if records.is_empty() {
                 ExitCode::from(2)
-            } else if clarion::report::all_reached(&records) {
+            } else if clarion::cli::report::all_reached(&records) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -538,14 +541,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 eprintln!("incident {incident}: no notice in the ledger; no report written");
                 return Ok(ExitCode::from(2));
             }
-            let report = clarion::report::build(
+            let report = clarion::cli::report::build(
                 &incident,
                 records,
                 &settings.deadlines,
                 jiff::Timestamp::now(),
             );
             if let Some(path) = &html {
-                std::fs::write(path, clarion::report::html(&report))
+                std::fs::write(path, clarion::cli::report::html(&report))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!(
                     "report of incident {incident} written to {} ({} notices)",
@@ -563,7 +566,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             // Like `route`: the targets' secrets are not needed to publish, only
             // Kafka's own (resolved when the clients are built).
             let settings = load_for_preview(&a.config)?;
-            let request = clarion::publish::Request {
+            let request = clarion::cli::publish::Request {
                 incident: a.incident,
                 status: a.status,
                 impact: a.impact,
@@ -577,13 +580,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 set: a.set.into_iter().collect(),
                 reopen: a.reopen,
             };
-            let options = clarion::publish::Options {
+            let options = clarion::cli::publish::Options {
                 yes: a.yes,
                 timeout: a.timeout,
                 follow: a.follow,
                 follow_timeout: a.follow_timeout,
             };
-            let code = clarion::publish::run(settings, request, options).await?;
+            let code = clarion::cli::publish::run(settings, request, options).await?;
             Ok(ExitCode::from(code))
         }
         Command::Drill {
@@ -593,7 +596,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             timeout,
             config,
         } => {
-            use clarion::publish::drill;
+            use clarion::cli::publish::drill;
             // Any reason the drill cannot run as asked is exit 2, not a failed drill.
             let unusable = |e: anyhow::Error| {
                 eprintln!("error: {e:#}");
@@ -617,8 +620,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Route { event, config } => {
             let settings = load_for_preview(&config)?;
-            let update = clarion::preview::read_event(&event, &settings)?;
-            print!("{}", clarion::preview::route(&settings, &update));
+            let update = clarion::cli::preview::read_event(&event, &settings)?;
+            print!("{}", clarion::cli::preview::route(&settings, &update));
             Ok(ExitCode::SUCCESS)
         }
         Command::Render {
@@ -627,10 +630,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             config,
         } => {
             let settings = load_for_preview(&config)?;
-            let update = clarion::preview::read_event(&event, &settings)?;
+            let update = clarion::cli::preview::read_event(&event, &settings)?;
             print!(
                 "{}",
-                clarion::preview::render(&settings, update, target.as_deref())?
+                clarion::cli::preview::render(&settings, update, target.as_deref())?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -645,12 +648,15 @@ const LEDGER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 async fn ledger_of(
     config: &std::path::Path,
     incident: &str,
-) -> Result<(config::Settings, Vec<clarion::ledger::LedgerRecord>)> {
+) -> Result<(
+    config::Settings,
+    Vec<clarion::records::ledger::LedgerRecord>,
+)> {
     let settings = load_for_preview(config)?;
     let kafka = settings.kafka.clone();
     let id = incident.to_string();
     let records = tokio::task::spawn_blocking(move || {
-        clarion::ledger::read_incident(&kafka, &EnvSecrets, &id, LEDGER_READ_TIMEOUT)
+        clarion::records::ledger::read_incident(&kafka, &EnvSecrets, &id, LEDGER_READ_TIMEOUT)
     })
     .await
     .context("the ledger reader stopped")??;

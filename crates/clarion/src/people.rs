@@ -16,8 +16,8 @@
 
 use crate::config::{DirectorySettings, DirectorySource, KafkaConfig};
 use crate::directory::{AddressKind, Directory, Person};
-use crate::dispatch::{Dispatcher, LaneEntry, LegSink, Resolution, Target};
-use crate::dlq::Source;
+use crate::engine::dispatch::{Dispatcher, LaneEntry, LegSink, Resolution, Target};
+use crate::records::dlq::Source;
 use anyhow::{Context, Result};
 use clarion_core::{Content, Delivery, DeliveryError, ErrorClass, SecretResolver};
 use futures::StreamExt;
@@ -239,7 +239,7 @@ fn follow(
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
     // The end of each partition is signalled, for "read to its end".
     let consumer: BaseConsumer =
-        crate::daemon::reader_config(kafka, secrets, &format!("{}.follow", kafka.group_id))?
+        crate::kafka::reader_config(kafka, secrets, &format!("{}.follow", kafka.group_id))?
             .set("enable.partition.eof", "true")
             .create()
             .context("cannot create a Kafka consumer")?;
@@ -449,7 +449,7 @@ impl Dispatcher {
         key: &str,
         walked: &Walked,
         cancel: &CancellationToken,
-    ) -> Result<(), crate::dlq::Abandoned> {
+    ) -> Result<(), crate::records::dlq::Abandoned> {
         let value = serde_json::to_vec(walked).unwrap_or_default();
         self.dlq
             .write_acknowledged(
@@ -478,10 +478,10 @@ impl Dispatcher {
         support: &PeopleSupport,
         source: &Source,
         cancel: &CancellationToken,
-    ) -> Result<u64, crate::dlq::Abandoned> {
+    ) -> Result<u64, crate::records::dlq::Abandoned> {
         let abandoned = |r: Resolution| {
             if r == Resolution::Abandoned {
-                Err(crate::dlq::Abandoned)
+                Err(crate::records::dlq::Abandoned)
             } else {
                 Ok(())
             }
@@ -594,7 +594,7 @@ impl Dispatcher {
                     let (_, last) = errors.last().cloned().unwrap_or_else(|| {
                         (String::new(), DeliveryError::permanent("not reached"))
                     });
-                    crate::telemetry::FellBack {
+                    crate::ops::telemetry::FellBack {
                         update: &delivery.update,
                         target: &target.config.name,
                         person: &person.id,

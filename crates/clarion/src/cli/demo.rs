@@ -4,7 +4,7 @@
 //! and a sample incident lifecycle; then a table of every delivery.
 
 use crate::config::{self, EnvSecrets};
-use crate::dispatch::DeliveryReport;
+use crate::engine::dispatch::DeliveryReport;
 use anyhow::{Context, Result, bail};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -16,10 +16,10 @@
 //! admitted, uncommitted updates.
 
 use crate::config::KafkaConfig;
-use crate::dispatch::{Dispatcher, Resolution};
-use crate::dlq::{DlqKind, Source, copy_headers};
-use crate::offsets::{Tp, Tracker};
-use crate::telemetry::{self, EventRejected};
+use crate::engine::dispatch::{Dispatcher, Resolution};
+use crate::engine::offsets::{Tp, Tracker};
+use crate::ops::telemetry::{self, EventRejected};
+use crate::records::dlq::{DlqKind, Source, copy_headers};
 use anyhow::{Context as _, Result};
 use clarion_core::IncidentUpdate;
 use futures::FutureExt as _;
@@ -204,18 +204,18 @@ impl ClientContext for Ctx {
         }
         metrics::gauge!("clarion_stream_lag_records", "stream" => self.stream.clone())
             .set(total as f64);
-        crate::health::global().stats(&self.stream, &statistics);
+        crate::ops::health::global().stats(&self.stream, &statistics);
     }
 
     // librdkafka's own errors and logs: with the brokers down it repeats the same
     // lines several times a second per client; health de-duplicates them into one
     // Clarion line per state change.
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::health::global().kafka_error(&self.stream, &error, reason);
+        crate::ops::health::global().kafka_error(&self.stream, &error, reason);
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::health::global().kafka_log(&self.stream, level, fac, log_message);
+        crate::ops::health::global().kafka_log(&self.stream, level, fac, log_message);
     }
 }
 
@@ -243,7 +243,7 @@ impl ConsumerContext for Ctx {
             return;
         }
         metrics::counter!("clarion_rebalances_total", "stream" => self.stream.clone(), "kind" => "revoke").increment(1);
-        crate::health::global().revoked(&self.stream, &revoked);
+        crate::ops::health::global().revoked(&self.stream, &revoked);
         let stopping = self.stopping.load(Ordering::SeqCst);
         let timeout = if stopping { Duration::ZERO } else { self.drain };
         tracing::info!(
@@ -314,7 +314,7 @@ impl ConsumerContext for Ctx {
                 let _ = consumer.resume(tpl);
                 let assigned = tps(tpl);
                 self.tracker.assign(&assigned);
-                crate::health::global().assigned(&self.stream, &assigned);
+                crate::ops::health::global().assigned(&self.stream, &assigned);
                 let mut cancels = self.cancels();
                 for tp in &assigned {
                     if let Some(old) = cancels.insert(tp.clone(), self.abort.child_token()) {
@@ -450,7 +450,7 @@ pub async fn run(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                crate::health::global().consumer_error(&spec.name, &e);
+                crate::ops::health::global().consumer_error(&spec.name, &e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -502,8 +502,8 @@ pub async fn run(
             let resolution = match std::panic::AssertUnwindSafe(handle).catch_unwind().await {
                 Ok(r) => r,
                 Err(panic) => {
-                    let message = crate::dispatch::panic_message(&*panic);
-                    crate::telemetry::DeliveryPanicked {
+                    let message = crate::engine::dispatch::panic_message(&*panic);
+                    crate::ops::telemetry::DeliveryPanicked {
                         target: &name,
                         message: &message,
                     }
@@ -589,7 +589,7 @@ enum Work {
     /// The events stream's check: dead-letter it, or warn that nobody takes it.
     Check(std::result::Result<Arc<IncidentUpdate>, (DlqKind, String)>),
     /// Deliveries to run.
-    Deliver(Vec<crate::dispatch::Planned>),
+    Deliver(Vec<crate::engine::dispatch::Planned>),
 }
 
 fn prepare(
@@ -748,7 +748,7 @@ fn publish_gauges(stream: &str, tracker: &Tracker) {
     let oldest = tracker.oldest_unresolved();
     metrics::gauge!("clarion_oldest_unresolved_age_seconds", "stream" => stream.to_string())
         .set(oldest.map_or(0.0, |d| d.as_secs_f64()));
-    crate::health::global().oldest_unresolved(stream, oldest);
+    crate::ops::health::global().oldest_unresolved(stream, oldest);
 }
 
 fn store(consumer: &StreamConsumer<Ctx>, stream: &str, topic: &str, partition: i32, next: i64) {

@@ -13,7 +13,7 @@
 
 use super::{Reporter, follow, produce, update_producer, validate, wait_for_cluster};
 use crate::config::{ChannelKind, Settings, TargetConfig};
-use crate::ledger::LedgerRecord;
+use crate::records::ledger::LedgerRecord;
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::{Impact, IncidentUpdate, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};

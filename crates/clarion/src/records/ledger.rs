@@ -8,8 +8,8 @@
 //! was not written, and never write a full recipient address (they are masked).
 
 use crate::config::{KafkaConfig, Settings};
-use crate::deadlines::DeadlineTracker;
-use crate::dlq::{Abandoned, DeadLetterWriter, Source, Written};
+use crate::records::deadlines::DeadlineTracker;
+use crate::records::dlq::{Abandoned, DeadLetterWriter, Source, Written};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clarion_core::{IncidentUpdate, SecretResolver};
 use serde::{Deserialize, Serialize};
@@ -315,7 +315,7 @@ pub fn read_key(
     use rdkafka::message::Message;
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
     let consumer: BaseConsumer =
-        crate::daemon::reader_config(kafka, secrets, "clarion-ledger-reader")?
+        crate::kafka::reader_config(kafka, secrets, "clarion-ledger-reader")?
             .create()
             .context("cannot create a Kafka consumer")?;
     let md = consumer

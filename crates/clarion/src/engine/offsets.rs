@@ -11,8 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// A topic-partition.
-pub type Tp = (String, i32);
+pub use crate::kafka::Tp;
 
 /// Proof that an event was admitted; handed back on completion. The generation
 /// tells a completion from before a revoke apart from one after a re-assignment of

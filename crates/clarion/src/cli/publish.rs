@@ -325,7 +325,7 @@ pub fn complete(
 pub fn validate(settings: &Settings, bytes: &[u8]) -> Result<IncidentUpdate> {
     let update = IncidentUpdate::from_slice(bytes, settings.daemon.max_event_bytes)
         .map_err(|e| anyhow!("the daemon would reject this update: {e}"))?;
-    if let Err(reason) = crate::dispatch::check_audiences(&update, &settings.audiences) {
+    if let Err(reason) = crate::engine::dispatch::check_audiences(&update, &settings.audiences) {
         bail!(
             "the daemon would dead-letter this update: {reason} (known: {})",
             settings
@@ -373,7 +373,7 @@ pub fn preview(
         );
     }
     let _ = writeln!(out);
-    out.push_str(&crate::preview::route(settings, update));
+    out.push_str(&crate::cli::preview::route(settings, update));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -522,7 +522,7 @@ pub fn producer_config(
     secrets: &dyn SecretResolver,
     timeout: Duration,
 ) -> Result<ClientConfig> {
-    let mut c = crate::daemon::producer_config(kafka, secrets)?;
+    let mut c = crate::kafka::producer_config(kafka, secrets)?;
     // Idempotence makes librdkafka's retries safe: one produce call, retried inside
     // librdkafka until acknowledged or timed out, writes the record at most once.
     c.set("enable.idempotence", "true")
@@ -685,7 +685,7 @@ async fn produce(
 
 /// A consumer for one-off reads: no group membership, nothing committed.
 fn reader(settings: &Settings, reporter: Reporter) -> Result<BaseConsumer<Reporter>> {
-    crate::daemon::reader_config(
+    crate::kafka::reader_config(
         &settings.kafka,
         &crate::config::EnvSecrets,
         "clarion-publish",
@@ -778,14 +778,14 @@ fn latest(
             .max(Duration::from_secs(1))
     };
     if let Some(topic) = &settings.kafka.incident_state_topic {
-        for bytes in crate::ledger::read_key(
+        for bytes in crate::records::ledger::read_key(
             &settings.kafka,
             &crate::config::EnvSecrets,
             topic,
             incident,
             left(),
         )? {
-            match serde_json::from_slice::<crate::ledger::IncidentState>(&bytes) {
+            match serde_json::from_slice::<crate::records::ledger::IncidentState>(&bytes) {
                 Ok(state) => consider(&state.update),
                 Err(e) => {
                     tracing::warn!(error = %e, "skipping an incident-state record that does not parse")

@@ -145,7 +145,7 @@ impl DeadLetter<'_> {
 pub struct DeadLetterWriter {
     /// With Clarion's client context, so its librdkafka errors are de-duplicated
     /// with the streams' (`health.rs`).
-    producer: FutureProducer<crate::health::ProducerCtx>,
+    producer: FutureProducer<crate::ops::health::ProducerCtx>,
     topic: String,
     /// The largest record the producer accepts (`message.max.bytes`).
     max_record_bytes: usize,
@@ -226,7 +226,7 @@ pub enum Written {
 }
 
 impl DeadLetterWriter {
-    pub fn new(producer: FutureProducer<crate::health::ProducerCtx>, topic: String) -> Self {
+    pub fn new(producer: FutureProducer<crate::ops::health::ProducerCtx>, topic: String) -> Self {
         DeadLetterWriter {
             producer,
             topic,
@@ -421,7 +421,7 @@ impl DeadLetterWriter {
                 Err((e, _)) => e,
             };
             let class = ProduceError::classify(&e);
-            crate::telemetry::DeadLetterWriteFailed {
+            crate::ops::telemetry::DeadLetterWriteFailed {
                 topic,
                 what,
                 class: class.as_str(),

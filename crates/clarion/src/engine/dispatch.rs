@@ -9,14 +9,16 @@
 //! own breaker (`breaker.rs`): a target that is down makes its deliveries wait
 //! without spending attempts, and delays no other target.
 
-use crate::breaker::{Breakers, Pass, Verdict};
 use crate::config::{RetryPolicy, TargetConfig};
-use crate::deadlines::DeadlineTracker;
-use crate::dlq::{DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source};
-use crate::ledger::{LedgerRecord, LedgerWriter, StateWriter};
-use crate::telemetry::{
+use crate::engine::breaker::{Breakers, Pass, Verdict};
+use crate::ops::telemetry::{
     DeliveryAttempted, DeliveryDeadLettered, DeliveryEnded, DeliverySuperseded,
 };
+use crate::records::deadlines::DeadlineTracker;
+use crate::records::dlq::{
+    DeadLetter, DeadLetterWriter, DeadRecipient, DlqKind, FailedDelivery, Source,
+};
+use crate::records::ledger::{LedgerRecord, LedgerWriter, StateWriter};
 use backon::BackoffBuilder;
 use clarion_core::{
     Channel, Content, Delivery, DeliveryError, IncidentUpdate, Outcome, RecipientResult, Status,
@@ -665,7 +667,7 @@ impl Dispatcher {
                 _ = cancel.cancelled() => return Resolution::Abandoned,
             };
             if at != current {
-                crate::telemetry::FailedOver {
+                crate::ops::telemetry::FailedOver {
                     update: &delivery.update,
                     target: &target.config.name,
                     from: &target.providers[current].name,
@@ -978,7 +980,7 @@ impl Dispatcher {
                 r = &mut send => {
                     let outcome = r.unwrap_or_else(|panic| {
                         let message = panic_message(&*panic);
-                        crate::telemetry::DeliveryPanicked {
+                        crate::ops::telemetry::DeliveryPanicked {
                             target: &target.config.name,
                             message: &message,
                         }
@@ -1010,7 +1012,7 @@ impl Dispatcher {
                 _ = cancel.cancelled() => return None,
             }
         };
-        crate::telemetry::send_duration(
+        crate::ops::telemetry::send_duration(
             &target.config.name,
             target.config.kind.as_str(),
             started.elapsed(),
@@ -1195,7 +1197,7 @@ impl Dispatcher {
             let written = Box::pin(async {
                 let u = &d.update;
                 let record = LedgerRecord {
-                    schema_version: crate::ledger::SCHEMA_VERSION,
+                    schema_version: crate::records::ledger::SCHEMA_VERSION,
                     incident_id: u.incident_id.clone(),
                     update_id: u.update_id.clone(),
                     sequence: u.sequence,
@@ -1204,12 +1206,10 @@ impl Dispatcher {
                     target: d.target.to_string(),
                     channel: target.config.kind.ledger_channel().to_string(),
                     audiences: d.audiences.to_vec(),
-                    recipient: recipient
-                        .as_deref()
-                        .map(|r| crate::telemetry::mask(Some(r))),
+                    recipient: recipient.as_deref().map(|r| clarion_core::mask(Some(r))),
                     recipient_ref: recipient
                         .as_deref()
-                        .map(|r| crate::ledger::recipient_ref(r, d.key.as_str())),
+                        .map(|r| crate::records::ledger::recipient_ref(r, d.key.as_str())),
                     outcome: outcome.to_string(),
                     attempts: tried.count,
                     first_attempt_at: tried.first_at,
@@ -1222,14 +1222,14 @@ impl Dispatcher {
                     provider: tried.provider.map(|i| target.providers[i].name.to_string()),
                     drill: u.drill,
                     provider_id: provider_id.clone(),
-                    error: error.as_ref().map(|e| crate::ledger::LedgerError {
+                    error: error.as_ref().map(|e| crate::records::ledger::LedgerError {
                         class: e.class.as_str().to_string(),
                         code: e.code.clone(),
                         reason: e.reason.clone(),
                     }),
                     superseded_by: superseded_by.clone(),
                     idempotency_key: d.key.as_str().to_string(),
-                    source: crate::ledger::SourceRef::of(source),
+                    source: crate::records::ledger::SourceRef::of(source),
                 };
                 ledger.write(&record, cancel).await
             })
@@ -1240,7 +1240,10 @@ impl Dispatcher {
         }
         if outcome == "delivered" && d.update.drill {
             if let Some(i) = tried.provider {
-                crate::telemetry::drill_succeeded(&target.config.name, &target.providers[i].name);
+                crate::ops::telemetry::drill_succeeded(
+                    &target.config.name,
+                    &target.providers[i].name,
+                );
             }
         } else if outcome == "delivered"
             && let Some(clocks) = &self.deadlines
@@ -1289,7 +1292,7 @@ impl Dispatcher {
         };
         match self.dlq.write(&letter, &self.abort).await {
             Ok(()) => {
-                crate::telemetry::record_dead_lettered(kind.as_str());
+                crate::ops::telemetry::record_dead_lettered(kind.as_str());
                 Resolution::Resolved
             }
             Err(_) => Resolution::Abandoned,
@@ -1573,10 +1576,10 @@ mod tests {
         rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     ) {
         let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
+        let producer: rdkafka::producer::FutureProducer<crate::ops::health::ProducerCtx> =
             rdkafka::ClientConfig::new()
                 .set("bootstrap.servers", cluster.bootstrap_servers())
-                .create_with_context(crate::health::ProducerCtx)
+                .create_with_context(crate::ops::health::ProducerCtx)
                 .expect("producer");
         let webhook: clarion_webhook::WebhookConfig =
             serde_json::from_value(serde_json::json!({"url": "http://127.0.0.1:1/"}))
@@ -1595,7 +1598,7 @@ mod tests {
             locale: None,
             supersede: false,
             start: crate::config::StartAt::Latest,
-            breaker: crate::breaker::BreakerConfig::default(),
+            breaker: crate::engine::breaker::BreakerConfig::default(),
             max_in_flight: None,
             channel: ChannelConfig::Webhook(webhook),
             provider_name: Arc::from("primary"),

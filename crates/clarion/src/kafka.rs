@@ -1,13 +1,18 @@
-//! librdkafka settings for the daemon's consumers and its producer, and the entry
-//! points. The streams (`stream.rs`) consume; the supervisor (`supervisor.rs`)
-//! starts and stops them. Only this crate talks to Kafka.
+//! librdkafka settings for the daemon's consumers and its producer, and for the
+//! readers and producers of the commands. Every Kafka client of the crate starts
+//! from these; the streams (`engine/stream.rs`) consume, the supervisor
+//! (`engine/supervisor.rs`) starts and stops them.
+//!
+//! Settings only: this module creates no client that talks to a broker (the
+//! `check_clients` probe builds them offline), and depends on nothing but `config`.
 
 use crate::config::KafkaConfig;
 use anyhow::{Result, anyhow};
 use clarion_core::SecretResolver;
 use rdkafka::config::ClientConfig;
 
-pub use crate::supervisor::{run, run_with_secrets};
+/// A topic-partition.
+pub type Tp = (String, i32);
 
 fn base_client(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
     let mut c = ClientConfig::new();
@@ -119,20 +124,6 @@ pub fn check_clients(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Resul
         .create::<BaseProducer>()
         .map(drop)
         .map_err(|e| anyhow!("kafka.producer: librdkafka refuses the producer: {e}"))
-}
-
-/// What a run did, for the last log line.
-#[derive(Debug, Default, Clone)]
-pub struct Summary {
-    /// Records read by the busiest stream (each stream reads every record).
-    pub consumed: u64,
-    /// Updates abandoned at shutdown, over all streams (redelivered after restart).
-    pub abandoned: usize,
-    /// Times a stream paused consumption because its window was full or its target
-    /// down.
-    pub pauses: u64,
-    /// Records read, per stream (by consumer group).
-    pub consumed_by_group: std::collections::BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub async fn serve(
         .install_recorder()?;
     describe();
     register(settings);
-    crate::health::global().configure(settings.health.max_unresolved_age);
+    crate::ops::health::global().configure(settings.health.max_unresolved_age);
     // Bound before the daemon starts, so a port in use fails the start.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -142,8 +142,8 @@ async fn heartbeat(
     handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let health = crate::health::global();
-    let watchdog = crate::health::watchdog_interval();
+    let health = crate::ops::health::global();
+    let watchdog = crate::ops::health::watchdog_interval();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut turns: u64 = 0;
@@ -155,7 +155,7 @@ async fn heartbeat(
         health.beat();
         publish_ready();
         if watchdog.is_some() {
-            crate::health::sd_notify("WATCHDOG=1");
+            crate::ops::health::sd_notify("WATCHDOG=1");
         }
         turns += 1;
         if let Some(handle) = &handle
@@ -172,13 +172,13 @@ async fn heartbeat(
 
 /// Sets `clarion_ready` from the current readiness verdict.
 fn publish_ready() {
-    let ready = crate::health::global().readiness().ready();
+    let ready = crate::ops::health::global().readiness().ready();
     metrics::gauge!("clarion_ready").set(if ready { 1.0 } else { 0.0 });
 }
 
 async fn livez() -> impl axum::response::IntoResponse {
-    let age = crate::health::global().heartbeat_age();
-    let alive = age < crate::health::LIVENESS_STALE;
+    let age = crate::ops::health::global().heartbeat_age();
+    let alive = age < crate::ops::health::LIVENESS_STALE;
     let status = if alive {
         axum::http::StatusCode::OK
     } else {
@@ -194,7 +194,7 @@ async fn livez() -> impl axum::response::IntoResponse {
 }
 
 async fn readyz() -> impl axum::response::IntoResponse {
-    let r = crate::health::global().readiness();
+    let r = crate::ops::health::global().readiness();
     let status = if r.ready() {
         axum::http::StatusCode::OK
     } else {
@@ -246,7 +246,7 @@ pub fn register(settings: &crate::config::Settings) {
             counter!("clarion_dead_letter_write_failures_total", "record" => record, "class" => class).absolute(0);
         }
     }
-    gauge!("clarion_kafka_connected", "client" => crate::health::PRODUCER).set(0.0);
+    gauge!("clarion_kafka_connected", "client" => crate::ops::health::PRODUCER).set(0.0);
     counter!("clarion_panics_total", "target" => "events").absolute(0);
     let mut streams = vec!["events".to_string()];
     for t in &settings.targets {
@@ -579,7 +579,7 @@ pub struct DeliveryAttempted<'a> {
 impl DeliveryAttempted<'_> {
     pub fn emit(&self) {
         let latency_ms = self.latency.as_millis() as u64;
-        let recipient = mask(self.recipient);
+        let recipient = clarion_core::mask(self.recipient);
         let recipient = recipient.as_str();
         let u = self.update;
         match self.result {
@@ -664,7 +664,7 @@ impl DeliveryDeadLettered<'_> {
             target = self.target,
             channel = self.channel,
             attempt = self.attempts,
-            recipient = mask(self.recipient).as_str(),
+            recipient = clarion_core::mask(self.recipient).as_str(),
             outcome = "dead_lettered",
             failure = self.failure,
             reason = self.reason,
@@ -672,7 +672,7 @@ impl DeliveryDeadLettered<'_> {
         );
         metrics::counter!("clarion_dead_letters_total", "kind" => "delivery_failed", "target" => self.target.to_string(), "channel" => self.channel).increment(1);
         metrics::counter!("clarion_notifications_failed_total", "target" => self.target.to_string(), "channel" => self.channel, "reason" => self.failure).increment(1);
-        crate::health::global().dead_letter_written();
+        crate::ops::health::global().dead_letter_written();
     }
 }
 
@@ -732,23 +732,7 @@ pub fn send_duration(target: &str, channel: &'static str, took: Duration) {
 /// kind (`malformed_event`, `unknown_audience`).
 pub fn record_dead_lettered(kind: &'static str) {
     metrics::counter!("clarion_dead_letters_total", "kind" => kind, "target" => "-", "channel" => "-").increment(1);
-    crate::health::global().dead_letter_written();
-}
-
-/// A recipient as logs show it: enough to tell recipients apart and match a dead
-/// letter (which carries the full address), not a list of customers' phone numbers
-/// and addresses in the log store.
-pub fn mask(recipient: Option<&str>) -> String {
-    let Some(r) = recipient else {
-        return "-".to_string();
-    };
-    let chars: Vec<char> = r.chars().collect();
-    if chars.len() <= 6 {
-        return "***".to_string();
-    }
-    let head: String = chars[..2].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}***{tail}")
+    crate::ops::health::global().dead_letter_written();
 }
 
 /// A write to the dead-letter or dead-recipient topic failed.
@@ -793,7 +777,7 @@ impl DeadLetterWriteFailed<'_> {
         // A refusal for good (authorization, a deleted topic) is what readiness
         // reports; a transient failure is the broker outage, reported as such.
         if self.class == "permanent" && self.what == "dead_letter" {
-            crate::health::global().dead_letter_failed(self.error);
+            crate::ops::health::global().dead_letter_failed(self.error);
         }
     }
 }
@@ -845,17 +829,4 @@ impl KeyMismatch<'_> {
 /// Counts a consumed record.
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask;
-
-    #[test]
-    fn recipients_are_masked_in_logs() {
-        assert_eq!(mask(Some("+447700900123")), "+4***0123");
-        assert_eq!(mask(Some("ann@example.com")), "an***.com");
-        assert_eq!(mask(Some("abc")), "***");
-        assert_eq!(mask(None), "-");
-    }
 }

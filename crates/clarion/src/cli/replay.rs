@@ -13,9 +13,9 @@
 //! the time it starts.
 
 use crate::config::{EnvSecrets, KafkaConfig, Settings, build_providers};
-use crate::daemon::{consumer_config, producer_config};
-use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Resolution, Target};
-use crate::dlq::{DeadLetterWriter, Source};
+use crate::engine::dispatch::{DeliveryReport, Dispatcher, Outputs, Resolution, Target};
+use crate::kafka::{consumer_config, producer_config};
+use crate::records::dlq::{DeadLetterWriter, Source};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clarion_core::{IncidentUpdate, SecretResolver};
 use rdkafka::config::ClientConfig;
@@ -219,7 +219,7 @@ fn read_letters(
         {
             ends.remove(&msg.partition());
         }
-        let headers = crate::dlq::copy_headers(msg.headers());
+        let headers = crate::records::dlq::copy_headers(msg.headers());
         if let Some(letter) = select(
             sel,
             msg.key(),
@@ -315,14 +315,14 @@ pub async fn run_with_secrets(
         let target = sel.target.clone();
         let records = tokio::task::spawn_blocking({
             let secrets_ok = kafka.ledger_topic.is_some();
-            move || -> Vec<crate::ledger::LedgerRecord> {
+            move || -> Vec<crate::records::ledger::LedgerRecord> {
                 if !secrets_ok {
                     return Vec::new();
                 }
                 letters_keys
                     .iter()
                     .flat_map(|incident| {
-                        crate::ledger::read_incident(
+                        crate::records::ledger::read_incident(
                             &kafka,
                             &EnvSecrets,
                             incident,
@@ -374,9 +374,9 @@ pub async fn run_with_secrets(
         .min(target_config.retry.max_elapsed);
     let providers = build_providers(&target_config, secrets)
         .with_context(|| format!("targets.{}", target_config.name))?;
-    let producer: rdkafka::producer::FutureProducer<crate::health::ProducerCtx> =
+    let producer: rdkafka::producer::FutureProducer<crate::ops::health::ProducerCtx> =
         producer_config(&kafka, secrets)?
-            .create_with_context(crate::health::ProducerCtx)
+            .create_with_context(crate::ops::health::ProducerCtx)
             .context("cannot create the dead-letter producer")?;
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(64);
     let dispatcher = Dispatcher::new(
@@ -441,7 +441,7 @@ pub async fn run_with_secrets(
 fn delivered_since(
     l: &Letter,
     target: &str,
-    records: &[crate::ledger::LedgerRecord],
+    records: &[crate::records::ledger::LedgerRecord],
 ) -> Option<jiff::Timestamp> {
     let update = l.update.as_ref()?;
     let dead_at: jiff::Timestamp = l.at.parse().ok()?;
@@ -449,7 +449,7 @@ fn delivered_since(
     let want_ref = l
         .recipient
         .as_deref()
-        .map(|r| crate::ledger::recipient_ref(r, key.as_str()));
+        .map(|r| crate::records::ledger::recipient_ref(r, key.as_str()));
     records
         .iter()
         .filter(|r| {
@@ -705,7 +705,7 @@ mod tests {
         .expect("selected");
         l.at = "2026-11-30T10:00:00Z".into();
         let key = clarion_core::IdempotencyKey::new(&update.update_id, "x");
-        let record = |recipient: &str, at: &str| crate::ledger::LedgerRecord {
+        let record = |recipient: &str, at: &str| crate::records::ledger::LedgerRecord {
             schema_version: 1,
             incident_id: update.incident_id.clone(),
             update_id: update.update_id.clone(),
@@ -716,7 +716,10 @@ mod tests {
             channel: "sms".into(),
             audiences: vec!["customers".into()],
             recipient: Some("+1***1111".into()),
-            recipient_ref: Some(crate::ledger::recipient_ref(recipient, key.as_str())),
+            recipient_ref: Some(crate::records::ledger::recipient_ref(
+                recipient,
+                key.as_str(),
+            )),
             outcome: "delivered".into(),
             attempts: 1,
             first_attempt_at: None,
@@ -730,7 +733,7 @@ mod tests {
             error: None,
             superseded_by: None,
             idempotency_key: key.as_str().to_string(),
-            source: crate::ledger::SourceRef {
+            source: crate::records::ledger::SourceRef {
                 topic: "t".into(),
                 partition: 0,
                 offset: 0,

@@ -9,7 +9,7 @@
 
 use super::{EXIT_DEAD_LETTERED, EXIT_REACHED, EXIT_TIMED_OUT};
 use crate::config::Settings;
-use crate::ledger::LedgerRecord;
+use crate::records::ledger::LedgerRecord;
 use anyhow::{Context as _, Result, bail};
 use clarion_core::IncidentUpdate;
 use rdkafka::consumer::{BaseConsumer, Consumer};

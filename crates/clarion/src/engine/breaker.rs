@@ -17,76 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How a target's breaker behaves (`[targets.NAME.breaker]`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Consecutive target-level failures that open the breaker.
-    #[serde(default = "default_failures")]
-    pub failures: u32,
-    /// Wait before the first probe once open; doubles after each failed probe.
-    #[serde(default = "default_probe", with = "humantime_serde")]
-    pub probe_interval: Duration,
-    /// The longest wait between two probes.
-    #[serde(default = "default_max_probe", with = "humantime_serde")]
-    pub max_probe_interval: Duration,
-    /// How long an outage may last before the deliveries waiting for the target are
-    /// dead-lettered ("target down since T"). Probes go on after it.
-    #[serde(default = "default_outage_budget", with = "humantime_serde")]
-    pub outage_budget: Duration,
-}
-
-fn default_failures() -> u32 {
-    5
-}
-fn default_probe() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_max_probe() -> Duration {
-    // Gentle on a peer that is down, yet a target that comes back is found within
-    // half a minute.
-    Duration::from_secs(30)
-}
-fn default_outage_budget() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failures: default_failures(),
-            probe_interval: default_probe(),
-            max_probe_interval: default_max_probe(),
-            outage_budget: default_outage_budget(),
-        }
-    }
-}
-
-/// The state, for metrics: 0 closed, 1 half-open (a probe is out), 2 open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
-    Closed,
-    HalfOpen,
-    Open,
-}
-
-impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::HalfOpen => "half_open",
-            BreakerState::Open => "open",
-        }
-    }
-
-    pub fn as_gauge(self) -> f64 {
-        match self {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        }
-    }
-}
+pub use crate::config::BreakerConfig;
+pub use crate::ops::health::BreakerState;
 
 #[derive(Debug)]
 enum State {
@@ -448,6 +380,12 @@ impl Breakers {
     /// Waits for any provider's breaker to change state.
     pub async fn changed(&self) {
         futures::future::select_all(self.list.iter().map(|b| Box::pin(b.changed()))).await;
+    }
+}
+
+impl crate::ops::health::TargetBreaker for Breakers {
+    fn state(&self) -> BreakerState {
+        Breakers::state(self)
     }
 }
 

@@ -8,7 +8,7 @@
 //! months later, and every text from the ledger is escaped.
 
 use crate::config::Deadlines;
-use crate::ledger::LedgerRecord;
+use crate::records::ledger::LedgerRecord;
 use clarion_render::html_escape;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -560,7 +560,7 @@ mod tests {
             error: None,
             superseded_by: None,
             idempotency_key: format!("k{seq}"),
-            source: crate::ledger::SourceRef {
+            source: crate::records::ledger::SourceRef {
                 topic: "t".into(),
                 partition: 0,
                 offset: seq as i64,

@@ -4,10 +4,10 @@
 //! consuming or delivering itself (`stream.rs` does).
 
 use crate::config::{EnvSecrets, KafkaConfig, Settings, StartAt};
-use crate::daemon::{Summary, consumer_config, producer_config};
-use crate::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
-use crate::dlq::DeadLetterWriter;
-use crate::stream::{self, Role, Spec, StreamSummary};
+use crate::engine::dispatch::{DeliveryReport, Dispatcher, Outputs, Target};
+use crate::engine::stream::{self, Role, Spec, StreamSummary};
+use crate::kafka::{consumer_config, producer_config};
+use crate::records::dlq::DeadLetterWriter;
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::SecretResolver;
 use rdkafka::config::ClientConfig;
@@ -20,6 +20,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// What a run did, for the last log line.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Records read by the busiest stream (each stream reads every record).
+    pub consumed: u64,
+    /// Updates abandoned at shutdown, over all streams (redelivered after restart).
+    pub abandoned: usize,
+    /// Times a stream paused consumption because its window was full or its target
+    /// down.
+    pub pauses: u64,
+    /// Records read, per stream (by consumer group).
+    pub consumed_by_group: std::collections::BTreeMap<String, u64>,
+}
 
 /// The consumer group of a target's stream.
 pub fn target_group(kafka: &KafkaConfig, target: &str) -> String {
@@ -59,7 +73,7 @@ struct Shared<'a> {
     outputs: Outputs,
     /// The delivery ledger, the incident-state writer and the deadline clocks
     /// (docs/ledger.md), shared by every stream.
-    records: crate::ledger::Records,
+    records: crate::records::ledger::Records,
     /// Records parsed once for every stream.
     parses: Arc<stream::Parses>,
     /// The directory and walk progress of people targets, with `[directory]`.
@@ -81,10 +95,11 @@ pub async fn run_reloadable(
     let kafka = &settings.kafka;
     // Clarion's context de-duplicates the producer's librdkafka errors with the
     // streams'; its statistics tell when it is connected.
-    let producer: FutureProducer<crate::health::ProducerCtx> = producer_config(kafka, secrets)?
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(crate::health::ProducerCtx)
-        .context("cannot create the dead-letter producer")?;
+    let producer: FutureProducer<crate::ops::health::ProducerCtx> =
+        producer_config(kafka, secrets)?
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(crate::ops::health::ProducerCtx)
+            .context("cannot create the dead-letter producer")?;
     let mut shared = Shared {
         secrets,
         base: consumer_config(kafka, secrets)?,
@@ -95,12 +110,12 @@ pub async fn run_reloadable(
                         .producer
                         .get("message.max.bytes")
                         .and_then(|v| v.parse().ok())
-                        .unwrap_or(crate::dlq::DEFAULT_MAX_RECORD_BYTES),
+                        .unwrap_or(crate::records::dlq::DEFAULT_MAX_RECORD_BYTES),
                 ),
             dead_recipient_topic: kafka.dead_recipient_topic.clone(),
             observer,
         },
-        records: crate::ledger::Records::default(),
+        records: crate::records::ledger::Records::default(),
         // Enough for every stream's window at the default, so that streams a
         // little apart still share their parses.
         parses: Arc::new(stream::Parses::new(
@@ -108,7 +123,7 @@ pub async fn run_reloadable(
         )),
         people: None,
     };
-    shared.records = crate::ledger::Records::new(&settings, &shared.outputs.dlq);
+    shared.records = crate::records::ledger::Records::new(&settings, &shared.outputs.dlq);
     if let Some(clocks) = shared.records.deadlines.clone() {
         tokio::spawn(clocks.run(shutdown.clone()));
     }
@@ -140,7 +155,7 @@ pub async fn run_reloadable(
             start(spec, fingerprint, &shared.base, kafka, &shutdown),
         );
     }
-    crate::health::global().started();
+    crate::ops::health::global().started();
     let mut current = settings;
     let mut summary = Summary::default();
     let mut failed: Option<anyhow::Error> = None;
@@ -330,14 +345,17 @@ fn start(
         Role::Target { dispatcher } => dispatcher.targets().first().map(|t| t.breakers.clone()),
         Role::Events { .. } => None,
     };
-    let registration = crate::health::global().register_stream(&spec.name, breaker);
+    let registration = crate::ops::health::global().register_stream(
+        &spec.name,
+        breaker.map(|b| b as Arc<dyn crate::ops::health::TargetBreaker>),
+    );
     Running {
         fingerprint,
         shutdown: stop,
         handle: tokio::spawn(async move {
             let name = spec.name.clone();
             let r = stream::run(spec, config, &kafka, token).await;
-            crate::health::global().stream_ended(&name, registration);
+            crate::ops::health::global().stream_ended(&name, registration);
             r
         }),
     }
@@ -451,10 +469,10 @@ fn stream_config(
 fn group_client(
     base: &ClientConfig,
     group: &str,
-) -> Result<BaseConsumer<crate::health::AdminCtx>, KafkaError> {
+) -> Result<BaseConsumer<crate::ops::health::AdminCtx>, KafkaError> {
     let mut c = base.clone();
     c.set("group.id", group);
-    c.create_with_context(crate::health::AdminCtx)
+    c.create_with_context(crate::ops::health::AdminCtx)
 }
 
 /// Checks the topics at start-up. The dead-letter and dead-recipient topics must

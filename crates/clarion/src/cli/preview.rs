@@ -15,7 +15,7 @@ pub fn read_event(path: &std::path::Path, settings: &Settings) -> Result<Inciden
     let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
     let update = IncidentUpdate::from_slice(&bytes, settings.daemon.max_event_bytes)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    if let Err(reason) = crate::dispatch::check_audiences(&update, &settings.audiences) {
+    if let Err(reason) = crate::engine::dispatch::check_audiences(&update, &settings.audiences) {
         return Err(anyhow!(
             "{}: {reason} (the daemon would dead-letter this update)",
             path.display()

@@ -1,0 +1,15 @@
+//! The commands other than `run`: each subcommand of `clarion` that is not the
+//! daemon itself. `publish` numbers and produces an update and can `--follow` it;
+//! `drill` proves the channels; `status` and `report` read the ledger; `dlq replay`
+//! re-delivers dead letters to one target; `route` and `render` preview; `demo` runs
+//! the whole path on an embedded broker.
+//!
+//! Invariants: a command never runs a target stream or joins a daemon's consumer
+//! group (readers are assigned, never commit); what it shows is read from Kafka, not
+//! from logs. `replay` and `demo` reuse the engine's dispatcher rather than copy it.
+
+pub mod demo;
+pub mod preview;
+pub mod publish;
+pub mod replay;
+pub mod report;
