@@ -119,7 +119,7 @@ from = "Example Telecom <status@example.com>"
             .arg(&config)
             .env(
                 "RUST_LOG",
-                "warn,clarion::engine::supervisor=info,clarion::people=info",
+                "warn,clarion::engine::supervisor=info,clarion::engine::dispatch::walk=info",
             )
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -502,7 +502,7 @@ pub async fn run(
             let resolution = match std::panic::AssertUnwindSafe(handle).catch_unwind().await {
                 Ok(r) => r,
                 Err(panic) => {
-                    let message = crate::engine::dispatch::panic_message(&*panic);
+                    let message = crate::engine::dispatch::retry::panic_message(&*panic);
                     crate::ops::telemetry::DeliveryPanicked {
                         target: &name,
                         message: &message,
