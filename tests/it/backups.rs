@@ -7,7 +7,7 @@
 //! the target when one is down, exercises the backup with `--failover`, and never
 //! reaches anyone but the drill recipients.
 
-use crate::records::ledger::{assert_schema_valid, config, ledger, record_topics};
+use crate::ledger::{assert_schema_valid, config, ledger, record_topics};
 use crate::ops::{get, wait_for, with_metrics};
 use crate::sms::{Seen, Smsc, Stub, reply};
 use crate::sms_e2e::{smpp_messages, update_of};
