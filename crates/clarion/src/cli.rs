@@ -8,8 +8,13 @@
 //! group (readers are assigned, never commit); what it shows is read from Kafka, not
 //! from logs. `replay` and `demo` reuse the engine's dispatcher rather than copy it.
 
+pub mod check_config;
+pub mod client;
 pub mod demo;
+pub mod drill;
+pub mod follow;
 pub mod preview;
 pub mod publish;
 pub mod replay;
 pub mod report;
+pub mod statements;

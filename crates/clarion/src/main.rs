@@ -361,107 +361,12 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 .or_else(|| std::env::var_os("CLARION_CONFIG").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let settings = load(&config)?;
-            clarion::kafka::check_clients(&settings.kafka, &EnvSecrets)
-                .with_context(|| config.display().to_string())?;
-            let mut failed = false;
-            for t in &settings.targets {
-                let detail = format!(
-                    "{} ({}, audiences: {})",
-                    t.name,
-                    t.kind.as_str(),
-                    t.audiences.iter().cloned().collect::<Vec<_>>().join(", ")
-                );
-                if connect {
-                    for c in t.channels() {
-                        let providers = config::build_providers(c, &EnvSecrets)?;
-                        let several = providers.len() > 1 || t.people.is_some();
-                        for config::BuiltProvider { name, channel, .. } in providers {
-                            // A target with backups or legs: each provider on its
-                            // own line.
-                            let detail = match (&t.people, several) {
-                                (Some(_), _) => format!(
-                                    "{detail}, leg {} ({}) provider {name}",
-                                    c.name,
-                                    c.kind.as_str()
-                                ),
-                                (None, true) => format!("{detail}, provider {name}"),
-                                (None, false) => detail.clone(),
-                            };
-                            match channel.healthcheck().await {
-                                Ok(()) => println!("ok      {detail}: reachable"),
-                                Err(e) => {
-                                    failed = true;
-                                    println!("FAILED  {detail}: {e}");
-                                }
-                            }
-                        }
-                    }
-                } else if let Some(p) = &t.people {
-                    let legs: Vec<String> = p
-                        .legs
-                        .iter()
-                        .map(|l| format!("{} ({})", l.kind.as_str(), l.target.kind.as_str()))
-                        .collect();
-                    println!("ok      {detail}, fallback: {}", legs.join(" → "));
-                } else if !t.backups.is_empty() {
-                    let names: Vec<&str> = std::iter::once(&*t.provider_name)
-                        .chain(t.backups.iter().map(|b| &*b.name))
-                        .collect();
-                    println!("ok      {detail}, providers: {}", names.join(" → "));
-                } else {
-                    println!("ok      {detail}");
-                }
-            }
-            if let Some(d) = &settings.directory {
-                match (&d.source, &d.people) {
-                    (config::DirectorySource::File(path), Some(people)) => {
-                        let counts: Vec<String> = settings
-                            .targets
-                            .iter()
-                            .filter_map(|t| t.people.as_ref())
-                            .map(|p| format!("{}: {}", p.audience, people.members(&p.audience)))
-                            .collect::<std::collections::BTreeSet<_>>()
-                            .into_iter()
-                            .collect();
-                        println!(
-                            "ok      directory {}: {} people{}",
-                            path.display(),
-                            people.len(),
-                            if counts.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({})", counts.join(", "))
-                            }
-                        );
-                    }
-                    (config::DirectorySource::Topic(topic), _) => println!(
-                        "ok      directory topic `{topic}` (its records are checked as they arrive), progress topic `{}`",
-                        d.progress_topic
-                    ),
-                    _ => {}
-                }
-            }
-            // Holding statements are checked here, not in `load`: the daemon never
-            // reads them, so a broken one must not stop it, but it must be found
-            // before ops need it in a crisis.
-            for line in clarion::cli::publish::check_statements(&settings)
-                .with_context(|| format!("{}: holding statements", config.display()))?
-            {
-                println!("ok      {line}");
-            }
-            if failed {
-                eprintln!(
-                    "error: {}: some targets are not reachable",
-                    config.display()
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            println!(
-                "{}: valid ({} targets)",
-                config.display(),
-                settings.targets.len()
-            );
-            Ok(ExitCode::SUCCESS)
+            let ok = clarion::cli::check_config::run(&config, &settings, connect).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Dlq {
             command:
@@ -596,7 +501,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             timeout,
             config,
         } => {
-            use clarion::cli::publish::drill;
+            use clarion::cli::drill;
             // Any reason the drill cannot run as asked is exit 2, not a failed drill.
             let unusable = |e: anyhow::Error| {
                 eprintln!("error: {e:#}");

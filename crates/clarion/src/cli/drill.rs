@@ -11,7 +11,9 @@
 //! Exit codes: 0 every target passed; 1 a target failed or gave no outcome in time;
 //! 2 the drill could not be run as asked (config, usage). See docs/backups.md.
 
-use super::{Reporter, follow, produce, update_producer, validate, wait_for_cluster};
+use crate::cli::client::{Reporter, produce, update_producer, wait_for_cluster};
+use crate::cli::follow;
+use crate::cli::publish::validate;
 use crate::config::{ChannelKind, Settings, TargetConfig};
 use crate::records::ledger::LedgerRecord;
 use anyhow::{Context as _, Result, anyhow};
@@ -281,7 +283,7 @@ fn collect(
     start: BTreeMap<i32, i64>,
     deadline: Instant,
 ) -> Result<(Vec<LedgerRecord>, bool)> {
-    let consumer: BaseConsumer<Reporter> = super::reader(
+    let consumer: BaseConsumer<Reporter> = crate::cli::client::reader(
         settings,
         Reporter::new(
             &settings.kafka.brokers,

@@ -7,8 +7,7 @@
 //! nothing. On a terminal the view is redrawn in place; otherwise it prints one line
 //! per change, so a log of it reads as a timeline.
 
-use super::{EXIT_DEAD_LETTERED, EXIT_REACHED, EXIT_TIMED_OUT};
-use crate::config::Settings;
+use crate::config::{ChannelConfig, Settings};
 use crate::records::ledger::LedgerRecord;
 use anyhow::{Context as _, Result, bail};
 use clarion_core::IncidentUpdate;
@@ -19,6 +18,63 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
+
+/// Exit codes of `publish` and `drill`, as docs/publishing.md lists them.
+pub const EXIT_REACHED: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_DEAD_LETTERED: u8 = 2;
+pub const EXIT_TIMED_OUT: u8 = 3;
+
+/// How many distinct recipients `channel` lists for `audiences` (as the channels
+/// de-duplicate them across audiences); `None` for channels without a list
+/// (webhooks).
+pub fn recipients(channel: &ChannelConfig, audiences: &[String]) -> Option<usize> {
+    let union = |map: &BTreeMap<String, Vec<String>>, expand: &dyn Fn(&str) -> Vec<String>| {
+        let mut seen = BTreeSet::new();
+        for a in audiences {
+            for entry in map.get(a).into_iter().flatten() {
+                seen.extend(expand(entry));
+            }
+        }
+        seen.len()
+    };
+    let plain = |e: &str| vec![e.to_string()];
+    Some(match channel {
+        ChannelConfig::Webhook(_) => return None,
+        ChannelConfig::Email(c) => {
+            // `list:NAME` entries expand to the list; addresses compare without
+            // regard to case, by the address inside `Name <address>`.
+            let address = |e: &str| {
+                let inner = e
+                    .rsplit_once('<')
+                    .and_then(|(_, rest)| rest.split_once('>'))
+                    .map_or(e, |(addr, _)| addr);
+                inner.trim().to_lowercase()
+            };
+            union(&c.recipients, &|e: &str| match e.strip_prefix("list:") {
+                Some(name) => c
+                    .lists
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| address(e))
+                    .collect(),
+                None => vec![address(e)],
+            })
+        }
+        ChannelConfig::Sms(c) => {
+            let map = match c {
+                clarion_sms::SmsConfig::Twilio(c) => &c.recipients,
+                clarion_sms::SmsConfig::Vonage(c) => &c.recipients,
+                clarion_sms::SmsConfig::Http(c) => &c.recipients,
+                clarion_sms::SmsConfig::Smpp(c) => &c.recipients,
+            };
+            union(map, &plain)
+        }
+        ChannelConfig::Fcm(c) => union(&c.device_tokens, &plain) + union(&c.topics, &plain),
+        ChannelConfig::Apns(c) => union(&c.device_tokens, &plain),
+    })
+}
 
 /// What one target should write to the ledger for the update.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,9 +98,7 @@ pub fn expected(settings: &Settings, update: &IncidentUpdate) -> Vec<Expected> {
             d.matched.then(|| Expected {
                 target: t.name.to_string(),
                 channel: t.kind.as_str().to_string(),
-                records: super::recipients(&t.channel, &d.audiences)
-                    .unwrap_or(1)
-                    .max(1),
+                records: recipients(&t.channel, &d.audiences).unwrap_or(1).max(1),
                 audiences: d.audiences,
             })
         })
@@ -54,11 +108,11 @@ pub fn expected(settings: &Settings, update: &IncidentUpdate) -> Vec<Expected> {
 /// The ledger's end offset per partition now.
 pub fn ends(
     settings: &Settings,
-    reporter: &super::Reporter,
+    reporter: &crate::cli::client::Reporter,
     topic: &str,
     deadline: Instant,
 ) -> Result<BTreeMap<i32, i64>> {
-    let consumer = super::reader(settings, reporter.clone())?;
+    let consumer = crate::cli::client::reader(settings, reporter.clone())?;
     let timeout = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(5));
@@ -209,9 +263,9 @@ pub fn watch(
         update.update_id,
         humantime::format_duration(timeout)
     );
-    let consumer: BaseConsumer<super::Reporter> = super::reader(
+    let consumer: BaseConsumer<crate::cli::client::Reporter> = crate::cli::client::reader(
         settings,
-        super::Reporter::new(&settings.kafka.brokers, timeout),
+        crate::cli::client::Reporter::new(&settings.kafka.brokers, timeout),
     )?;
     let mut tpl = TopicPartitionList::new();
     for (p, offset) in &start {
