@@ -1,6 +1,6 @@
 //! The seam between the daemon and every delivery adapter.
 
-use crate::{IdempotencyKey, IncidentUpdate};
+use crate::{ConfirmWay, ConfirmWays, IdempotencyKey, IncidentUpdate};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -57,6 +57,9 @@ pub struct Delivery {
     /// The message rendered from the target's templates, per audience. Channels use
     /// it when present and fall back to their built-in wording otherwise.
     pub content: Arc<BTreeMap<String, Content>>,
+    /// When the notice must be confirmed: each recipient's way to confirm it, which
+    /// the channel puts into that recipient's message ([`Delivery::confirm_way`]).
+    pub confirm: Option<Arc<dyn ConfirmWays>>,
 }
 
 /// Rendered text for one audience, by part: `subject`, `text`, `html` (email), `text`
@@ -87,7 +90,14 @@ impl Delivery {
             skip: Arc::default(),
             progress: Arc::default(),
             content: Arc::default(),
+            confirm: None,
         }
+    }
+
+    /// How `recipient` confirms this delivery, when the notice asks for
+    /// confirmation (see [`ConfirmWays::way`]).
+    pub fn confirm_way(&self, recipient: Option<&str>) -> Option<ConfirmWay> {
+        self.confirm.as_ref().and_then(|c| c.way(recipient))
     }
 
     /// True when this attempt should try `recipient`: it is among the requested

@@ -7,6 +7,7 @@
 //! daemon's retry and dead-letter logic independent of any one channel.
 
 mod channel;
+mod confirm;
 mod event;
 mod key;
 mod privacy;
@@ -18,6 +19,7 @@ pub use channel::{
     Channel, Content, Delivery, DeliveryError, ErrorClass, Outcome, Progress, Receipt,
     RecipientResult,
 };
+pub use confirm::{ConfirmWay, ConfirmWays};
 pub use event::{
     EventError, Impact, IncidentUpdate, Link, SCHEMA_VERSION, STANDARD_AUDIENCES, Status,
 };
