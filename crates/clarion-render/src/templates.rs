@@ -21,8 +21,8 @@
 
 mod filters;
 
-use filters::*;
 pub use filters::html_escape;
+use filters::*;
 
 use crate::route::is_final;
 use clarion_core::{Impact, IncidentUpdate, Link, Status};
