@@ -99,7 +99,7 @@ pub async fn run(config: &Path, settings: &Settings, connect: bool) -> Result<bo
     // Holding statements are checked here, not in `load`: the daemon never
     // reads them, so a broken one must not stop it, but it must be found
     // before ops need it in a crisis.
-    for line in check_statements(&settings)
+    for line in check_statements(settings)
         .with_context(|| format!("{}: holding statements", config.display()))?
     {
         println!("ok      {line}");
