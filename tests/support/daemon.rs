@@ -268,8 +268,12 @@ impl Process {
         }
     }
 
+    /// The daemon's log so far. Read as lossy UTF-8: one invalid byte must not make
+    /// the whole log look empty in an assertion's message.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 }
 
