@@ -18,3 +18,4 @@ pub mod publish;
 pub mod replay;
 pub mod report;
 pub mod statements;
+pub mod timeline;

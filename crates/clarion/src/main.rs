@@ -146,9 +146,11 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// What the delivery ledger says about one incident: one row per update ×
-    /// target × recipient. Exit 0 when every notice was delivered (or superseded),
-    /// 1 when some were dead-lettered, 2 when the ledger has nothing on it.
+    /// What the delivery ledger says about one incident: every notice due (update ×
+    /// target), one row per recipient, pending ones with why; deadlines. Exit 0
+    /// when every notice is final and delivered (or superseded), 1 when some were
+    /// dead-lettered, 2 when the ledger has nothing on it, 3 when some are not
+    /// final yet (docs/publishing.md).
     Status {
         /// The incident id.
         incident: String,
@@ -404,33 +406,32 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             json,
             config,
         } => {
-            let (_, mut records) = ledger_of(&config, &incident).await?;
+            use clarion::cli::report;
+            let (settings, records) = ledger_of(&config, &incident).await?;
+            let mut notices = clarion::records::notices::fold(&records);
             if let Some(a) = &audience {
-                records = clarion::cli::report::only_audience(records, a);
+                notices = report::only_audience(notices, a);
             }
+            let r = report::build(
+                &incident,
+                notices,
+                &settings.deadlines,
+                jiff::Timestamp::now(),
+            );
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
-            } else if records.is_empty() {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.notices.is_empty() {
                 println!(
-                    "incident {incident}: no notice in the ledger{}",
+                    "incident {incident}: no notice due in the ledger{}",
                     audience
                         .as_deref()
                         .map(|a| format!(" for audience `{a}`"))
                         .unwrap_or_default()
                 );
             } else {
-                print!(
-                    "{}",
-                    clarion::cli::report::status_table(&incident, &records)
-                );
+                print!("{}", report::status_table(&r));
             }
-            Ok(if records.is_empty() {
-                ExitCode::from(2)
-            } else if clarion::cli::report::all_reached(&records) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(ExitCode::from(report::exit_code(&r.tally)))
         }
         Command::Report {
             incident,
@@ -442,13 +443,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 anyhow::bail!("say what to produce: --html FILE, --json, or both");
             }
             let (settings, records) = ledger_of(&config, &incident).await?;
-            if records.is_empty() {
+            let notices = clarion::records::notices::fold(&records);
+            if notices.is_empty() {
                 eprintln!("incident {incident}: no notice in the ledger; no report written");
                 return Ok(ExitCode::from(2));
             }
             let report = clarion::cli::report::build(
                 &incident,
-                records,
+                notices,
                 &settings.deadlines,
                 jiff::Timestamp::now(),
             );
@@ -456,9 +458,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 std::fs::write(path, clarion::cli::report::html(&report))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!(
-                    "report of incident {incident} written to {} ({} notices)",
+                    "report of incident {incident} written to {} ({}{})",
                     path.display(),
-                    report.notices.len()
+                    report.tally.line(),
+                    if report.tally.pending > 0 {
+                        "; not final: some notices are still pending"
+                    } else {
+                        ""
+                    }
                 );
             }
             if json {

@@ -16,6 +16,7 @@ use crate::cli::follow;
 use crate::cli::publish::validate;
 use crate::config::{ChannelKind, Settings, TargetConfig};
 use crate::records::ledger::LedgerRecord;
+use crate::records::notices::{self, Final, Notice};
 use anyhow::{Context as _, Result, anyhow};
 use clarion_core::{Impact, IncidentUpdate, Status};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -252,22 +253,27 @@ pub async fn run(settings: Settings, options: Options) -> Result<u8> {
     Ok(if failed { EXIT_FAILED } else { EXIT_PASSED })
 }
 
-/// The records of one check.
-fn of<'a>(check: &Check, records: &'a [LedgerRecord]) -> Vec<&'a LedgerRecord> {
-    records
-        .iter()
-        .filter(|r| r.target == check.target && r.update_id == check.update_id)
-        .collect()
+/// The notice of one check, folded from the drill's records.
+fn notice_of(check: &Check, records: &[LedgerRecord]) -> Option<Notice> {
+    notices::fold(records)
+        .into_iter()
+        .find(|n| n.target == check.target && n.update_id == check.update_id)
 }
 
-/// Whether a check has all its final records: one per drill recipient, or one
-/// for the whole delivery.
+/// Whether a check's delivery has ended: its notice is final (or, from a daemon
+/// that records final outcomes only, one per drill recipient or one for the whole
+/// delivery).
 fn complete(check: &Check, records: &[LedgerRecord]) -> bool {
-    let mine = of(check, records);
-    mine.iter().any(|r| r.recipient_ref.is_none())
-        || mine
+    let Some(n) = notice_of(check, records) else {
+        return false;
+    };
+    if !n.legacy {
+        return n.state.is_final();
+    }
+    n.finals.iter().any(|f| f.recipient_ref.is_none())
+        || n.finals
             .iter()
-            .map(|r| &r.recipient_ref)
+            .map(|f| &f.recipient_ref)
             .collect::<BTreeSet<_>>()
             .len()
             >= check.records
@@ -311,17 +317,17 @@ fn collect(
         if m.key() != Some(incident.as_bytes()) {
             continue;
         }
-        let Some(Ok(r)) = m.payload().map(serde_json::from_slice::<LedgerRecord>) else {
+        let Some(Ok(Some(r))) = m.payload().map(crate::records::ledger::parse) else {
             continue;
         };
-        // Once each: a redelivery writes its final record again.
+        // Final outcomes once each: a redelivery writes its final record again.
         let key = (
             r.update_id.clone(),
             r.target.clone(),
             r.recipient_ref.clone(),
             r.outcome.clone(),
         );
-        if seen.insert(key) {
+        if !r.is_final() || seen.insert(key) {
             records.push(r);
         }
     }
@@ -335,23 +341,35 @@ fn verdicts(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for c in checks {
-        let mine = of(c, records);
+        let notice = notice_of(c, records);
+        let mine: Vec<&Final> = notice.iter().flat_map(|n| &n.finals).collect();
         let note = if c.skipped.is_empty() {
             String::new()
         } else {
             format!(" (failover: {} skipped)", c.skipped.join(", "))
         };
         let head = format!("{} ({}) provider {}", c.target, c.kind.as_str(), c.provider);
+        // Not delivered yet, and the daemon said why: say that, not "is a daemon
+        // running".
+        let waiting = notice
+            .as_ref()
+            .and_then(|n| n.pending.as_ref().map(|p| p.why(&n.target)));
         if mine.is_empty() {
-            lines.push(format!(
-                "FAIL  {head}: no outcome{}{note}; is a daemon running with this config, and is the target's stream keeping up?",
-                timed_out
-                    .map(|t| format!(" within --timeout {}", humantime::format_duration(t)))
-                    .unwrap_or_default()
-            ));
+            match (&waiting, timed_out) {
+                (Some(why), t) => lines.push(format!(
+                    "FAIL  {head}: not delivered{}{note}: {why}",
+                    t.map(|t| format!(" within --timeout {}", humantime::format_duration(t)))
+                        .unwrap_or_default()
+                )),
+                (None, t) => lines.push(format!(
+                    "FAIL  {head}: no outcome{}{note}; is a daemon running with this config, and is the target's stream keeping up?",
+                    t.map(|t| format!(" within --timeout {}", humantime::format_duration(t)))
+                        .unwrap_or_default()
+                )),
+            }
             continue;
         }
-        let delivered = mine.iter().filter(|r| r.outcome == "delivered").count();
+        let delivered = mine.iter().filter(|r| r.is_delivered()).count();
         let latency = mine.iter().map(|r| r.latency_ms).max().unwrap_or(0);
         let latency = humantime::format_duration(Duration::from_millis(latency));
         let failed: Vec<String> = mine
@@ -378,9 +396,10 @@ fn verdicts(
             .collect();
         let missing = if timed_out.is_some() && !complete(c, records) {
             format!(
-                "; {} of {} drill recipient(s) have no outcome within the timeout",
+                "; {} of {} drill recipient(s) have no outcome within the timeout{}",
                 c.records.saturating_sub(mine.len()),
-                c.records
+                c.records,
+                waiting.map(|w| format!(" ({w})")).unwrap_or_default()
             )
         } else {
             String::new()

@@ -9,6 +9,7 @@
 
 use crate::config::{ChannelConfig, Settings};
 use crate::records::ledger::LedgerRecord;
+use crate::records::notices::{self, Notice};
 use anyhow::{Context as _, Result, bail};
 use clarion_core::IncidentUpdate;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -136,52 +137,58 @@ pub fn ends(
     Ok(out)
 }
 
-/// One target's progress.
+/// What `--follow` knows of one target's notice.
 #[derive(Debug, Default, Clone)]
 struct Progress {
-    delivered: BTreeSet<Option<String>>,
-    dead: BTreeSet<Option<String>>,
-    superseded: BTreeSet<Option<String>>,
-    /// The last provider id seen, shown beside the count.
-    provider: Option<String>,
+    notice: Option<Notice>,
 }
 
 impl Progress {
-    fn finals(&self) -> usize {
-        let all: BTreeSet<&Option<String>> = self
-            .delivered
-            .iter()
-            .chain(&self.dead)
-            .chain(&self.superseded)
-            .collect();
-        all.len()
+    fn count(&self, outcome: &str) -> usize {
+        self.notice.as_ref().map_or(0, |n| n.count(outcome))
     }
 
-    fn whole(&self) -> bool {
-        self.delivered
-            .iter()
-            .chain(&self.dead)
-            .chain(&self.superseded)
-            .any(Option::is_none)
+    fn finals(&self) -> usize {
+        self.notice.as_ref().map_or(0, |n| n.finals.len())
     }
 
     fn done(&self, e: &Expected) -> bool {
-        self.whole() || self.finals() >= e.records
+        match &self.notice {
+            None => false,
+            // An older daemon records final outcomes only: count them.
+            Some(n) if n.legacy => {
+                n.finals.iter().any(|f| f.recipient_ref.is_none()) || n.finals.len() >= e.records
+            }
+            Some(n) => n.state.is_final(),
+        }
+    }
+
+    fn dead(&self) -> bool {
+        self.count("dead_lettered") > 0
     }
 
     fn word(&self, e: &Expected) -> &'static str {
-        match (self.done(e), self.dead.is_empty()) {
+        match (self.done(e), self.dead()) {
             (false, _) if self.finals() == 0 => "waiting",
             (false, _) => "landing",
-            (true, false) => "DEAD-LETTERED",
-            (true, true) if self.delivered.is_empty() => "superseded",
-            (true, true) => "delivered",
+            (true, true) => "DEAD-LETTERED",
+            (true, false) if self.count("delivered") == 0 => "superseded",
+            (true, false) => "delivered",
         }
+    }
+
+    /// Why it is not done, when the daemon has said.
+    fn why(&self, e: &Expected) -> Option<String> {
+        if self.done(e) {
+            return None;
+        }
+        let n = self.notice.as_ref()?;
+        n.pending.as_ref().map(|p| p.why(&n.target))
     }
 }
 
-/// The view: one row per target (with its audiences), one per audience, and a
-/// progress bar.
+/// The view: one row per target (with its audiences, and below it why it waits),
+/// one per audience, and a progress bar.
 fn view(expected: &[Expected], progress: &BTreeMap<String, Progress>, elapsed: Duration) -> String {
     let mut out = String::new();
     let none = Progress::default();
@@ -199,11 +206,17 @@ fn view(expected: &[Expected], progress: &BTreeMap<String, Progress>, elapsed: D
             e.channel,
             e.audiences.join(","),
             p.word(e),
-            format!("{}/{}", p.delivered.len(), e.records),
-            p.dead.len(),
-            p.superseded.len(),
-            p.provider.as_deref().unwrap_or("-")
+            format!("{}/{}", p.count("delivered"), e.records),
+            p.count("dead_lettered"),
+            p.count("superseded"),
+            p.notice
+                .as_ref()
+                .and_then(|n| n.provider.as_deref())
+                .unwrap_or("-")
         );
+        if let Some(why) = p.why(e) {
+            let _ = writeln!(out, "  └ {why}");
+        }
     }
     let mut audiences: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for e in expected {
@@ -211,7 +224,7 @@ fn view(expected: &[Expected], progress: &BTreeMap<String, Progress>, elapsed: D
         for a in &e.audiences {
             let entry = audiences.entry(a).or_default();
             entry.1 += 1;
-            if p.done(e) && p.dead.is_empty() {
+            if p.done(e) && !p.dead() {
                 entry.0 += 1;
             }
         }
@@ -221,13 +234,12 @@ fn view(expected: &[Expected], progress: &BTreeMap<String, Progress>, elapsed: D
     }
     let (done, total): (usize, usize) = expected.iter().fold((0, 0), |(d, t), e| {
         let p = progress.get(&e.target).unwrap_or(&none);
-        (
-            d + p
-                .finals()
-                .min(e.records)
-                .max(usize::from(p.whole()) * e.records),
-            t + e.records,
-        )
+        let landed = if p.done(e) {
+            e.records
+        } else {
+            p.finals().min(e.records)
+        };
+        (d + landed, t + e.records)
     });
     let width = 30;
     let filled = (done * width).checked_div(total).unwrap_or(width);
@@ -275,7 +287,9 @@ pub fn watch(
     let began = Instant::now();
     let deadline = began + timeout;
     let mut progress: BTreeMap<String, Progress> = BTreeMap::new();
+    let mut records: Vec<LedgerRecord> = Vec::new();
     let mut seen = HashSet::new();
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
     let mut drawn_lines = 0usize;
     let mut last_line = String::new();
     let mut last_second = u64::MAX;
@@ -292,52 +306,64 @@ pub fn watch(
             if m.key() == Some(update.incident_id.as_bytes())
                 && let Some(bytes) = m.payload()
             {
-                match serde_json::from_slice::<LedgerRecord>(bytes) {
-                    Ok(r) if r.update_id == update.update_id => {
-                        let key = (
-                            r.idempotency_key.clone(),
-                            r.recipient_ref.clone(),
-                            r.outcome.clone(),
-                        );
-                        if seen.insert(key) {
+                match crate::records::ledger::parse(bytes) {
+                    Ok(Some(r)) if r.update_id == update.update_id => {
+                        // A redelivery writes its final record again: once each.
+                        let fresh = !r.is_final()
+                            || seen.insert((
+                                r.idempotency_key.clone(),
+                                r.recipient_ref.clone(),
+                                r.outcome.clone(),
+                                r.replayed,
+                            ));
+                        if fresh {
                             changed = true;
-                            if !tty {
+                            if !tty && r.is_final() && r.outcome != "resolved" {
                                 println!(
-                                    "{} {} {} {}: {} after {} attempt(s){}",
-                                    r.final_at,
+                                    "{} {} {} {}: {} after {} attempt(s){}{}",
+                                    r.at(),
                                     r.target,
                                     r.audiences.join(","),
                                     r.recipient.as_deref().unwrap_or("-"),
                                     r.outcome,
                                     r.attempts,
+                                    r.provider
+                                        .as_deref()
+                                        .map(|p| format!(" through {p}"))
+                                        .unwrap_or_default(),
                                     r.provider_id
                                         .as_deref()
                                         .map(|p| format!(", provider id {p}"))
                                         .unwrap_or_default()
                                 );
                             }
-                            let p = progress.entry(r.target.clone()).or_default();
-                            let who = r.recipient_ref.clone();
-                            match r.outcome.as_str() {
-                                "delivered" => {
-                                    p.delivered.insert(who);
-                                }
-                                "dead_lettered" => {
-                                    p.dead.insert(who);
-                                }
-                                _ => {
-                                    p.superseded.insert(who);
-                                }
+                            records.push(r);
+                            for n in notices::fold(&records) {
+                                let target = n.target.clone();
+                                progress.entry(target).or_default().notice = Some(n);
                             }
-                            if r.provider_id.is_some() {
-                                p.provider = r.provider_id.clone();
+                            if !tty {
+                                for e in &expected {
+                                    let p = progress.get(&e.target).cloned().unwrap_or_default();
+                                    if let Some(why) = p.why(e)
+                                        && said.get(&e.target) != Some(&why)
+                                    {
+                                        println!(
+                                            "{} {} waiting: {why}",
+                                            jiff::Timestamp::now(),
+                                            e.target
+                                        );
+                                        said.insert(e.target.clone(), why);
+                                    }
+                                }
                             }
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "skipping a ledger record this clarion does not read")
-                    }
+                    Err(v) => tracing::debug!(
+                        schema_version = v,
+                        "skipping a ledger record this clarion does not read"
+                    ),
                 }
             }
         }
@@ -373,7 +399,7 @@ pub fn watch(
             }
         }
         if finished {
-            let dead = progress.values().any(|p| !p.dead.is_empty());
+            let dead = progress.values().any(Progress::dead);
             return Ok(if dead {
                 println!(
                     "some deliveries were dead-lettered: `clarion status {}` has the reasons",
@@ -403,45 +429,98 @@ mod tests {
     fn e(target: &str, records: usize) -> Expected {
         Expected {
             target: target.into(),
-            channel: "webhook".into(),
+            channel: "email".into(),
             audiences: vec!["customers".into()],
             records,
         }
     }
 
+    fn record(target: &str, outcome: &str, recipient: Option<&str>) -> LedgerRecord {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 2, "incident_id": "I", "update_id": "I-u1",
+            "sequence": 1, "status": "investigating", "impact": "none",
+            "target": target, "channel": "email", "audiences": ["customers"],
+            "recipient": recipient, "recipient_ref": recipient, "outcome": outcome,
+            "attempts": 2, "first_attempt_at": null,
+            "final_at": if matches!(outcome, "due" | "pending") { serde_json::Value::Null } else { serde_json::json!("2026-11-30T10:00:01Z") },
+            "recorded_at": "2026-11-30T10:00:01Z",
+            "occurred_at": "2026-11-30T10:00:00Z", "published_at": null,
+            "latency_ms": 1500, "provider": "smtp-a", "provider_id": "Q1",
+            "error": if outcome == "pending" {
+                serde_json::json!({"class": "retryable", "code": null, "reason": "connection refused"})
+            } else { serde_json::Value::Null },
+            "superseded_by": if outcome == "superseded" { serde_json::json!("I-u2") } else { serde_json::Value::Null },
+            "idempotency_key": "k", "breaker": if outcome == "pending" { serde_json::json!("open") } else { serde_json::Value::Null },
+            "source": {"topic": "t", "partition": 0, "offset": 0}
+        }))
+        .expect("a ledger record")
+    }
+
+    fn progress(records: &[LedgerRecord]) -> Progress {
+        Progress {
+            notice: notices::fold(records).into_iter().next(),
+        }
+    }
+
     #[test]
-    fn a_target_is_done_when_every_recipient_or_the_whole_delivery_is_final() {
-        let mut p = Progress::default();
+    fn a_target_is_done_when_its_delivery_has_ended_and_says_why_until_then() {
         let mail = e("mail", 2);
+        assert_eq!(Progress::default().word(&mail), "waiting");
+        let mut records = vec![record("mail", "pending", None)];
+        let p = progress(&records);
         assert_eq!(p.word(&mail), "waiting");
-        p.delivered.insert(Some("a".into()));
-        assert_eq!(p.word(&mail), "landing");
-        p.dead.insert(Some("b".into()));
+        let why = p.why(&mail).expect("a reason");
+        assert!(
+            why.contains("connection refused") && why.contains("breaker open"),
+            "{why}"
+        );
+        records.push(record("mail", "delivered", Some("a")));
+        assert_eq!(progress(&records).word(&mail), "landing");
+        records.push(record("mail", "dead_lettered", Some("b")));
+        assert!(
+            !progress(&records).done(&mail),
+            "not before the delivery's end"
+        );
+        records.push(record("mail", "resolved", None));
+        let p = progress(&records);
         assert!(p.done(&mail));
         assert_eq!(p.word(&mail), "DEAD-LETTERED");
-        let mut hook = Progress::default();
-        hook.superseded.insert(None);
+        assert_eq!(p.why(&mail), None);
+        let hook = progress(&[record("hook", "superseded", None)]);
         assert!(hook.done(&e("hook", 1)));
         assert_eq!(hook.word(&e("hook", 1)), "superseded");
     }
 
     #[test]
-    fn the_view_counts_deliveries_per_target_and_audience() {
-        let expected = [e("hook-a", 1), e("hook-b", 1)];
-        let mut progress = BTreeMap::new();
-        let mut a = Progress::default();
-        a.delivered.insert(None);
-        a.provider = Some("200".into());
-        progress.insert("hook-a".to_string(), a);
-        let text = view(&expected, &progress, Duration::from_secs(3));
+    fn the_view_shows_the_provider_and_why_a_target_waits() {
+        let expected = [e("mail-a", 1), e("mail-b", 1)];
+        let mut progress_map = BTreeMap::new();
+        progress_map.insert(
+            "mail-a".to_string(),
+            progress(&[
+                record("mail-a", "delivered", Some("a")),
+                record("mail-a", "resolved", None),
+            ]),
+        );
+        progress_map.insert(
+            "mail-b".to_string(),
+            progress(&[record("mail-b", "pending", None)]),
+        );
+        let text = view(&expected, &progress_map, Duration::from_secs(3));
         assert!(
             text.contains("audience customers    1/2 targets reached"),
             "{text}"
         );
         assert!(text.contains("1/2 deliveries final, 3s"), "{text}");
         assert!(
+            text.lines().any(|l| l.starts_with("mail-a")
+                && l.contains("delivered")
+                && l.ends_with("smtp-a")),
+            "the provider, not the message id: {text}"
+        );
+        assert!(
             text.lines()
-                .any(|l| l.starts_with("hook-a") && l.contains("delivered") && l.ends_with("200")),
+                .any(|l| l.starts_with("  └ ") && l.contains("connection refused")),
             "{text}"
         );
     }

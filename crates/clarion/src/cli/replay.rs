@@ -303,9 +303,10 @@ pub async fn run_with_secrets(
             .context("the dead-letter reader did not finish")??
     };
     // A dead letter whose delivery later succeeded (a restart redelivered it, or an
-    // earlier replay) is not sent again: the ledger knows.
+    // earlier replay, which records its deliveries) is not sent again: the ledger
+    // knows. A ledger that cannot be read stops the replay rather than send twice.
     let already = {
-        let (kafka, letters_keys) = (
+        let (kafka, incidents) = (
             kafka.clone(),
             letters
                 .iter()
@@ -313,29 +314,32 @@ pub async fn run_with_secrets(
                 .collect::<std::collections::BTreeSet<_>>(),
         );
         let target = sel.target.clone();
-        let records = tokio::task::spawn_blocking({
-            let secrets_ok = kafka.ledger_topic.is_some();
-            move || -> Vec<crate::records::ledger::LedgerRecord> {
-                if !secrets_ok {
-                    return Vec::new();
+        let records = tokio::task::spawn_blocking(
+            move || -> Result<Vec<crate::records::ledger::LedgerRecord>> {
+                if kafka.ledger_topic.is_none() {
+                    return Ok(Vec::new());
                 }
-                letters_keys
-                    .iter()
-                    .flat_map(|incident| {
+                let mut out = Vec::new();
+                for incident in &incidents {
+                    out.extend(
                         crate::records::ledger::read_incident(
                             &kafka,
                             &EnvSecrets,
                             incident,
                             Duration::from_secs(60),
                         )
-                        .unwrap_or_default()
-                    })
-                    .filter(|r| r.target == target && r.is_delivered())
-                    .collect()
-            }
-        })
+                        .with_context(|| {
+                            format!("reading the ledger for what was delivered since (incident {incident})")
+                        })?
+                        .into_iter()
+                        .filter(|r| r.target == target && r.is_delivered()),
+                    );
+                }
+                Ok(out)
+            },
+        )
         .await
-        .unwrap_or_default();
+        .context("the ledger reader stopped")??;
         letters
             .iter()
             .map(|l| delivered_since(l, &sel.target, &records))
@@ -379,17 +383,27 @@ pub async fn run_with_secrets(
             .create_with_context(crate::ops::health::ProducerCtx)
             .context("cannot create the dead-letter producer")?;
     let (tx, mut rx) = mpsc::channel::<DeliveryReport>(64);
+    let out = DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone());
     let dispatcher = Dispatcher::new(
         vec![Target::with_providers(target_config, providers)],
         settings.audiences.clone(),
         settings.templates.clone(),
         Outputs {
-            dlq: DeadLetterWriter::new(producer.clone(), kafka.dead_letter_topic.clone()),
+            dlq: out.clone(),
             dead_recipient_topic: kafka.dead_recipient_topic.clone(),
             observer: Some(tx),
         },
         CancellationToken::new(),
-    );
+    )
+    // Its outcomes go to the ledger like the daemon's, marked `replayed`: `status`
+    // then shows the notice delivered, and a second replay skips it.
+    .with_ledger(
+        kafka
+            .ledger_topic
+            .clone()
+            .map(|t| crate::records::ledger::LedgerWriter::new(out, t)),
+    )
+    .replaying();
     let cancel = CancellationToken::new();
     let mut ended = Vec::new();
     // One at a time, in source order: the updates of an incident reach the target in
@@ -456,9 +470,9 @@ fn delivered_since(
             r.update_id == update.update_id
                 && r.target == target
                 && r.recipient_ref == want_ref
-                && r.final_at > dead_at
+                && r.at() > dead_at
         })
-        .map(|r| r.final_at)
+        .map(|r| r.at())
         .max()
 }
 
@@ -723,7 +737,8 @@ mod tests {
             outcome: "delivered".into(),
             attempts: 1,
             first_attempt_at: None,
-            final_at: at.parse().expect("time"),
+            final_at: Some(at.parse().expect("time")),
+            recorded_at: None,
             occurred_at: update.occurred_at,
             published_at: None,
             latency_ms: 0,
@@ -738,6 +753,10 @@ mod tests {
                 partition: 0,
                 offset: 0,
             },
+            next_attempt_at: None,
+            breaker: None,
+            recipients_pending: None,
+            replayed: false,
         };
         // Delivered before it was dead-lettered (an earlier update's attempt), or to
         // someone else: not this dead letter.
@@ -752,7 +771,7 @@ mod tests {
         let later = record("+15550001111", "2026-11-30T11:00:00Z");
         assert_eq!(
             delivered_since(&l, "x", std::slice::from_ref(&later)),
-            Some(later.final_at)
+            later.final_at
         );
     }
 }

@@ -2,28 +2,42 @@
 //! as a table for a terminal, JSON for scripts, or a self-contained HTML page for
 //! the post-incident review and the regulator filing.
 //!
-//! Everything here is computed from ledger records (docs/ledger.md) and the config's
-//! deadlines; nothing is read from logs. The HTML must stay self-contained (inline
-//! CSS and SVG, no script, no external URL) so that it renders the same when filed
-//! months later, and every text from the ledger is escaped.
+//! Everything here is computed from the incident's notices (`records::notices`,
+//! folded from the ledger: every notice that is due, final or not) and the config's
+//! deadlines, judged by `records::deadlines::judge`, the daemon's own judgement;
+//! nothing is read from logs. A notice not final yet is shown pending, with why: a
+//! wrong "delivered" or "met" is worse than "not yet". The HTML must stay
+//! self-contained (inline CSS and SVG, no script, no external URL) so that it
+//! renders the same when filed months later, and every text from the ledger is
+//! escaped.
 
+use crate::cli::timeline::{self, Lane, Mark};
 use crate::config::Deadlines;
-use crate::records::ledger::LedgerRecord;
+use crate::records::deadlines::{Verdict, due, judge};
+use crate::records::notices::{Notice, State, Tally, clock, error_text};
 use clarion_render::html_escape;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// The facts of one incident, as `report --json` prints them.
+/// Exit codes of `status`, as docs/publishing.md lists them.
+pub const EXIT_REACHED: u8 = 0;
+pub const EXIT_DEAD_LETTERED: u8 = 1;
+pub const EXIT_NOTHING: u8 = 2;
+pub const EXIT_PENDING: u8 = 3;
+
+/// The facts of one incident, as `report --json` and `status --json` print them.
 #[derive(Debug, Clone, Serialize)]
 pub struct IncidentReport {
     pub incident_id: String,
     pub generated_at: jiff::Timestamp,
+    /// How many notices are due, and in which state.
+    pub tally: Tally,
     pub updates: Vec<UpdateRow>,
     pub audiences: Vec<AudienceRow>,
-    /// Every ledger record, in update then target then recipient order.
-    pub notices: Vec<LedgerRecord>,
+    /// Every notice due (one update to one target), in update then target order.
+    pub notices: Vec<Notice>,
 }
 
 /// One update of the incident, as the ledger saw it.
@@ -37,20 +51,27 @@ pub struct UpdateRow {
     pub audiences: Vec<String>,
     /// Per audience, the first successful delivery of this update.
     pub first_delivered: BTreeMap<String, jiff::Timestamp>,
+    /// The audiences with a notice of this update not final yet.
+    pub pending: Vec<String>,
 }
 
 /// One audience: when it was first told, and how it did against its deadlines.
 #[derive(Debug, Clone, Serialize)]
 pub struct AudienceRow {
     pub audience: String,
-    /// The `occurred_at` of the incident's first update to this audience.
+    /// The `occurred_at` of the incident's first update due to this audience.
     pub first_update_at: jiff::Timestamp,
     /// The first successful delivery to this audience.
     pub first_notice_at: Option<jiff::Timestamp>,
     pub time_to_first_notice_s: Option<i64>,
+    /// Final outcomes, per recipient (one per webhook delivery).
     pub delivered: usize,
     pub dead_lettered: usize,
     pub superseded: usize,
+    /// Notices due to this audience and not final yet.
+    pub pending: usize,
+    /// Of those, the recipients still to reach, where the daemon said.
+    pub pending_recipients: u64,
     pub deadlines: Vec<DeadlineRow>,
 }
 
@@ -66,87 +87,67 @@ pub struct DeadlineRow {
     pub verdict: String,
 }
 
-fn plus(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
-    jiff::SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(jiff::Timestamp::MAX)
-}
-
-/// Builds the report of `records` (one incident's), judging `deadlines` at `now`.
+/// Builds the report of `notices` (one incident's), judging `deadlines` at `now`.
 pub fn build(
     incident_id: &str,
-    mut records: Vec<LedgerRecord>,
+    notices: Vec<Notice>,
     deadlines: &BTreeMap<String, Deadlines>,
     now: jiff::Timestamp,
 ) -> IncidentReport {
-    records.sort_by(|a, b| {
-        (a.sequence, &a.target, &a.recipient, a.final_at).cmp(&(
-            b.sequence,
-            &b.target,
-            &b.recipient,
-            b.final_at,
-        ))
-    });
     let mut updates: BTreeMap<(u64, String), UpdateRow> = BTreeMap::new();
-    for r in &records {
+    for n in &notices {
         let u = updates
-            .entry((r.sequence, r.update_id.clone()))
+            .entry((n.sequence, n.update_id.clone()))
             .or_insert_with(|| UpdateRow {
-                update_id: r.update_id.clone(),
-                sequence: r.sequence,
-                status: r.status.clone(),
-                occurred_at: r.occurred_at,
-                published_at: r.published_at,
+                update_id: n.update_id.clone(),
+                sequence: n.sequence,
+                status: n.status.clone(),
+                occurred_at: n.occurred_at,
+                published_at: n.published_at,
                 audiences: Vec::new(),
                 first_delivered: BTreeMap::new(),
+                pending: Vec::new(),
             });
-        for a in &r.audiences {
+        if u.published_at.is_none() {
+            u.published_at = n.published_at;
+        }
+        for a in &n.audiences {
             if !u.audiences.contains(a) {
                 u.audiences.push(a.clone());
             }
-            if r.is_delivered() {
-                let t = u.first_delivered.entry(a.clone()).or_insert(r.final_at);
-                *t = (*t).min(r.final_at);
+            if let Some(t) = n.first_delivered() {
+                let first = u.first_delivered.entry(a.clone()).or_insert(t);
+                *first = (*first).min(t);
+            }
+            if n.state == State::Pending && !u.pending.contains(a) {
+                u.pending.push(a.clone());
             }
         }
     }
-    let audiences: BTreeSet<&String> = records.iter().flat_map(|r| &r.audiences).collect();
+    let audiences: BTreeSet<&String> = notices.iter().flat_map(|n| &n.audiences).collect();
     let mut rows = Vec::new();
     for audience in audiences {
-        let mine: Vec<&LedgerRecord> = records
-            .iter()
-            .filter(|r| r.audiences.contains(audience))
-            .collect();
-        let Some(first_update_at) = mine.iter().map(|r| r.occurred_at).min() else {
+        let mine: Vec<&Notice> = notices.iter().filter(|n| n.serves(audience)).collect();
+        let Some(first_update_at) = mine.iter().map(|n| n.occurred_at).min() else {
             continue;
         };
-        let first_notice_at = mine
-            .iter()
-            .filter(|r| r.is_delivered())
-            .map(|r| r.final_at)
-            .min();
-        let count = |o: &str| mine.iter().filter(|r| r.outcome == o).count();
+        let first_notice_at = mine.iter().filter_map(|n| n.first_delivered()).min();
+        let count = |o: &str| mine.iter().map(|n| n.count(o)).sum();
+        let pending: Vec<&&Notice> = mine.iter().filter(|n| n.state == State::Pending).collect();
         let mut dl = Vec::new();
         if let Some(d) = deadlines.get(audience) {
-            let judge = |name: String, start: jiff::Timestamp, within: Duration, met_at| {
-                let due = plus(start, within);
-                let verdict = match met_at {
-                    Some(m) if m <= due => "met",
-                    Some(_) => "missed",
-                    None if now > due => "missed",
-                    None => "open",
-                };
+            let row = |name: String, start, within: Duration, met_at| {
+                let verdict = judge(start, within, met_at, now);
                 DeadlineRow {
                     deadline: name,
                     start,
-                    due,
+                    due: due(start, within),
                     met_at,
-                    verdict: verdict.to_string(),
+                    verdict: verdict.as_str().to_string(),
                 }
             };
             if let Some(within) = d.first_notice_within {
-                dl.push(judge(
+                dl.push(row(
                     "first_notice".into(),
                     first_update_at,
                     within,
@@ -154,19 +155,15 @@ pub fn build(
                 ));
             }
             for (status, within) in &d.by_status {
-                let of_status: Vec<&&LedgerRecord> = mine
+                let of_status: Vec<&&Notice> = mine
                     .iter()
-                    .filter(|r| r.status == status.as_str())
+                    .filter(|n| n.status == status.as_str())
                     .collect();
-                let Some(start) = of_status.iter().map(|r| r.occurred_at).min() else {
+                let Some(start) = of_status.iter().map(|n| n.occurred_at).min() else {
                     continue;
                 };
-                let met = of_status
-                    .iter()
-                    .filter(|r| r.is_delivered())
-                    .map(|r| r.final_at)
-                    .min();
-                dl.push(judge(status.as_str().to_string(), start, *within, met));
+                let met = of_status.iter().filter_map(|n| n.first_delivered()).min();
+                dl.push(row(status.as_str().to_string(), start, *within, met));
             }
         }
         rows.push(AudienceRow {
@@ -178,29 +175,41 @@ pub fn build(
             delivered: count("delivered"),
             dead_lettered: count("dead_lettered"),
             superseded: count("superseded"),
+            pending: pending.len(),
+            pending_recipients: pending
+                .iter()
+                .filter_map(|n| n.pending.as_ref().and_then(|p| p.recipients_pending))
+                .map(u64::from)
+                .sum(),
             deadlines: dl,
         });
     }
     IncidentReport {
         incident_id: incident_id.to_string(),
         generated_at: now,
+        tally: Tally::of(&notices),
         updates: updates.into_values().collect(),
         audiences: rows,
-        notices: records,
+        notices,
     }
 }
 
-/// Whether every delivery in `records` reached its recipient (or was superseded).
-pub fn all_reached(records: &[LedgerRecord]) -> bool {
-    records.iter().all(|r| r.outcome != "dead_lettered")
+/// Keeps only the notices due to `audience`.
+pub fn only_audience(notices: Vec<Notice>, audience: &str) -> Vec<Notice> {
+    notices.into_iter().filter(|n| n.serves(audience)).collect()
 }
 
-/// Keeps only the records of deliveries to `audience`.
-pub fn only_audience(records: Vec<LedgerRecord>, audience: &str) -> Vec<LedgerRecord> {
-    records
-        .into_iter()
-        .filter(|r| r.audiences.iter().any(|a| a == audience))
-        .collect()
+/// `status`'s exit code for these notices.
+pub fn exit_code(tally: &Tally) -> u8 {
+    if tally.due == 0 {
+        EXIT_NOTHING
+    } else if tally.dead_lettered > 0 {
+        EXIT_DEAD_LETTERED
+    } else if tally.pending > 0 {
+        EXIT_PENDING
+    } else {
+        EXIT_REACHED
+    }
 }
 
 fn time(t: &jiff::Timestamp) -> String {
@@ -211,9 +220,88 @@ fn secs(s: i64) -> String {
     humantime::format_duration(Duration::from_secs(s.unsigned_abs())).to_string()
 }
 
-/// `clarion status`: one row per update × target × recipient.
-pub fn status_table(incident_id: &str, records: &[LedgerRecord]) -> String {
-    let mut rows: Vec<[String; 10]> = vec![[
+/// One row of the table of notices: a final outcome, or a notice still pending.
+struct Row<'a> {
+    n: &'a Notice,
+    recipient: String,
+    outcome: &'static str,
+    at: jiff::Timestamp,
+    attempts: u32,
+    provider: String,
+    detail: String,
+}
+
+fn rows(notices: &[Notice]) -> Vec<Row<'_>> {
+    let mut out = Vec::new();
+    for n in notices {
+        for f in &n.finals {
+            let mut detail = match (&f.error, &f.superseded_by) {
+                (Some(e), _) => error_text(e),
+                (None, Some(by)) => format!("by {by}"),
+                (None, None) => f.provider_id.clone().unwrap_or_else(|| "-".into()),
+            };
+            if f.replayed {
+                detail.push_str(" (replayed)");
+            }
+            out.push(Row {
+                n,
+                recipient: f.recipient.clone().unwrap_or_else(|| "-".into()),
+                outcome: match f.outcome.as_str() {
+                    "delivered" => "delivered",
+                    "dead_lettered" => "dead_lettered",
+                    _ => "superseded",
+                },
+                at: f.at,
+                attempts: f.attempts,
+                provider: f.provider.clone().unwrap_or_else(|| "-".into()),
+                detail,
+            });
+        }
+        if let Some(p) = &n.pending {
+            out.push(Row {
+                n,
+                recipient: if n.finals.is_empty() {
+                    "-".into()
+                } else {
+                    "(the rest)".into()
+                },
+                outcome: "pending",
+                at: p.updated_at,
+                attempts: p.attempts,
+                provider: p.provider.clone().unwrap_or_else(|| "-".into()),
+                detail: p.why(&n.target),
+            });
+        }
+    }
+    out
+}
+
+/// The lines about deadlines: one per deadline, with its verdict.
+fn deadline_lines(r: &IncidentReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &r.audiences {
+        for d in &a.deadlines {
+            let how = match (d.verdict.as_str(), d.met_at) {
+                (_, Some(m)) => format!("first delivered {}", clock(m)),
+                ("missed", None) => "no delivery yet".to_string(),
+                _ => "not delivered yet".to_string(),
+            };
+            out.push(format!(
+                "deadline {} {}: {} (due {}, {how})",
+                a.audience,
+                d.deadline,
+                d.verdict.to_uppercase(),
+                clock(d.due)
+            ));
+        }
+    }
+    out
+}
+
+/// `clarion status`: one row per update × target × recipient (and one for each
+/// notice still pending), then "not yet, and why" per audience, and deadlines.
+pub fn status_table(r: &IncidentReport) -> String {
+    let mut table: Vec<[String; 11]> = vec![[
         "SEQ".into(),
         "STATUS".into(),
         "TARGET".into(),
@@ -223,44 +311,35 @@ pub fn status_table(incident_id: &str, records: &[LedgerRecord]) -> String {
         "OUTCOME".into(),
         "AT (UTC)".into(),
         "ATTEMPTS".into(),
+        "PROVIDER".into(),
         "PROVIDER ID / REASON".into(),
     ]];
-    let mut sorted: Vec<&LedgerRecord> = records.iter().collect();
-    sorted.sort_by(|a, b| {
-        (a.sequence, &a.target, &a.recipient).cmp(&(b.sequence, &b.target, &b.recipient))
-    });
-    for r in sorted {
-        let detail = match (&r.error, &r.superseded_by) {
-            (Some(e), _) => format!(
-                "{}{}: {}",
-                e.class,
-                e.code
-                    .as_deref()
-                    .map(|c| format!(" {c}"))
-                    .unwrap_or_default(),
-                e.reason.chars().take(80).collect::<String>()
-            ),
-            (None, Some(by)) => format!("by {by}"),
-            (None, None) => r.provider_id.clone().unwrap_or_else(|| "-".into()),
-        };
-        rows.push([
-            r.sequence.to_string(),
-            r.status.clone(),
-            r.target.clone(),
-            r.channel.clone(),
-            r.audiences.join(","),
-            r.recipient.clone().unwrap_or_else(|| "-".into()),
-            r.outcome.clone(),
-            time(&r.final_at),
-            r.attempts.to_string(),
-            detail,
+    for row in rows(&r.notices) {
+        table.push([
+            row.n.sequence.to_string(),
+            row.n.status.clone(),
+            row.n.target.clone(),
+            row.n.channel.clone(),
+            row.n.audiences.join(","),
+            row.recipient,
+            row.outcome.to_string(),
+            time(&row.at),
+            row.attempts.to_string(),
+            row.provider,
+            row.detail,
         ]);
     }
-    let widths: Vec<usize> = (0..10)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    let widths: Vec<usize> = (0..11)
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let mut out = format!("incident {incident_id}: {} notice(s)\n", records.len());
-    for row in &rows {
+    let mut out = format!("incident {}: {}\n", r.incident_id, r.tally.line());
+    for row in &table {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -272,14 +351,43 @@ pub fn status_table(incident_id: &str, records: &[LedgerRecord]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let failed = records
-        .iter()
-        .filter(|r| r.outcome == "dead_lettered")
-        .count();
-    if failed > 0 {
+    for a in &r.audiences {
+        if a.pending == 0 {
+            continue;
+        }
         let _ = writeln!(
             out,
-            "{failed} notice(s) dead-lettered: see the dead-letter topic for the full recipient and reason"
+            "audience {}: NOT YET: {} notice(s) not final",
+            a.audience, a.pending
+        );
+        for n in r
+            .notices
+            .iter()
+            .filter(|n| n.state == State::Pending && n.serves(&a.audience))
+        {
+            let why = n
+                .pending
+                .as_ref()
+                .map(|p| p.why(&n.target))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {} #{} ({}): {why}", n.target, n.sequence, n.status);
+        }
+    }
+    for line in deadline_lines(r) {
+        let _ = writeln!(out, "{line}");
+    }
+    if r.tally.dead_lettered > 0 {
+        let _ = writeln!(
+            out,
+            "{} notice(s) dead-lettered: see the dead-letter topic for the full recipient and reason; `clarion dlq replay --target NAME` sends them again",
+            r.tally.dead_lettered
+        );
+    }
+    if r.tally.pending > 0 {
+        let _ = writeln!(
+            out,
+            "{} notice(s) not final yet: the daemon goes on trying; run `clarion status {}` again",
+            r.tally.pending, r.incident_id
         );
     }
     out
@@ -291,7 +399,9 @@ h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 th,td{border-bottom:1px solid #dde1e7;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#f3f5f8;font-weight:600}td.num{text-align:right}
 .delivered{color:#17803d}.dead_lettered{color:#b42318;font-weight:600}.superseded{color:#6b7280}
+.pending{color:#b45309;font-weight:600}
 .met{color:#17803d}.missed{color:#b42318;font-weight:600}.open{color:#b45309}
+.notyet{border-left:4px solid #b45309;padding:.4em .8em;background:#fff8eb}
 svg{background:#fbfcfd;border:1px solid #dde1e7}svg text{font:11px system-ui,sans-serif;fill:#1d2330}
 @media print{body{margin:1cm}}";
 
@@ -304,20 +414,28 @@ pub fn html(r: &IncidentReport) -> String {
          <title>Incident {id}: notification report</title><style>{CSS}</style></head><body>\
          <h1>Incident {id}: who was told what, and when</h1>\
          <p class=\"meta\">Generated {gen} UTC by clarion {ver} from the delivery ledger. \
-         {n} notice(s), {u} update(s). Times are UTC.</p>",
+         {tally}; {u} update(s). Times are UTC.</p>",
         id = html_escape(&r.incident_id),
         gen = time(&r.generated_at),
         ver = env!("CARGO_PKG_VERSION"),
-        n = r.notices.len(),
+        tally = html_escape(&r.tally.line()),
         u = r.updates.len(),
     );
+    if r.tally.pending > 0 {
+        let _ = write!(
+            h,
+            "<p class=\"notyet\"><strong>Not final:</strong> {} notice(s) were still pending when this report was made; the counts and deadlines below are as of {} UTC.</p>",
+            r.tally.pending,
+            time(&r.generated_at)
+        );
+    }
     h.push_str("<h2>Timeline</h2>");
-    h.push_str(&timeline_svg(r));
+    h.push_str(&timeline::svg(&r.incident_id, &lanes(r)));
     h.push_str(
         "<h2>Time to first notice per audience</h2><table><tr><th>Audience</th>\
          <th>First update</th><th>First successful delivery</th><th>Time to first notice</th>\
          <th class=\"num\">Delivered</th><th class=\"num\">Dead-lettered</th>\
-         <th class=\"num\">Superseded</th><th>Deadlines</th></tr>",
+         <th class=\"num\">Superseded</th><th class=\"num\">Pending</th><th>Deadlines</th></tr>",
     );
     for a in &r.audiences {
         let deadlines: Vec<String> = a
@@ -336,16 +454,25 @@ pub fn html(r: &IncidentReport) -> String {
                 )
             })
             .collect();
+        let pending = match (a.pending, a.pending_recipients) {
+            (0, _) => "0".to_string(),
+            (n, 0) => format!("<span class=\"pending\">{n} notice(s)</span>"),
+            (n, k) => format!("<span class=\"pending\">{n} notice(s), {k} recipient(s)</span>"),
+        };
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{pending}</td><td>{}</td></tr>",
             html_escape(&a.audience),
             time(&a.first_update_at),
             a.first_notice_at
                 .as_ref()
                 .map(time)
-                .unwrap_or_else(|| "never".into()),
+                .unwrap_or_else(|| if a.pending > 0 {
+                    "not yet".into()
+                } else {
+                    "never".into()
+                }),
             a.time_to_first_notice_s
                 .map(secs)
                 .unwrap_or_else(|| "-".into()),
@@ -363,232 +490,187 @@ pub fn html(r: &IncidentReport) -> String {
     h.push_str(
         "<h2>Every notice</h2><table><tr><th>#</th><th>Status</th><th>Target</th>\
          <th>Channel</th><th>Audiences</th><th>Recipient</th><th>Outcome</th>\
-         <th>First attempt</th><th>Final</th><th class=\"num\">Attempts</th>\
-         <th>Provider id</th><th>Failure</th></tr>",
+         <th>At</th><th class=\"num\">Attempts</th><th>Provider</th>\
+         <th>Provider id / reason</th></tr>",
     );
-    for n in &r.notices {
-        let failure = match (&n.error, &n.superseded_by) {
-            (Some(e), _) => format!(
-                "{} {}: {}",
-                html_escape(&e.class),
-                html_escape(e.code.as_deref().unwrap_or("")),
-                html_escape(&e.reason)
-            ),
-            (None, Some(by)) => format!("superseded by {}", html_escape(by)),
-            _ => String::new(),
-        };
+    for row in rows(&r.notices) {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td>{}</td><td>{}</td></tr>",
-            n.sequence,
-            html_escape(&n.status),
-            html_escape(&n.target),
-            html_escape(&n.channel),
-            html_escape(&n.audiences.join(", ")),
-            html_escape(n.recipient.as_deref().unwrap_or("-")),
-            n.first_attempt_at
-                .as_ref()
-                .map(time)
-                .unwrap_or_else(|| "-".into()),
-            time(&n.final_at),
-            n.attempts,
-            html_escape(n.provider_id.as_deref().unwrap_or("-")),
-            failure,
-            o = html_escape(&n.outcome),
+             <td class=\"{o}\">{o}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            row.n.sequence,
+            html_escape(&row.n.status),
+            html_escape(&row.n.target),
+            html_escape(&row.n.channel),
+            html_escape(&row.n.audiences.join(", ")),
+            html_escape(&row.recipient),
+            time(&row.at),
+            row.attempts,
+            html_escape(&row.provider),
+            html_escape(&row.detail),
+            o = row.outcome,
         );
     }
     h.push_str("</table></body></html>\n");
     h
 }
 
-/// The timeline: one lane per audience; on each, every update published (grey
-/// circle), its first successful delivery to the audience (green diamond, joined to
-/// the publication by a line) and the audience's deadlines (red or green marks).
-fn timeline_svg(r: &IncidentReport) -> String {
-    const LEFT: f64 = 130.0;
-    const WIDTH: f64 = 1000.0;
-    const LANE: f64 = 70.0;
-    const TOP: f64 = 34.0;
-    let mut times: Vec<jiff::Timestamp> = Vec::new();
-    for u in &r.updates {
-        times.push(u.published_at.unwrap_or(u.occurred_at));
-        times.push(u.occurred_at);
-        times.extend(u.first_delivered.values().copied());
-    }
-    for a in &r.audiences {
-        for d in &a.deadlines {
-            times.push(d.due);
-        }
-    }
-    let (Some(t0), Some(t1)) = (times.iter().min().copied(), times.iter().max().copied()) else {
-        return "<p>No notices recorded.</p>".to_string();
-    };
-    let span = (t1.as_millisecond() - t0.as_millisecond()).max(1) as f64;
-    let x = |t: jiff::Timestamp| {
-        LEFT + (t.as_millisecond() - t0.as_millisecond()) as f64 / span * (WIDTH - LEFT - 20.0)
-    };
-    let height = TOP + LANE * r.audiences.len() as f64 + 30.0;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
-         viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-label=\"Notification timeline of incident {}\">",
-        html_escape(&r.incident_id)
-    );
-    // Axis: start and end times, and a tick per quarter.
-    for i in 0..=4 {
-        let t = jiff::Timestamp::from_millisecond(
-            t0.as_millisecond() + (span * f64::from(i) / 4.0) as i64,
-        )
-        .unwrap_or(t0);
-        let px = x(t);
-        let _ = write!(
-            s,
-            "<line x1=\"{px:.1}\" y1=\"{}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"#e5e7eb\"/>\
-             <text x=\"{px:.1}\" y=\"16\" text-anchor=\"middle\">{}</text>",
-            TOP - 8.0,
-            height - 24.0,
-            t.strftime("%H:%M:%S")
-        );
-    }
-    for (i, a) in r.audiences.iter().enumerate() {
-        let y = TOP + LANE * i as f64 + LANE / 2.0;
-        let _ = write!(
-            s,
-            "<g class=\"lane\" data-audience=\"{aud}\"><text x=\"8\" y=\"{ty:.1}\" font-weight=\"600\">{aud}</text>\
-             <line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{x2}\" y2=\"{y:.1}\" stroke=\"#cbd5e1\" stroke-width=\"2\"/>",
-            aud = html_escape(&a.audience),
-            ty = y + 4.0,
-            x2 = WIDTH - 20.0,
-        );
-        // Labels of updates published close together are staggered over three
-        // rows, so that they stay readable.
-        for (k, u) in r
-            .updates
-            .iter()
-            .filter(|u| u.audiences.contains(&a.audience))
-            .enumerate()
-        {
-            let published = u.published_at.unwrap_or(u.occurred_at);
-            let px = x(published);
-            let _ = write!(
-                s,
-                "<circle class=\"published\" cx=\"{px:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"#64748b\">\
-                 <title>#{seq} {st} published {t}</title></circle>\
-                 <text x=\"{px:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">#{seq} {st}</text>",
-                seq = u.sequence,
-                st = html_escape(&u.status),
-                t = time(&published),
-                ly = y - 9.0 - 9.0 * (k % 3) as f64,
-            );
-            if let Some(d) = u.first_delivered.get(&a.audience) {
-                let dx = x(*d);
-                let _ = write!(
-                    s,
-                    "<line x1=\"{px:.1}\" y1=\"{y:.1}\" x2=\"{dx:.1}\" y2=\"{y:.1}\" stroke=\"#17803d\" stroke-width=\"3\" opacity=\"0.5\"/>\
-                     <path class=\"delivered\" d=\"M{dx:.1} {a:.1} L{r:.1} {y:.1} L{dx:.1} {b:.1} L{l:.1} {y:.1} Z\" fill=\"#17803d\">\
-                     <title>#{seq} first delivered {t}</title></path>",
-                    a = y - 6.0,
-                    b = y + 6.0,
-                    r = dx + 6.0,
-                    l = dx - 6.0,
-                    seq = u.sequence,
-                    t = time(d),
-                );
+/// The timeline's lanes: per audience, every update due to it (published), its
+/// first successful delivery or, not delivered yet, a pending mark at the time of
+/// the report, and the audience's deadlines.
+fn lanes(r: &IncidentReport) -> Vec<Lane> {
+    r.audiences
+        .iter()
+        .map(|a| {
+            let mut marks = Vec::new();
+            for u in r
+                .updates
+                .iter()
+                .filter(|u| u.audiences.contains(&a.audience))
+            {
+                let published = u.published_at.unwrap_or(u.occurred_at);
+                marks.push(Mark::Published {
+                    at: published,
+                    label: format!("#{} {}", u.sequence, u.status),
+                    title: format!(
+                        "#{} {} published {}",
+                        u.sequence,
+                        u.status,
+                        time(&published)
+                    ),
+                });
+                if let Some(d) = u.first_delivered.get(&a.audience) {
+                    marks.push(Mark::Delivered {
+                        from: published,
+                        at: *d,
+                        title: format!("#{} first delivered {}", u.sequence, time(d)),
+                    });
+                } else if u.pending.contains(&a.audience) {
+                    marks.push(Mark::Pending {
+                        from: published,
+                        at: r.generated_at,
+                        title: format!(
+                            "#{} not delivered yet to {} at {}",
+                            u.sequence,
+                            a.audience,
+                            time(&r.generated_at)
+                        ),
+                    });
+                }
             }
-        }
-        for d in &a.deadlines {
-            let dx = x(d.due);
-            let color = if d.verdict == "met" {
-                "#17803d"
-            } else {
-                "#b42318"
-            };
-            let _ = write!(
-                s,
-                "<line class=\"deadline\" x1=\"{dx:.1}\" y1=\"{a:.1}\" x2=\"{dx:.1}\" y2=\"{b:.1}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"4 3\">\
-                 <title>{name} deadline {t}: {v}</title></line>\
-                 <text x=\"{dx:.1}\" y=\"{ty:.1}\" text-anchor=\"middle\" fill=\"{color}\">{name} due</text>",
-                a = y - 18.0,
-                b = y + 14.0,
-                ty = y + 24.0,
-                name = html_escape(&d.deadline),
-                t = time(&d.due),
-                v = html_escape(&d.verdict),
-            );
-        }
-        s.push_str("</g>");
-    }
-    let _ = write!(
-        s,
-        "<text x=\"{LEFT}\" y=\"{ly:.1}\">● update published   ◆ first successful delivery   ┆ deadline</text></svg>",
-        ly = height - 6.0
-    );
-    s
+            for d in &a.deadlines {
+                marks.push(Mark::Deadline {
+                    at: d.due,
+                    met: d.verdict == Verdict::Met.as_str(),
+                    label: format!("{} due", d.deadline),
+                    title: format!("{} deadline {}: {}", d.deadline, time(&d.due), d.verdict),
+                });
+            }
+            Lane {
+                audience: a.audience.clone(),
+                marks,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::ledger::LedgerRecord;
+    use crate::records::notices::fold;
 
-    fn record(seq: u64, status: &str, outcome: &str, at: i64) -> LedgerRecord {
+    fn record(seq: u64, outcome: &str, at: i64) -> LedgerRecord {
         let t0 = jiff::Timestamp::from_second(1_800_000_000).expect("time");
-        LedgerRecord {
-            schema_version: 1,
-            incident_id: "INC-1".into(),
-            update_id: format!("u{seq}"),
-            sequence: seq,
-            status: status.into(),
-            impact: "major".into(),
-            target: "<regs>".into(),
-            channel: "email".into(),
-            audiences: vec!["regulators".into()],
-            recipient: Some("no***x.eu".into()),
-            recipient_ref: Some("0123456789abcdef".into()),
-            outcome: outcome.into(),
-            attempts: 1,
-            first_attempt_at: Some(t0),
-            final_at: plus(t0, Duration::from_secs(at as u64)),
-            occurred_at: t0,
-            published_at: Some(t0),
-            latency_ms: 0,
-            provider: None,
-            drill: false,
-            provider_id: Some("Q1".into()),
-            error: None,
-            superseded_by: None,
-            idempotency_key: format!("k{seq}"),
-            source: crate::records::ledger::SourceRef {
-                topic: "t".into(),
-                partition: 0,
-                offset: seq as i64,
-            },
-        }
+        let at = t0 + jiff::SignedDuration::from_secs(at);
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 2, "incident_id": "INC-1", "update_id": format!("u{seq}"),
+            "sequence": seq, "status": "investigating", "impact": "major",
+            "target": "<regs>", "channel": "webhook", "audiences": ["regulators"],
+            "recipient": null, "recipient_ref": null, "outcome": outcome,
+            "attempts": 1, "first_attempt_at": t0,
+            "final_at": if matches!(outcome, "due" | "pending") { serde_json::Value::Null } else { serde_json::json!(at) },
+            "recorded_at": at, "occurred_at": t0, "published_at": t0, "latency_ms": 0,
+            "provider": "primary", "provider_id": "HTTP 200", "error": null,
+            "superseded_by": null, "idempotency_key": format!("k{seq}"),
+            "source": {"topic": "t", "partition": 0, "offset": seq},
+            "next_attempt_at": null, "breaker": null, "recipients_pending": null
+        }))
+        .expect("a ledger record")
     }
 
-    #[test]
-    fn a_late_first_notice_is_a_missed_deadline_and_text_is_escaped() {
-        let deadlines = [(
+    fn deadlines(secs: u64) -> BTreeMap<String, Deadlines> {
+        [(
             "regulators".to_string(),
             Deadlines {
-                first_notice_within: Some(Duration::from_secs(60)),
+                first_notice_within: Some(Duration::from_secs(secs)),
                 by_status: BTreeMap::new(),
                 warn_at: 0.8,
             },
         )]
-        .into();
+        .into()
+    }
+
+    #[test]
+    fn a_late_first_notice_is_a_missed_deadline_and_text_is_escaped() {
         let r = build(
             "INC-1",
-            vec![record(1, "investigating", "delivered", 90)],
-            &deadlines,
+            fold(&[record(1, "due", 0), record(1, "delivered", 90)]),
+            &deadlines(60),
             jiff::Timestamp::now(),
         );
         assert_eq!(r.audiences[0].time_to_first_notice_s, Some(90));
         assert_eq!(r.audiences[0].deadlines[0].verdict, "missed");
+        assert_eq!(exit_code(&r.tally), EXIT_REACHED);
         let page = html(&r);
         assert!(page.contains("&lt;regs&gt;") && !page.contains("<regs>"));
         assert!(page.contains("<svg id=\"timeline\""));
+    }
+
+    #[test]
+    fn a_pending_notice_has_its_lane_row_and_reason_and_is_missed_past_its_deadline() {
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).expect("time");
+        let mut p = record(1, "pending", 5);
+        p.attempts = 4;
+        p.breaker = Some("open".into());
+        p.error = Some(crate::records::ledger::LedgerError {
+            class: "retryable".into(),
+            code: None,
+            reason: "connection refused".into(),
+        });
+        let notices = fold(&[record(1, "due", 0), p]);
+        let early = build(
+            "INC-1",
+            notices.clone(),
+            &deadlines(60),
+            t0 + jiff::SignedDuration::from_secs(30),
+        );
+        assert_eq!(early.audiences[0].pending, 1);
+        assert_eq!(early.audiences[0].deadlines[0].verdict, "open");
+        assert_eq!(exit_code(&early.tally), EXIT_PENDING);
+        let late = build(
+            "INC-1",
+            notices,
+            &deadlines(60),
+            t0 + jiff::SignedDuration::from_secs(90),
+        );
+        assert_eq!(late.audiences[0].deadlines[0].verdict, "missed");
+        let text = status_table(&late);
+        assert!(
+            text.starts_with("incident INC-1: 1 notice(s) due: 1 pending"),
+            "{text}"
+        );
+        assert!(text.contains("audience regulators: NOT YET"), "{text}");
+        assert!(
+            text.contains("connection refused") && text.contains("breaker open"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deadline regulators first_notice: MISSED"),
+            "{text}"
+        );
+        let page = html(&late);
+        assert!(page.contains("data-audience=\"regulators\""));
+        assert!(page.contains("class=\"pending\""));
     }
 }

@@ -33,7 +33,33 @@ enum State {
         next_probe: Instant,
         wait: Duration,
         probing: bool,
+        /// The error of the attempt that opened it, or of the last failed probe.
+        last_error: String,
     },
+}
+
+/// What a breaker says of its target now, for the ledger's `pending` records and
+/// `/readyz`: its state, the last error while open, and when the next probe may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: BreakerState,
+    pub last_error: Option<String>,
+    pub next_probe_at: Option<jiff::Timestamp>,
+}
+
+impl Snapshot {
+    /// A closed target has no error or probe to show.
+    fn closed_if(self, closed: bool) -> Self {
+        if closed {
+            Snapshot {
+                state: BreakerState::Closed,
+                last_error: None,
+                next_probe_at: None,
+            }
+        } else {
+            self
+        }
+    }
 }
 
 /// What a delivery may do now.
@@ -94,6 +120,36 @@ impl Breaker {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { probing: true, .. } => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
+        }
+    }
+
+    /// The state, the last error and the next probe's time.
+    pub fn snapshot(&self) -> Snapshot {
+        match &*self.lock() {
+            State::Closed { .. } => Snapshot {
+                state: BreakerState::Closed,
+                last_error: None,
+                next_probe_at: None,
+            },
+            State::Open {
+                probing,
+                next_probe,
+                last_error,
+                ..
+            } => {
+                let left = next_probe.saturating_duration_since(Instant::now());
+                Snapshot {
+                    state: if *probing {
+                        BreakerState::HalfOpen
+                    } else {
+                        BreakerState::Open
+                    },
+                    last_error: Some(last_error.clone()),
+                    next_probe_at: jiff::SignedDuration::try_from(left)
+                        .ok()
+                        .and_then(|d| jiff::Timestamp::now().checked_add(d).ok()),
+                }
+            }
         }
     }
 
@@ -183,6 +239,7 @@ impl Breaker {
         let mut st = self.lock();
         let now = Instant::now();
         let mut transition = None;
+        let mut probe_failed = None;
         let open_after = match (&mut *st, verdict) {
             (State::Closed { failures }, Verdict::TargetUp) => {
                 *failures = 0;
@@ -197,6 +254,7 @@ impl Breaker {
                         next_probe: now + self.config.probe_interval,
                         wait: self.config.probe_interval,
                         probing: false,
+                        last_error: reason.to_string(),
                     };
                     transition = Some((BreakerState::Open, None));
                     true
@@ -215,6 +273,7 @@ impl Breaker {
                     next_probe,
                     wait,
                     probing,
+                    last_error,
                     ..
                 },
                 Verdict::TargetDown,
@@ -223,7 +282,8 @@ impl Breaker {
                     *wait = (*wait * 2).min(self.config.max_probe_interval);
                     *next_probe = now + *wait;
                     *probing = false;
-                    transition = Some((BreakerState::Open, None));
+                    *last_error = reason.to_string();
+                    probe_failed = Some(*wait);
                 }
                 true
             }
@@ -232,6 +292,18 @@ impl Breaker {
         if let Some((to, down_for)) = transition {
             self.log_transition(to, down_for, reason);
             self.publish(to);
+            self.changed.notify_waiters();
+        } else if let Some(wait) = probe_failed {
+            // Still down: not a transition. Logged once when it opened, and once
+            // when it closes (docs/configuration.md), not at every probe.
+            tracing::debug!(
+                target_name = %self.target,
+                provider = self.provider.as_ref().map(|m| m.name.as_str()),
+                next_probe_in_ms = wait.as_millis() as u64,
+                last_error = reason,
+                "probe failed; the target is still down"
+            );
+            self.publish(BreakerState::Open);
             self.changed.notify_waiters();
         }
         open_after
@@ -372,6 +444,18 @@ impl Breakers {
         }
     }
 
+    /// The target as a whole: its state, the last error of its providers while
+    /// every one is down, and the earliest next probe.
+    pub fn snapshot(&self) -> Snapshot {
+        let all: Vec<Snapshot> = self.list.iter().map(|b| b.snapshot()).collect();
+        Snapshot {
+            state: self.state(),
+            last_error: all.iter().rev().find_map(|s| s.last_error.clone()),
+            next_probe_at: all.iter().filter_map(|s| s.next_probe_at).min(),
+        }
+        .closed_if(self.state() == BreakerState::Closed)
+    }
+
     /// Every provider's breaker is open (or probing).
     pub fn is_open(&self) -> bool {
         self.list.iter().all(|b| b.is_open())
@@ -386,6 +470,10 @@ impl Breakers {
 impl crate::ops::health::TargetBreaker for Breakers {
     fn state(&self) -> BreakerState {
         Breakers::state(self)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.snapshot().last_error
     }
 }
 
@@ -429,8 +517,17 @@ mod tests {
             Pass::Probe,
             "probes again after the backoff"
         );
+        let down = b.snapshot();
+        assert_eq!(
+            down.state,
+            BreakerState::HalfOpen,
+            "the second probe is out"
+        );
+        assert_eq!(down.last_error.as_deref(), Some("refused"));
+        assert!(down.next_probe_at.is_some());
         assert!(!b.record(Pass::Probe, Verdict::TargetUp, ""));
         assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.snapshot().last_error, None);
         assert_eq!(b.pass().await, Pass::Go);
     }
 

@@ -9,7 +9,7 @@
 //! own breaker (`breaker.rs`): a target that is down makes its deliveries wait
 //! without spending attempts, and delays no other target.
 
-use crate::config::{RetryPolicy, TargetConfig};
+use crate::config::{ChannelKind, RetryPolicy, TargetConfig};
 use crate::engine::breaker::{Breakers, Pass, Verdict};
 use crate::ops::telemetry::{
     DeliveryAttempted, DeliveryDeadLettered, DeliveryEnded, DeliverySuperseded,
@@ -285,6 +285,59 @@ pub struct Dispatcher {
     state: Option<Arc<StateWriter>>,
     /// The directory and walk progress of people targets (`people.rs`).
     pub(crate) people: Option<Arc<crate::people::PeopleSupport>>,
+    /// `clarion dlq replay`'s dispatcher: its ledger records say `replayed`.
+    replaying: bool,
+}
+
+/// One target's routing, as the events stream sees it: enough to know that the
+/// target takes an update, and to write the `due` record that says so.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub target: Arc<str>,
+    /// The ledger's `channel` (`ConfigKind::ledger_channel`).
+    pub channel: &'static str,
+    pub audiences: BTreeSet<String>,
+    pub rules: Vec<clarion_render::Rule>,
+    /// The target has `drill_recipients`.
+    pub drillable: bool,
+}
+
+impl Route {
+    pub fn of(t: &TargetConfig) -> Self {
+        Route {
+            target: t.name.clone(),
+            channel: t.kind.ledger_channel(),
+            audiences: t.audiences.clone(),
+            rules: t.rules.clone(),
+            drillable: t.drill.is_some(),
+        }
+    }
+
+    /// The audiences this target serves for `update`, when it takes it: routing for
+    /// an update, `drill_targets` and `drill_recipients` for a drill (as
+    /// [`drill_audiences`] decides in the target's own stream).
+    pub fn takes(&self, update: &IncidentUpdate) -> Option<Vec<String>> {
+        if !update.drill {
+            let d = clarion_render::route(update, &self.audiences, &self.rules);
+            return d.matched.then_some(d.audiences);
+        }
+        if !self.drillable
+            || (!update.drill_targets.is_empty()
+                && !update.drill_targets.iter().any(|t| **t == *self.target))
+        {
+            return None;
+        }
+        let mut served: Vec<String> = update
+            .audiences
+            .iter()
+            .filter(|a| self.audiences.contains(*a))
+            .cloned()
+            .collect();
+        if served.is_empty() {
+            served.extend(self.audiences.iter().next().cloned());
+        }
+        Some(served)
+    }
 }
 
 /// How a delivery (or one recipient of it) ended, for the ledger and the observer.
@@ -375,7 +428,15 @@ impl Dispatcher {
             deadlines: None,
             state: None,
             people: None,
+            replaying: false,
         }
+    }
+
+    /// Marks every ledger record this dispatcher writes as `replayed`
+    /// (`clarion dlq replay`).
+    pub fn replaying(mut self) -> Self {
+        self.replaying = true;
+        self
     }
 
     /// Records every final outcome in the ledger before the delivery resolves.
@@ -542,6 +603,16 @@ impl Dispatcher {
     ) -> Resolution {
         let target = &self.targets[planned.target];
         let update = planned.delivery.update.clone();
+        // A delivery to recipients ends with a record of its own end, so that a
+        // reader knows no more recipients' records follow; a webhook's one outcome
+        // says it already.
+        let ends =
+            (self.ledger.is_some() && target.config.kind != ChannelKind::Webhook).then(|| {
+                (
+                    planned.delivery.target.clone(),
+                    planned.delivery.audiences.clone(),
+                )
+            });
         let span = tracing::info_span!(
             "delivery",
             incident_id = %update.incident_id,
@@ -549,10 +620,17 @@ impl Dispatcher {
             target = %target.config.name,
             channel = target.config.kind.as_str(),
         );
-        let resolution = self
+        let mut resolution = self
             .run_inner(planned, target, source, cancel)
             .instrument(span.clone())
             .await;
+        if resolution == Resolution::Resolved
+            && let Some((name, audiences)) = ends
+        {
+            resolution = self
+                .resolved(target, &update, &name, &audiences, source, cancel)
+                .await;
+        }
         if resolution == Resolution::Abandoned {
             span.in_scope(|| {
                 tracing::warn!(

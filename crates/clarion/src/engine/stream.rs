@@ -51,16 +51,12 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum Role {
     /// Event-level outcomes, once per deployment. The dispatcher has no targets; it
-    /// writes dead letters. `routes` are every target's routing and `drillable`
-    /// the targets with `drill_recipients`, for the "no target takes this update"
-    /// warning.
+    /// writes dead letters, the incident state and the ledger's `due` records.
+    /// `routes` are every target's routing: for the "no target takes this update"
+    /// warning and for what is due.
     Events {
         dispatcher: Arc<Dispatcher>,
-        routes: Vec<(
-            std::collections::BTreeSet<String>,
-            Vec<clarion_render::Rule>,
-        )>,
-        drillable: std::collections::BTreeSet<String>,
+        routes: Vec<crate::engine::dispatch::Route>,
     },
     /// Deliveries to one target: the dispatcher has exactly that target.
     Target { dispatcher: Arc<Dispatcher> },
@@ -634,37 +630,19 @@ async fn handle(
 ) -> Resolution {
     match (role, work) {
         (_, Work::Nothing) => Resolution::Resolved,
-        (
-            Role::Events {
-                dispatcher,
-                routes,
-                drillable,
-            },
-            Work::Check(checked),
-        ) => match checked {
-            Ok(update) if update.drill => {
-                // A drill is routed by `drill_targets` and `drill_recipients`, not
-                // by audiences and rules (`dispatch::drill_audiences`).
-                let taken = if update.drill_targets.is_empty() {
-                    !drillable.is_empty()
-                } else {
-                    update.drill_targets.iter().any(|t| drillable.contains(t))
-                };
-                if !taken {
+        (Role::Events { dispatcher, routes }, Work::Check(checked)) => match checked {
+            Ok(update) => {
+                let taken = routes.iter().any(|r| r.takes(&update).is_some());
+                if !taken && update.drill {
+                    // A drill is routed by `drill_targets` and `drill_recipients`, not
+                    // by audiences and rules (`dispatch::drill_audiences`).
                     tracing::warn!(
                         incident_id = %update.incident_id,
                         update_id = %update.update_id,
                         drill_targets = ?update.drill_targets,
                         "no target takes this drill: none of its drill_targets has drill_recipients; nothing to deliver"
                     );
-                }
-                Resolution::Resolved
-            }
-            Ok(update) => {
-                let taken = routes
-                    .iter()
-                    .any(|(aud, rules)| clarion_render::route(&update, aud, rules).matched);
-                if !taken {
+                } else if !taken {
                     tracing::warn!(
                         incident_id = %update.incident_id,
                         update_id = %update.update_id,
@@ -672,9 +650,18 @@ async fn handle(
                         "no target serves this update's audiences; nothing to deliver"
                     );
                 }
-                // The incident's latest update, for `clarion publish`: acknowledged
-                // before the update resolves, like a dead letter.
-                dispatcher.record_state(&update, source, cancel).await
+                // The incident's latest update, for `clarion publish`, and what it
+                // owes each target, for `clarion status`: acknowledged before the
+                // update resolves, like a dead letter.
+                let (state, due) = futures::join!(
+                    dispatcher.record_state(&update, source, cancel),
+                    dispatcher.record_due(&update, source, routes, cancel)
+                );
+                if state == Resolution::Abandoned || due == Resolution::Abandoned {
+                    Resolution::Abandoned
+                } else {
+                    Resolution::Resolved
+                }
             }
             Err((kind, reason)) => {
                 EventRejected {

@@ -253,7 +253,7 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
     let routes = settings
         .targets
         .iter()
-        .map(|t| (t.audiences.clone(), t.rules.clone()))
+        .map(crate::engine::dispatch::Route::of)
         .collect();
     out.push((
         Spec {
@@ -273,15 +273,10 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                         shared.outputs.clone(),
                         CancellationToken::new(),
                     )
-                    .with_state(shared.records.state.clone()),
+                    .with_state(shared.records.state.clone())
+                    .with_ledger(shared.records.ledger.clone()),
                 ),
                 routes,
-                drillable: settings
-                    .targets
-                    .iter()
-                    .filter(|t| t.drill.is_some())
-                    .map(|t| t.name.to_string())
-                    .collect(),
             },
         },
         settings

@@ -71,6 +71,10 @@ impl BreakerState {
 /// the records both report to, depends on neither.
 pub trait TargetBreaker: Send + Sync + std::fmt::Debug {
     fn state(&self) -> BreakerState;
+    /// The error that keeps it open, while it is.
+    fn last_error(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +196,19 @@ impl Health {
             inner.streams.remove(name);
             inner.clients.remove(name);
         }
+    }
+
+    /// The breaker of the target stream `name` in this process, with its last error
+    /// while open; `None` when no such stream runs here. For the ledger's `due`
+    /// records, which the events stream writes without owning the target.
+    pub fn target_breaker(&self, name: &str) -> Option<(BreakerState, Option<String>)> {
+        let breaker = self.lock().streams.get(name)?.breaker.clone()?;
+        // Read outside the health lock: the breaker takes its own.
+        let state = breaker.state();
+        let error = (state != BreakerState::Closed)
+            .then(|| breaker.last_error())
+            .flatten();
+        Some((state, error))
     }
 
     /// Every stream has started: tells systemd the daemon is up.

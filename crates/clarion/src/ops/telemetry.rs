@@ -246,6 +246,7 @@ pub fn register(settings: &crate::config::Settings) {
             counter!("clarion_dead_letter_write_failures_total", "record" => record, "class" => class).absolute(0);
         }
     }
+    counter!("clarion_records_dropped_total", "record" => "ledger_pending").absolute(0);
     gauge!("clarion_kafka_connected", "client" => crate::ops::health::PRODUCER).set(0.0);
     counter!("clarion_panics_total", "target" => "events").absolute(0);
     let mut streams = vec!["events".to_string()];
@@ -338,6 +339,10 @@ fn describe() {
     describe_counter!(
         "clarion_dead_letter_write_failures_total",
         "Failed writes to the dead-letter and dead-recipient topics, by record and error class."
+    );
+    describe_counter!(
+        "clarion_records_dropped_total",
+        "Records nothing waited on (ledger `pending` records) that the producer could not write, by record."
     );
     describe_counter!(
         "clarion_panics_total",
@@ -779,6 +784,28 @@ impl DeadLetterWriteFailed<'_> {
         if self.class == "permanent" && self.what == "dead_letter" {
             crate::ops::health::global().dead_letter_failed(self.error);
         }
+    }
+}
+
+/// A record nothing waited on (a ledger `pending` record) could not be written: the
+/// producer's queue was full or the broker refused it. Readers then show the state
+/// before it; nothing is lost but the detail.
+#[derive(Debug)]
+pub struct RecordDropped<'a> {
+    pub topic: &'a str,
+    pub what: &'static str,
+    pub error: &'a str,
+}
+
+impl RecordDropped<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            topic = %self.topic,
+            record = self.what,
+            error = %self.error,
+            "record not written (it was not waited on; the ledger shows the state before it)"
+        );
+        metrics::counter!("clarion_records_dropped_total", "record" => self.what).increment(1);
     }
 }
 

@@ -10,6 +10,16 @@
 //! deliveries its own target streams make, and the ledger is the record of the
 //! whole.
 //!
+//! One verdict, computed one way ([`judge`]): a deadline is met when the first
+//! successful delivery's time (the ledger record's `final_at`) is at or before
+//! start + within, missed when it is later or when it has not come by then, open
+//! otherwise. The daemon's log and metric here and `clarion status`/`report` all
+//! call it, so a late notice is "missed" everywhere.
+//!
+//! A SIGHUP that changes deadlines applies them ([`DeadlineTracker::reconfigure`]):
+//! running clocks take the new `within` and `warn_at`, removed deadlines stop,
+//! and updates from then on start clocks of the new ones.
+//!
 //! Memory is bounded: an incident is forgotten 24 h after its last update once every
 //! clock is stopped, after 7 days untouched in any case, and beyond
 //! [`MAX_INCIDENTS`] the least recently updated one is dropped first. This module
@@ -19,6 +29,7 @@ use crate::config::Deadlines;
 use clarion_core::{IncidentUpdate, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +57,49 @@ impl Kind {
             Kind::Status(s) => s.as_str().to_string(),
         }
     }
+}
+
+/// How a deadline went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first successful delivery came at or before the deadline.
+    Met,
+    /// It came later, or had not come when the deadline passed.
+    Missed,
+    /// Not met, and not due yet.
+    Open,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "missed",
+            Verdict::Open => "open",
+        }
+    }
+}
+
+/// The one judgement of a deadline that starts at `start` and allows `within`,
+/// first met at `met_at` (if it was), seen at `now`. Late is missed.
+pub fn judge(
+    start: jiff::Timestamp,
+    within: Duration,
+    met_at: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Verdict {
+    let due = add(start, within);
+    match met_at {
+        Some(m) if m <= due => Verdict::Met,
+        Some(_) => Verdict::Missed,
+        None if now > due => Verdict::Missed,
+        None => Verdict::Open,
+    }
+}
+
+/// When a deadline that starts at `start` and allows `within` is due.
+pub fn due(start: jiff::Timestamp, within: Duration) -> jiff::Timestamp {
+    add(start, within)
 }
 
 #[derive(Debug, Clone)]
@@ -80,39 +134,96 @@ struct Incident {
     last_update: Option<jiff::Timestamp>,
 }
 
-/// The clocks of every incident with a deadline.
+/// The clocks of every incident with a deadline, and the deadlines they run by.
 #[derive(Debug)]
 pub struct DeadlineTracker {
+    state: Mutex<Tracked>,
+    /// Whether any audience has a deadline: without one, deliveries take no lock.
+    enabled: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
     config: BTreeMap<String, Deadlines>,
-    incidents: Mutex<HashMap<String, Incident>>,
+    incidents: HashMap<String, Incident>,
 }
 
 impl DeadlineTracker {
-    /// `None` when no audience has a deadline.
-    pub fn new(config: BTreeMap<String, Deadlines>) -> Option<Self> {
-        if config.is_empty() {
-            return None;
+    /// Clocks for `config`'s deadlines (none yet, when it has none: a reload may
+    /// bring some).
+    pub fn new(config: BTreeMap<String, Deadlines>) -> Self {
+        DeadlineTracker {
+            enabled: AtomicBool::new(!config.is_empty()),
+            state: Mutex::new(Tracked {
+                config,
+                incidents: HashMap::new(),
+            }),
         }
-        Some(DeadlineTracker {
-            config,
-            incidents: Mutex::default(),
-        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Incident>> {
-        self.incidents.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadlines in force.
+    pub fn config(&self) -> BTreeMap<String, Deadlines> {
+        self.lock().config.clone()
+    }
+
+    /// Applies a reloaded config's deadlines: running clocks (not met, not missed)
+    /// take the new `within` and `warn_at`, clocks of a deadline that is gone stop,
+    /// and updates from now on start clocks of new ones. Returns what changed, in
+    /// words (`None` when nothing did).
+    pub fn reconfigure(&self, config: BTreeMap<String, Deadlines>) -> Option<String> {
+        let mut st = self.lock();
+        let changes = describe_changes(&st.config, &config);
+        if changes.is_empty() {
+            return None;
+        }
+        for incident in st.incidents.values_mut() {
+            incident.clocks.retain(|(audience, kind), clock| {
+                let Some(d) = config.get(audience) else {
+                    return clock.met.is_some() || clock.breached;
+                };
+                let within = match kind {
+                    Kind::FirstNotice => d.first_notice_within,
+                    Kind::Status(s) => d.by_status.get(s).copied(),
+                };
+                let Some(within) = within else {
+                    return clock.met.is_some() || clock.breached;
+                };
+                if clock.met.is_none() && !clock.breached {
+                    clock.within = within;
+                    clock.warn_at = d.warn_at;
+                    clock.warned = false;
+                }
+                true
+            });
+        }
+        for audience in config.keys() {
+            metrics::counter!("clarion_deadline_breaches_total", "audience" => audience.clone())
+                .increment(0);
+        }
+        self.enabled.store(!config.is_empty(), Ordering::Relaxed);
+        st.config = config;
+        Some(changes.join(", "))
     }
 
     /// An update is about to be delivered to `audiences`: start the clocks it starts.
     pub fn observe(&self, update: &IncidentUpdate, audiences: &[String]) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut st = self.lock();
+        let Tracked { config, incidents } = &mut *st;
         let relevant: Vec<(&String, &Deadlines)> = audiences
             .iter()
-            .filter_map(|a| self.config.get(a).map(|d| (a, d)))
+            .filter_map(|a| config.get(a).map(|d| (a, d)))
             .collect();
         if relevant.is_empty() {
             return;
         }
-        let mut map = self.lock();
+        let map = incidents;
         if !map.contains_key(&update.incident_id) && map.len() >= MAX_INCIDENTS {
             // Drop the least recently updated incident to make room.
             if let Some(oldest) = map
@@ -155,12 +266,15 @@ impl DeadlineTracker {
         }
     }
 
-    /// `update` was delivered to `audiences` (at least one recipient): stop the
-    /// clocks it stops. A deadline met late counts as breached, once.
-    pub fn delivered(&self, update: &IncidentUpdate, audiences: &[String]) {
-        let now = jiff::Timestamp::now();
-        let mut map = self.lock();
-        let Some(incident) = map.get_mut(&update.incident_id) else {
+    /// `update` was delivered to `audiences` (at least one recipient) at `at`, the
+    /// time its ledger record says: stop the clocks it stops, judged by [`judge`]. A
+    /// deadline met late is missed: logged so, and counted once.
+    pub fn delivered(&self, update: &IncidentUpdate, audiences: &[String], at: jiff::Timestamp) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(incident) = st.incidents.get_mut(&update.incident_id) else {
             return;
         };
         for audience in audiences {
@@ -171,8 +285,20 @@ impl DeadlineTracker {
                 if clock.met.is_some() {
                     continue;
                 }
-                clock.met = Some(now);
-                if now > clock.due() && !clock.breached {
+                clock.met = Some(at);
+                let took = at.duration_since(clock.start).as_secs();
+                if judge(clock.start, clock.within, Some(at), at) == Verdict::Met {
+                    tracing::info!(
+                        incident_id = %update.incident_id,
+                        audience = %audience,
+                        deadline = %kind.label(),
+                        took_s = took,
+                        within_s = clock.within.as_secs(),
+                        "notification deadline met"
+                    );
+                    continue;
+                }
+                if !clock.breached {
                     clock.breached = true;
                     DeadlineBreached {
                         incident_id: &update.incident_id,
@@ -183,13 +309,13 @@ impl DeadlineTracker {
                     }
                     .emit();
                 }
-                tracing::info!(
+                tracing::warn!(
                     incident_id = %update.incident_id,
                     audience = %audience,
                     deadline = %kind.label(),
-                    took_s = now.duration_since(clock.start).as_secs(),
+                    took_s = took,
                     within_s = clock.within.as_secs(),
-                    "notification deadline met"
+                    "notification deadline missed: the first delivery to this audience came after the deadline"
                 );
             }
         }
@@ -198,9 +324,10 @@ impl DeadlineTracker {
     /// Checks every running clock: warns at its warning point, counts a breach at
     /// its deadline, forgets finished incidents, and sets the at-risk gauges.
     pub fn tick(&self, now: jiff::Timestamp) {
-        let mut at_risk: BTreeMap<&str, u64> =
-            self.config.keys().map(|a| (a.as_str(), 0)).collect();
-        let mut map = self.lock();
+        let mut st = self.lock();
+        let Tracked { config, incidents } = &mut *st;
+        let mut at_risk: BTreeMap<String, u64> = config.keys().map(|a| (a.clone(), 0)).collect();
+        let map = incidents;
         map.retain(|_, incident| {
             let idle = incident
                 .last_update
@@ -243,10 +370,9 @@ impl DeadlineTracker {
                 }
             }
         }
-        drop(map);
+        drop(st);
         for (audience, n) in at_risk {
-            metrics::gauge!("clarion_deadline_at_risk", "audience" => audience.to_string())
-                .set(n as f64);
+            metrics::gauge!("clarion_deadline_at_risk", "audience" => audience).set(n as f64);
         }
     }
 
@@ -260,7 +386,7 @@ impl DeadlineTracker {
             "clarion_deadline_at_risk",
             "Running notification deadlines past their warning point (warn_at) and not yet met, including overdue ones, per audience."
         );
-        for audience in self.config.keys() {
+        for audience in self.config().keys() {
             // Present from the start, so that an alert sees 0 rather than no series.
             metrics::counter!("clarion_deadline_breaches_total", "audience" => audience.clone())
                 .increment(0);
@@ -277,12 +403,66 @@ impl DeadlineTracker {
 
     /// How many incidents are tracked (tests).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().incidents.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The differences between two configs' deadlines, one phrase each
+/// (`regulators.first_notice_within 2h → 40s`).
+fn describe_changes(
+    old: &BTreeMap<String, Deadlines>,
+    new: &BTreeMap<String, Deadlines>,
+) -> Vec<String> {
+    let show = |d: Option<Duration>| {
+        d.map_or("unset".to_string(), |d| {
+            humantime::format_duration(d).to_string()
+        })
+    };
+    let mut out = Vec::new();
+    let audiences: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for a in audiences {
+        let (o, n) = (old.get(a), new.get(a));
+        if o == n {
+            continue;
+        }
+        let first = |d: Option<&Deadlines>| d.and_then(|d| d.first_notice_within);
+        if first(o) != first(n) {
+            out.push(format!(
+                "{a}.first_notice_within {} → {}",
+                show(first(o)),
+                show(first(n))
+            ));
+        }
+        let statuses: std::collections::BTreeSet<&Status> = o
+            .iter()
+            .chain(n.iter())
+            .flat_map(|d| d.by_status.keys())
+            .collect();
+        for s in statuses {
+            let of = |d: Option<&Deadlines>| d.and_then(|d| d.by_status.get(s).copied());
+            if of(o) != of(n) {
+                out.push(format!(
+                    "{a}.deadlines.{} {} → {}",
+                    s.as_str(),
+                    show(of(o)),
+                    show(of(n))
+                ));
+            }
+        }
+        let warn = |d: Option<&Deadlines>| d.map(|d| d.warn_at);
+        if warn(o) != warn(n) && o.is_some() && n.is_some() {
+            out.push(format!(
+                "{a}.warn_at {} → {}",
+                warn(o).unwrap_or_default(),
+                warn(n).unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
 
 /// A deadline passed its warning point with no successful delivery yet.
@@ -354,11 +534,10 @@ mod tests {
             )]
             .into(),
         )
-        .expect("has deadlines")
     }
 
     fn clock(t: &DeadlineTracker, id: &str, kind: Kind) -> Clock {
-        t.lock()[id].clocks[&("regulators".to_string(), kind)].clone()
+        t.lock().incidents[id].clocks[&("regulators".to_string(), kind)].clone()
     }
 
     #[test]
@@ -377,8 +556,65 @@ mod tests {
         assert!(c.warned && !c.breached);
         t.tick(add(c.start, Duration::from_secs(101)));
         assert!(clock(&t, "I", Kind::FirstNotice).breached);
-        t.delivered(&ups[0], &aud);
+        t.delivered(&ups[0], &aud, add(c.start, Duration::from_secs(102)));
         assert!(clock(&t, "I", Kind::FirstNotice).met.is_some());
+    }
+
+    #[test]
+    fn late_is_missed_and_on_time_is_met() {
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).expect("time");
+        let within = Duration::from_secs(40);
+        let at = |s| add(t0, Duration::from_secs(s));
+        assert_eq!(judge(t0, within, Some(at(40)), at(500)), Verdict::Met);
+        assert_eq!(judge(t0, within, Some(at(141)), at(141)), Verdict::Missed);
+        assert_eq!(judge(t0, within, None, at(39)), Verdict::Open);
+        assert_eq!(judge(t0, within, None, at(41)), Verdict::Missed);
+    }
+
+    #[test]
+    fn a_late_first_delivery_is_counted_as_a_breach_once() {
+        let t = tracker(40);
+        let aud = vec!["regulators".to_string()];
+        let u = samples::lifecycle("I", "t", &["regulators"], jiff::Timestamp::now()).remove(0);
+        t.observe(&u, &aud);
+        // Delivered 141 s after occurred_at, before any tick noticed the breach.
+        t.delivered(&u, &aud, add(u.occurred_at, Duration::from_secs(141)));
+        let c = clock(&t, "I", Kind::FirstNotice);
+        assert!(c.breached && c.met.is_some());
+    }
+
+    #[test]
+    fn a_reload_applies_new_deadlines_to_running_clocks() {
+        let t = tracker(7200);
+        let aud = vec!["regulators".to_string()];
+        let u = samples::lifecycle("I", "t", &["regulators"], jiff::Timestamp::now()).remove(0);
+        t.observe(&u, &aud);
+        let mut config = t.config();
+        let regs = config.get_mut("regulators").expect("regulators");
+        regs.first_notice_within = Some(Duration::from_secs(40));
+        regs.by_status.clear();
+        let changed = t.reconfigure(config.clone()).expect("a change");
+        assert_eq!(
+            changed,
+            "regulators.first_notice_within 2h → 40s, regulators.deadlines.resolved 2h → unset"
+        );
+        assert_eq!(
+            t.reconfigure(config),
+            None,
+            "the same again changes nothing"
+        );
+        t.tick(add(u.occurred_at, Duration::from_secs(41)));
+        assert!(
+            clock(&t, "I", Kind::FirstNotice).breached,
+            "the new 40 s applies"
+        );
+        // Deadlines added where there were none start with the next update.
+        let none = DeadlineTracker::new(BTreeMap::new());
+        none.observe(&u, &aud);
+        assert!(none.is_empty());
+        none.reconfigure(t.config());
+        none.observe(&u, &aud);
+        assert_eq!(none.len(), 1);
     }
 
     #[test]
@@ -389,7 +625,7 @@ mod tests {
         assert!(t.is_empty());
         t.observe(&ups[0], &["regulators".to_string()]);
         assert_eq!(
-            t.lock()["I"].clocks.len(),
+            t.lock().incidents["I"].clocks.len(),
             1,
             "no resolved clock before resolved"
         );
@@ -413,7 +649,7 @@ mod tests {
         let aud = vec!["regulators".to_string()];
         let u = samples::lifecycle("I", "t", &["regulators"], jiff::Timestamp::now()).remove(0);
         t.observe(&u, &aud);
-        t.delivered(&u, &aud);
+        t.delivered(&u, &aud, u.occurred_at);
         t.tick(add(u.occurred_at, Duration::from_secs(3600)));
         assert_eq!(t.len(), 1);
         t.tick(add(u.occurred_at, KEEP_DONE + Duration::from_secs(1)));

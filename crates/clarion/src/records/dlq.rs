@@ -367,6 +367,46 @@ impl DeadLetterWriter {
         }
     }
 
+    /// Hands one record to the producer's queue and returns at once, without
+    /// waiting for the broker: for records nothing waits on. Queued now, it keeps
+    /// its place before every record produced after it to the same partition. A
+    /// full queue or a failed delivery drops it, logged and counted
+    /// (`clarion_records_dropped_total{record}`); it is never retried.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+        what: &'static str,
+    ) {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(to_owned_headers(headers));
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let topic = topic.to_string();
+                tokio::spawn(async move {
+                    if let Ok(Err((e, _))) = delivery.await {
+                        crate::ops::telemetry::RecordDropped {
+                            topic: &topic,
+                            what,
+                            error: &e.to_string(),
+                        }
+                        .emit();
+                    }
+                });
+            }
+            Err((e, _)) => crate::ops::telemetry::RecordDropped {
+                topic,
+                what,
+                error: &e.to_string(),
+            }
+            .emit(),
+        }
+    }
+
     /// Produces one record, retrying transient errors until the broker acknowledges
     /// it or `abort`. A too-large record is handed back to the caller at once; other
     /// permanent errors are retried (`give_up_permanent == false`) or handed back.

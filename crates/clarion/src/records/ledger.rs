@@ -18,14 +18,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The ledger record's shape; docs/ledger.schema.json describes version 1.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The ledger record's shape this daemon writes; docs/ledger.schema.json describes
+/// version 2 (docs/ledger.schema.v1.json the version 1 that older daemons wrote).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The versions readers take: 1 recorded final outcomes only, 2 also what is due
+/// and pending.
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+
+/// The `outcome` values (docs/ledger.md). `due` and `pending` are not final: a
+/// notice they describe is still to be delivered.
+pub mod outcome {
+    /// The events stream found that a target takes the update (routing).
+    pub const DUE: &str = "due";
+    /// An attempt failed and another follows, or the delivery waits for its
+    /// target's breaker.
+    pub const PENDING: &str = "pending";
+    pub const DELIVERED: &str = "delivered";
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const SUPERSEDED: &str = "superseded";
+    /// A delivery to recipients has ended: every recipient's own record is above.
+    pub const RESOLVED: &str = "resolved";
+}
 
 /// How long a reason may be in a ledger record; longer ones are cut (the dead letter
 /// keeps the whole text), so that a record always fits the topic.
 const MAX_REASON_CHARS: usize = 2000;
 
-/// One final outcome of one delivery (per recipient for channels with recipients).
+/// One outcome of one delivery: a final one (per recipient for channels with
+/// recipients), or, from version 2, a state on the way (`due`, `pending`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerRecord {
@@ -42,11 +63,16 @@ pub struct LedgerRecord {
     pub recipient: Option<String>,
     /// Tells recipients apart whose masks collide: see [`recipient_ref`].
     pub recipient_ref: Option<String>,
-    /// `delivered`, `dead_lettered` or `superseded`.
+    /// One of [`outcome`]'s values.
     pub outcome: String,
     pub attempts: u32,
     pub first_attempt_at: Option<jiff::Timestamp>,
-    pub final_at: jiff::Timestamp,
+    /// When the outcome was decided; `None` for `due` and `pending`, which are not
+    /// final (version 1 records are all final and always have it).
+    pub final_at: Option<jiff::Timestamp>,
+    /// When the record was written (version 2; absent from version 1 records).
+    #[serde(default)]
+    pub recorded_at: Option<jiff::Timestamp>,
     pub occurred_at: jiff::Timestamp,
     /// The update's Kafka record timestamp.
     pub published_at: Option<jiff::Timestamp>,
@@ -62,9 +88,24 @@ pub struct LedgerRecord {
     pub superseded_by: Option<String>,
     pub idempotency_key: String,
     pub source: SourceRef,
+    /// For `pending`: when the next attempt is due (the next probe, while the
+    /// target's breaker is open); `None` when not known.
+    #[serde(default)]
+    pub next_attempt_at: Option<jiff::Timestamp>,
+    /// For `due` and `pending`: the target's breaker (`closed`, `open`,
+    /// `half_open`) as the daemon saw it when it wrote the record.
+    #[serde(default)]
+    pub breaker: Option<String>,
+    /// For `pending`: how many recipients the next attempt is for; `None` when the
+    /// channel has none (webhooks) or the attempt did not say.
+    #[serde(default)]
+    pub recipients_pending: Option<u32>,
+    /// Written by `clarion dlq replay`, not by the daemon.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
-/// Why a delivery was dead-lettered.
+/// Why a delivery was dead-lettered, or, for `pending` and `due`, the last error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerError {
@@ -94,8 +135,74 @@ impl SourceRef {
 }
 
 impl LedgerRecord {
+    /// A record of `update` for `target`, with nothing tried yet: the base that the
+    /// daemon's writers fill in.
+    pub fn of_update(
+        update: &IncidentUpdate,
+        source: &Source,
+        target: &str,
+        channel: &str,
+        audiences: Vec<String>,
+        outcome: &str,
+    ) -> Self {
+        let now = jiff::Timestamp::now();
+        let published_at = source
+            .timestamp_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+        let latency_ms = published_at
+            .map(|p| now.duration_since(p).as_millis().max(0) as u64)
+            .unwrap_or(0);
+        LedgerRecord {
+            schema_version: SCHEMA_VERSION,
+            incident_id: update.incident_id.clone(),
+            update_id: update.update_id.clone(),
+            sequence: update.sequence,
+            status: update.status.as_str().to_string(),
+            impact: update.impact.as_str().to_string(),
+            target: target.to_string(),
+            channel: channel.to_string(),
+            audiences,
+            recipient: None,
+            recipient_ref: None,
+            outcome: outcome.to_string(),
+            attempts: 0,
+            first_attempt_at: None,
+            final_at: None,
+            recorded_at: Some(now),
+            occurred_at: update.occurred_at,
+            published_at,
+            latency_ms,
+            provider: None,
+            drill: update.drill,
+            provider_id: None,
+            error: None,
+            superseded_by: None,
+            idempotency_key: clarion_core::IdempotencyKey::new(&update.update_id, target)
+                .as_str()
+                .to_string(),
+            source: SourceRef::of(source),
+            next_attempt_at: None,
+            breaker: None,
+            recipients_pending: None,
+            replayed: false,
+        }
+    }
+
     pub fn is_delivered(&self) -> bool {
-        self.outcome == "delivered"
+        self.outcome == outcome::DELIVERED
+    }
+
+    /// Whether the outcome is final (delivered, dead-lettered, superseded, or the
+    /// end of a delivery to recipients), as opposed to `due` or `pending`.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.outcome.as_str(), outcome::DUE | outcome::PENDING)
+    }
+
+    /// When this record's state began: its final time, else when it was written.
+    pub fn at(&self) -> jiff::Timestamp {
+        self.final_at
+            .or(self.recorded_at)
+            .unwrap_or(self.occurred_at)
     }
 }
 
@@ -136,14 +243,8 @@ impl LedgerWriter {
         &self.topic
     }
 
-    /// Writes one record and returns once the broker acknowledged it; `Abandoned`
-    /// when `abort` fires first (the delivery is then redelivered, and its record
-    /// written when it ends).
-    pub async fn write(
-        &self,
-        record: &LedgerRecord,
-        abort: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    /// The record's value and headers, its reason cut to fit.
+    fn encode(record: &LedgerRecord) -> (Vec<u8>, [(String, Vec<u8>); 1]) {
         let mut record = record.clone();
         if let Some(e) = &mut record.error {
             e.reason = cut(&e.reason, MAX_REASON_CHARS);
@@ -153,7 +254,34 @@ impl LedgerWriter {
             SCHEMA_VERSION.to_string().into_bytes(),
         )];
         // Serializing a struct of strings and numbers cannot fail.
-        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        (serde_json::to_vec(&record).unwrap_or_default(), headers)
+    }
+
+    /// Hands a record that no delivery waits on (`pending`) to the producer and
+    /// returns at once. It takes its place in the producer's queue now, so it is
+    /// written before any record of its incident written after it; a full queue or
+    /// a refusal drops it (logged and counted: readers then show the previous
+    /// state, never a wrong final one).
+    pub fn enqueue(&self, record: &LedgerRecord) {
+        let (payload, headers) = Self::encode(record);
+        self.out.enqueue(
+            &self.topic,
+            record.incident_id.as_bytes(),
+            &payload,
+            &headers,
+            "ledger_pending",
+        );
+    }
+
+    /// Writes one record and returns once the broker acknowledged it; `Abandoned`
+    /// when `abort` fires first (the delivery is then redelivered, and its record
+    /// written when it ends).
+    pub async fn write(
+        &self,
+        record: &LedgerRecord,
+        abort: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let (payload, headers) = Self::encode(record);
         let written = self
             .out
             .write_acknowledged(
@@ -203,7 +331,9 @@ impl Records {
                 .incident_state_topic
                 .clone()
                 .map(|t| Arc::new(StateWriter::new(out.clone(), t))),
-            deadlines: DeadlineTracker::new(settings.deadlines.clone()).map(Arc::new),
+            // Always present, so that a reload that brings deadlines has clocks to
+            // apply them to; without deadlines it takes no lock.
+            deadlines: Some(Arc::new(DeadlineTracker::new(settings.deadlines.clone()))),
         }
     }
 }
@@ -371,8 +501,11 @@ pub fn read_key(
     Ok(out)
 }
 
-/// The ledger records of one incident, in the order they were written per partition,
-/// duplicates (a redelivery after a crash writes a second `delivered`) removed.
+/// The ledger records of one incident, in the order they were written (one
+/// incident's records share a partition), duplicates of a final outcome (a
+/// redelivery after a crash writes a second `delivered`) removed. Records that are
+/// not final are all kept: readers fold them to each notice's latest state
+/// (`records::notices`).
 pub fn read_incident(
     kafka: &KafkaConfig,
     secrets: &dyn SecretResolver,
@@ -385,36 +518,56 @@ pub fn read_incident(
         );
     };
     let raw = read_key(kafka, secrets, topic, incident, timeout)?;
-    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (i, bytes) in raw.iter().enumerate() {
-        let record: LedgerRecord = match serde_json::from_slice(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                let version = serde_json::from_slice::<serde_json::Value>(bytes)
-                    .ok()
-                    .and_then(|v| v.get("schema_version").and_then(|s| s.as_u64()));
-                match version {
-                    Some(v) if v != u64::from(SCHEMA_VERSION) => bail!(
-                        "ledger record {i} of `{incident}` has schema_version {v}; this clarion reads version {SCHEMA_VERSION}: upgrade it"
-                    ),
-                    _ => {
-                        tracing::warn!(error = %e, "skipping a ledger record that is not a valid version-1 record");
-                        continue;
-                    }
-                }
-            }
-        };
-        let dedupe = (
-            record.idempotency_key.clone(),
-            record.recipient_ref.clone(),
-            record.outcome.clone(),
-        );
-        if seen.insert(dedupe) {
-            out.push(record);
+        match parse(bytes) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(v) => bail!(
+                "ledger record {i} of `{incident}` has schema_version {v}; this clarion reads versions {READABLE_VERSIONS:?}: upgrade it"
+            ),
         }
     }
-    Ok(out)
+    Ok(dedupe(out))
+}
+
+/// One ledger value: the record, `None` for a value that is not a record this
+/// clarion can read (logged, skipped), or the unknown schema version it has.
+pub fn parse(bytes: &[u8]) -> std::result::Result<Option<LedgerRecord>, u64> {
+    match serde_json::from_slice::<LedgerRecord>(bytes) {
+        Ok(r) if READABLE_VERSIONS.contains(&r.schema_version) => Ok(Some(r)),
+        Ok(r) => Err(u64::from(r.schema_version)),
+        Err(e) => {
+            let version = serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .and_then(|v| v.get("schema_version").and_then(|s| s.as_u64()));
+            match version {
+                Some(v) if !READABLE_VERSIONS.iter().any(|r| u64::from(*r) == v) => Err(v),
+                _ => {
+                    tracing::warn!(error = %e, "skipping a ledger value that is not a valid ledger record");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// Removes repeated final outcomes (same delivery, recipient, outcome and replay),
+/// keeping the first; keeps every record that is not final.
+pub fn dedupe(records: Vec<LedgerRecord>) -> Vec<LedgerRecord> {
+    let mut seen = std::collections::HashSet::new();
+    records
+        .into_iter()
+        .filter(|r| {
+            !r.is_final()
+                || seen.insert((
+                    r.idempotency_key.clone(),
+                    r.recipient_ref.clone(),
+                    r.outcome.clone(),
+                    r.replayed,
+                ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,16 @@
 
 use super::retry::{failure_reason, since_kafka_timestamp};
 use super::*;
+use crate::records::ledger::outcome as ledger_outcome;
+
+/// A delivery error as the ledger records it.
+pub(super) fn ledger_error(e: &DeliveryError) -> crate::records::ledger::LedgerError {
+    crate::records::ledger::LedgerError {
+        class: e.class.as_str().to_string(),
+        code: e.code.clone(),
+        reason: e.reason.clone(),
+    }
+}
 
 impl Dispatcher {
     /// Ends a delivery that a newer update of its incident made unnecessary.
@@ -177,47 +187,25 @@ impl Dispatcher {
         } else {
             "delivered"
         };
+        let final_at = jiff::Timestamp::now();
         if let Some(ledger) = &self.ledger {
             // Boxed: the record is large, and inline it made every delivery's
             // `report` (and so its retry loop) that much larger, though most
             // deployments write no ledger.
             let written = Box::pin(async {
-                let u = &d.update;
-                let record = LedgerRecord {
-                    schema_version: crate::records::ledger::SCHEMA_VERSION,
-                    incident_id: u.incident_id.clone(),
-                    update_id: u.update_id.clone(),
-                    sequence: u.sequence,
-                    status: u.status.as_str().to_string(),
-                    impact: u.impact.as_str().to_string(),
-                    target: d.target.to_string(),
-                    channel: target.config.kind.ledger_channel().to_string(),
-                    audiences: d.audiences.to_vec(),
-                    recipient: recipient.as_deref().map(|r| clarion_core::mask(Some(r))),
-                    recipient_ref: recipient
-                        .as_deref()
-                        .map(|r| crate::records::ledger::recipient_ref(r, d.key.as_str())),
-                    outcome: outcome.to_string(),
-                    attempts: tried.count,
-                    first_attempt_at: tried.first_at,
-                    final_at: jiff::Timestamp::now(),
-                    occurred_at: u.occurred_at,
-                    published_at: source
-                        .timestamp_ms
-                        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()),
-                    latency_ms: latency.as_millis().min(u128::from(u64::MAX)) as u64,
-                    provider: tried.provider.map(|i| target.providers[i].name.to_string()),
-                    drill: u.drill,
-                    provider_id: provider_id.clone(),
-                    error: error.as_ref().map(|e| crate::records::ledger::LedgerError {
-                        class: e.class.as_str().to_string(),
-                        code: e.code.clone(),
-                        reason: e.reason.clone(),
-                    }),
-                    superseded_by: superseded_by.clone(),
-                    idempotency_key: d.key.as_str().to_string(),
-                    source: crate::records::ledger::SourceRef::of(source),
-                };
+                let mut record = self.ledger_record(target, d, source, outcome);
+                record.recipient = recipient.as_deref().map(|r| clarion_core::mask(Some(r)));
+                record.recipient_ref = recipient
+                    .as_deref()
+                    .map(|r| crate::records::ledger::recipient_ref(r, d.key.as_str()));
+                record.attempts = tried.count;
+                record.first_attempt_at = tried.first_at;
+                record.final_at = Some(final_at);
+                record.recorded_at = Some(final_at);
+                record.provider = tried.provider.map(|i| target.providers[i].name.to_string());
+                record.provider_id = provider_id.clone();
+                record.error = error.as_ref().map(ledger_error);
+                record.superseded_by = superseded_by.clone();
                 ledger.write(&record, cancel).await
             })
             .await;
@@ -235,7 +223,7 @@ impl Dispatcher {
         } else if outcome == "delivered"
             && let Some(clocks) = &self.deadlines
         {
-            clocks.delivered(&d.update, &d.audiences);
+            clocks.delivered(&d.update, &d.audiences, final_at);
         }
         let dead = error.map(|e| e.reason);
         DeliveryEnded {
@@ -267,6 +255,114 @@ impl Dispatcher {
             .await;
         }
         Resolution::Resolved
+    }
+
+    /// The ledger record of delivery `d` with `outcome`, nothing tried yet: what
+    /// every record of a delivery shares.
+    pub(super) fn ledger_record(
+        &self,
+        target: &Target,
+        d: &Delivery,
+        source: &Source,
+        outcome: &str,
+    ) -> LedgerRecord {
+        let mut record = LedgerRecord::of_update(
+            &d.update,
+            source,
+            &d.target,
+            target.config.kind.ledger_channel(),
+            d.audiences.to_vec(),
+            outcome,
+        );
+        record.idempotency_key = d.key.as_str().to_string();
+        record.replayed = self.replaying;
+        record
+    }
+
+    /// Records that a delivery to recipients has ended (`resolved`): every
+    /// recipient's record is written before it. Acknowledged before the delivery
+    /// resolves, like the others: without it a reader could not tell the end from
+    /// a pause between two recipients.
+    pub(super) async fn resolved(
+        &self,
+        target: &Target,
+        update: &Arc<IncidentUpdate>,
+        name: &Arc<str>,
+        audiences: &Arc<[String]>,
+        source: &Source,
+        cancel: &CancellationToken,
+    ) -> Resolution {
+        let Some(ledger) = &self.ledger else {
+            return Resolution::Resolved;
+        };
+        let written = Box::pin(async {
+            let mut record = LedgerRecord::of_update(
+                update,
+                source,
+                name,
+                target.config.kind.ledger_channel(),
+                audiences.to_vec(),
+                ledger_outcome::RESOLVED,
+            );
+            record.final_at = record.recorded_at;
+            record.replayed = self.replaying;
+            ledger.write(&record, cancel).await
+        })
+        .await;
+        match written {
+            Ok(()) => Resolution::Resolved,
+            Err(_) => Resolution::Abandoned,
+        }
+    }
+
+    /// Writes the `due` records of a checked update: one per target that takes it,
+    /// so that `clarion status` knows what is owed before any target's stream has
+    /// tried (or while one holds it in Kafka, its breaker open). Each carries the
+    /// target's breaker as this process sees it. Acknowledged before the events
+    /// stream resolves the update: a crash then reads it again and writes them
+    /// again, so none is missing.
+    pub async fn record_due(
+        &self,
+        update: &IncidentUpdate,
+        source: &Source,
+        routes: &[Route],
+        cancel: &CancellationToken,
+    ) -> Resolution {
+        let Some(ledger) = &self.ledger else {
+            return Resolution::Resolved;
+        };
+        let records: Vec<LedgerRecord> = routes
+            .iter()
+            .filter_map(|route| {
+                let audiences = route.takes(update)?;
+                let mut r = LedgerRecord::of_update(
+                    update,
+                    source,
+                    &route.target,
+                    route.channel,
+                    audiences,
+                    ledger_outcome::DUE,
+                );
+                if let Some((state, error)) =
+                    crate::ops::health::global().target_breaker(&route.target)
+                {
+                    r.breaker = Some(state.as_str().to_string());
+                    r.error = error.map(|reason| crate::records::ledger::LedgerError {
+                        class: "retryable".to_string(),
+                        code: None,
+                        reason,
+                    });
+                }
+                Some(r)
+            })
+            .collect();
+        let written =
+            futures::future::join_all(records.iter().map(|r| ledger.write(r, cancel))).await;
+        if written.iter().any(Result::is_err) {
+            Resolution::Abandoned
+        } else {
+            Resolution::Resolved
+        }
     }
 
     /// Dead-letters a record that cannot be turned into deliveries.

@@ -34,6 +34,8 @@ impl Dispatcher {
         let mut budgets: Vec<Budget> = (0..=last).map(|_| Budget::default()).collect();
         // The provider of the last attempt (or the first the delivery may use).
         let mut current = floor;
+        // The last `pending` record written, to write the next only on a change.
+        let mut noted = Noted::default();
         loop {
             if target.config.supersede
                 && let Some(by) = lane.and_then(LaneEntry::superseded_by)
@@ -57,6 +59,12 @@ impl Dispatcher {
                 sink.failed.push((None, e));
                 sink.tried = tried;
                 return Resolution::Resolved;
+            }
+            // Waiting for a target that is down: say so in the ledger, once.
+            if self.ledger.is_some() && target.breakers.is_open() {
+                self.note_pending(
+                    target, delivery, source, &tried, &mut noted, None, None, None,
+                );
             }
             let waited = Instant::now();
             let (at, pass) = tokio::select! {
@@ -251,6 +259,30 @@ impl Dispatcher {
             };
             // Where the next try goes, when it leaves this provider.
             let failover_to = next_provider(target, at, floor, target_down);
+            if let (Some(wait), Some((_, e)), true) = (wait, retry.first(), self.ledger.is_some()) {
+                let now = jiff::Timestamp::now();
+                let next = if failover_to.is_some() {
+                    Some(now)
+                } else if target_down {
+                    target.breakers.get(at).snapshot().next_probe_at
+                } else {
+                    jiff::SignedDuration::try_from(wait)
+                        .ok()
+                        .and_then(|w| now.checked_add(w).ok())
+                };
+                let left = (!retry.iter().any(|(r, _)| r.is_none())).then_some(retry.len() as u32);
+                let e = super::resolve::ledger_error(e);
+                self.note_pending(
+                    target,
+                    delivery,
+                    source,
+                    &tried,
+                    &mut noted,
+                    Some(e),
+                    next,
+                    left,
+                );
+            }
             for (recipient, e) in &retry {
                 DeliveryAttempted {
                     update: &delivery.update,
@@ -404,6 +436,87 @@ impl Dispatcher {
             started.elapsed(),
         );
         Some(attempt)
+    }
+}
+
+/// A delivery writes at most one `pending` record this often while nothing about
+/// it changes, so that a long outage writes a few records per delivery, not one
+/// per probe.
+const PENDING_EVERY: Duration = Duration::from_secs(60);
+
+/// The last `pending` record a delivery wrote: when, what it said (the target
+/// down or not, the provider, the error's code), and its error.
+#[derive(Default)]
+pub(super) struct Noted {
+    at: Option<Instant>,
+    key: Option<(bool, Option<usize>, Option<String>)>,
+    error: Option<crate::records::ledger::LedgerError>,
+}
+
+impl Dispatcher {
+    /// Writes a `pending` record of `delivery` without waiting for the broker (a
+    /// delivery never waits on it, and a lost one only leaves the previous state
+    /// showing): when the delivery first fails or waits, whenever the target goes
+    /// down or comes back, the provider or the error changes, and otherwise at
+    /// most once per [`PENDING_EVERY`]. `error` is the attempt's; without one, the
+    /// delivery's last, else the breaker's. `next` is when it is tried again.
+    #[allow(clippy::too_many_arguments)]
+    fn note_pending(
+        &self,
+        target: &Target,
+        delivery: &Delivery,
+        source: &Source,
+        tried: &Tried,
+        noted: &mut Noted,
+        error: Option<crate::records::ledger::LedgerError>,
+        next: Option<jiff::Timestamp>,
+        recipients_pending: Option<u32>,
+    ) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let breaker = target.breakers.snapshot();
+        let down = breaker.state != crate::ops::health::BreakerState::Closed;
+        let error = error.or_else(|| noted.error.clone()).or_else(|| {
+            breaker
+                .last_error
+                .clone()
+                .map(|reason| crate::records::ledger::LedgerError {
+                    class: "retryable".to_string(),
+                    code: None,
+                    reason,
+                })
+        });
+        let key = (
+            down,
+            tried.provider,
+            error
+                .as_ref()
+                .map(|e| e.code.clone().unwrap_or_else(|| e.class.clone())),
+        );
+        if noted.key.as_ref() == Some(&key) && noted.at.is_some_and(|t| t.elapsed() < PENDING_EVERY)
+        {
+            return;
+        }
+        let mut record = self.ledger_record(
+            target,
+            delivery,
+            source,
+            crate::records::ledger::outcome::PENDING,
+        );
+        record.attempts = tried.count;
+        record.first_attempt_at = tried.first_at;
+        record.provider = tried.provider.map(|i| target.providers[i].name.to_string());
+        record.error = error.clone();
+        record.next_attempt_at = next.or(breaker.next_probe_at.filter(|_| down));
+        record.breaker = Some(breaker.state.as_str().to_string());
+        record.recipients_pending = recipients_pending;
+        ledger.enqueue(&record);
+        *noted = Noted {
+            at: Some(Instant::now()),
+            key: Some(key),
+            error,
+        };
     }
 }
 
