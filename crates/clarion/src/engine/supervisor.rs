@@ -83,8 +83,11 @@ struct Shared<'a> {
 /// Like [`run_with_secrets`], and applies each validated config received on
 /// `reloads` (SIGHUP): streams of targets whose config did not change keep running
 /// undisturbed; added targets start (at `start`), removed ones drain and stop,
-/// changed ones drain and restart with the new config. Kafka and daemon settings are
-/// read once: a reload that changes them is refused (they need a restart).
+/// changed ones drain and restart with the new config; audiences' deadlines and
+/// `[health]` apply at once. `[kafka]`, `[daemon]`, `[metrics]` and the directory's
+/// settings are read once: a reload that changes them is refused, loudly, and
+/// nothing of it applies (they need a restart). A reload never reports success
+/// for a change it did not apply.
 pub async fn run_reloadable(
     settings: Settings,
     secrets: &dyn SecretResolver,
@@ -372,6 +375,11 @@ async fn reload(
             "[kafka] or [daemon] changed: those are read at start; restart the daemon to apply them"
         ));
     }
+    if format!("{:?}", current.metrics) != format!("{:?}", new.metrics) {
+        return Err(anyhow!(
+            "[metrics] changed: its listener is bound at start; restart the daemon to apply it"
+        ));
+    }
     let source = |s: &Settings| {
         s.directory.as_ref().map(|d| {
             (
@@ -390,6 +398,14 @@ async fn reload(
     // Build the new streams first: a target that cannot be built refuses the whole
     // reload, and nothing running is touched.
     let specs = specs(new, shared)?;
+    // From here on the reload applies. Deadlines and health first: they change no
+    // stream.
+    let deadlines = shared
+        .records
+        .deadlines
+        .as_ref()
+        .and_then(|d| d.reconfigure(new.deadlines.clone()));
+    crate::ops::health::global().configure(new.health.max_unresolved_age);
     if let (Some(people), Some(directory)) = (&shared.people, &new.directory) {
         people.reload(directory);
     }
@@ -436,6 +452,7 @@ async fn reload(
         started = ?started,
         stopped = ?stopped,
         unchanged = ?kept,
+        deadlines = deadlines.as_deref().unwrap_or("unchanged"),
         "config reloaded"
     );
     Ok(())
