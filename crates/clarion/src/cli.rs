@@ -1,8 +1,9 @@
 //! The commands other than `run`: each subcommand of `clarion` that is not the
 //! daemon itself. `publish` numbers and produces an update and can `--follow` it;
 //! `drill` proves the channels; `status` and `report` read the ledger; `dlq replay`
-//! re-delivers dead letters to one target; `route` and `render` preview; `demo` runs
-//! the whole path on an embedded broker.
+//! re-delivers dead letters to one target; `route` and `render` preview; `topics
+//! create` makes the topics a config names; `demo` runs the whole path on an
+//! embedded broker.
 //!
 //! Invariants: a command never runs a target stream or joins a daemon's consumer
 //! group (readers are assigned, never commit); what it shows is read from Kafka, not
@@ -19,3 +20,4 @@ pub mod replay;
 pub mod report;
 pub mod statements;
 pub mod timeline;
+pub mod topics;

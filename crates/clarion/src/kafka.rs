@@ -95,6 +95,12 @@ pub fn reader_config(
     Ok(c)
 }
 
+/// An admin client's configuration (`clarion topics create`, `check-config
+/// --connect`): the brokers and their security settings, nothing else.
+pub fn admin_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
+    base_client(kafka, secrets)
+}
+
 /// The dead-letter producer: idempotent, acknowledged by all in-sync replicas.
 pub fn producer_config(kafka: &KafkaConfig, secrets: &dyn SecretResolver) -> Result<ClientConfig> {
     let mut c = base_client(kafka, secrets)?;

@@ -78,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// The Kafka topics the config names.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
     /// Run a self-contained demo: embedded Kafka, local receivers, a sample incident.
     Demo,
     /// Prove the channels work before an incident needs them: publish a drill
@@ -265,6 +270,33 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 }
 
 #[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the topics the config names that the brokers lack (the source,
+    /// dead-letter, ledger, incident-state, directory… topics), each with the
+    /// settings the docs give it; topics that exist are left alone. Exit 0 when
+    /// every one exists afterwards.
+    Create {
+        /// Only these topics (of the config's); all when none is given.
+        #[arg(value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Partitions of each new topic [default: the source topic's, else 6].
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replicas of each new topic [default: the brokers' default].
+        #[arg(long)]
+        replication_factor: Option<i32>,
+        /// The config file (the same as `run`'s).
+        #[arg(
+            long,
+            short,
+            default_value = DEFAULT_CONFIG,
+            env = "CLARION_CONFIG"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DlqCommand {
     /// Re-deliver one target's dead-lettered updates to that target only, with the
     /// same idempotency keys (docs/dead-letter.md, "Replaying"). Exits 0 when every
@@ -391,6 +423,29 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             };
             let all_delivered = clarion::cli::replay::run(settings, selection, dry_run).await?;
             Ok(if all_delivered {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Topics {
+            command:
+                TopicsCommand::Create {
+                    topics,
+                    partitions,
+                    replication_factor,
+                    config,
+                },
+        } => {
+            // Like `publish`: only Kafka's own secrets are needed.
+            let settings = load_for_preview(&config)?;
+            let ask = clarion::cli::topics::Create {
+                only: topics,
+                partitions,
+                replication_factor,
+            };
+            let ok = clarion::cli::topics::create(&settings, &ask).await?;
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,8 +1,10 @@
 //! `clarion check-config`: everything that can be checked before the daemon runs.
 //! The config was parsed and validated (with every secret resolved) by the time this
 //! runs; here librdkafka builds the clients the daemon would, `--connect` asks each
-//! target's every provider whether it answers, the directory is counted, and each
-//! holding statement is proved to render for every target that would take it.
+//! target's every provider whether it answers and the brokers whether every topic
+//! the config names exists (naming the command that creates each missing one), the
+//! directory is counted, and each holding statement is proved to render for every
+//! target that would take it.
 //!
 //! Prints one line per thing checked; sends nothing and starts no stream.
 
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Runs the checks on `settings`, loaded from `config`; false when a target does
-/// not answer (with `connect`).
+/// not answer or a topic is missing (with `connect`).
 pub async fn run(config: &Path, settings: &Settings, connect: bool) -> Result<bool> {
     crate::kafka::check_clients(&settings.kafka, &EnvSecrets)
         .with_context(|| config.display().to_string())?;
@@ -67,6 +69,27 @@ pub async fn run(config: &Path, settings: &Settings, connect: bool) -> Result<bo
             println!("ok      {detail}");
         }
     }
+    if connect {
+        let s = settings.clone();
+        let missing = tokio::task::spawn_blocking(move || crate::cli::topics::missing(&s))
+            .await
+            .context("the topic check did not finish")??;
+        let shown = config.display().to_string();
+        for w in crate::cli::topics::wanted(settings) {
+            match missing.iter().find(|m| m.topic == w.topic) {
+                Some(m) => {
+                    failed = true;
+                    println!(
+                        "MISSING topic `{}` ({}): create it with: {}",
+                        m.topic,
+                        m.key,
+                        crate::cli::topics::create_command(&shown, m)
+                    );
+                }
+                None => println!("ok      topic `{}` ({})", w.topic, w.key),
+            }
+        }
+    }
     if let Some(d) = &settings.directory {
         match (&d.source, &d.people) {
             (crate::config::DirectorySource::File(path), Some(people)) => {
@@ -106,7 +129,7 @@ pub async fn run(config: &Path, settings: &Settings, connect: bool) -> Result<bo
     }
     if failed {
         eprintln!(
-            "error: {}: some targets are not reachable",
+            "error: {}: some targets are not reachable or some topics are missing (above)",
             config.display()
         );
         return Ok(false);

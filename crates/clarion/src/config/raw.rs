@@ -178,10 +178,15 @@ impl RawConfig {
             match validate_target(&name, value, &audiences, &default_retry, secrets) {
                 Ok(t) => targets.push(t),
                 Err(TargetError::Other(e)) => problems.push(format!("targets.{name}: {e}")),
-                Err(TargetError::Secrets(list)) => problems.extend(
-                    list.into_iter()
-                        .map(|(key, e)| format!("targets.{name}: {key}: {e}")),
-                ),
+                Err(TargetError::Problems(list)) => {
+                    problems.extend(list.into_iter().map(|(key, e)| {
+                        if key.is_empty() {
+                            format!("targets.{name}: {e}")
+                        } else {
+                            format!("targets.{name}: {key}: {e}")
+                        }
+                    }))
+                }
             }
         }
         match problems.len() {

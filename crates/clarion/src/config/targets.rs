@@ -94,11 +94,11 @@ pub(super) const COMMON_KEYS: [&str; 14] = [
     "drill_recipients",
 ];
 
-/// Why a target is invalid: its secret references that cannot be resolved (each
-/// with its key, all of them), or the first other problem.
+/// Why a target is invalid: every problem found, each with the key it is at
+/// (empty when the message names it), so that one run shows them all.
 #[derive(Debug)]
 pub(super) enum TargetError {
-    Secrets(Vec<(String, String)>),
+    Problems(Vec<(String, String)>),
     Other(anyhow::Error),
 }
 
@@ -108,7 +108,10 @@ impl From<anyhow::Error> for TargetError {
     }
 }
 
-/// Checks one target's keys and, given `secrets`, builds its channel.
+/// Checks one target's keys and, given `secrets`, builds its channel. Reports every
+/// problem together: the first the keys or the channel's build refuse, and every
+/// secret reference written in the target that cannot be resolved, whatever came
+/// first (a bad phone number no longer hides a missing secret, nor the reverse).
 pub(super) fn validate_target(
     name: &str,
     value: serde_json::Value,
@@ -116,25 +119,90 @@ pub(super) fn validate_target(
     default_retry: &RetryPolicy,
     secrets: Option<&dyn SecretResolver>,
 ) -> Result<TargetConfig, TargetError> {
-    let (target, channel_keys) = validate_target_keys(name, value, audiences, default_retry)?;
-    if let Some(secrets) = secrets {
-        check_build(&target, &channel_keys, secrets)?;
+    let Some(secrets) = secrets else {
+        return validate_target_keys(name, value, audiences, default_retry)
+            .map(|(t, _)| t)
+            .map_err(TargetError::Other);
+    };
+    let missing = missing_secrets(&value, secrets);
+    let mut problems = Vec::new();
+    match validate_target_keys(name, value, audiences, default_retry) {
+        Ok((target, channel_keys)) => {
+            problems.extend(check_build(&target, &channel_keys, secrets, &missing));
+            if problems.is_empty() && missing.is_empty() {
+                return Ok(target);
+            }
+        }
+        Err(e) => problems.push((String::new(), format!("{e:#}"))),
     }
-    Ok(target)
+    problems.extend(missing);
+    Err(TargetError::Problems(problems))
 }
 
-/// Builds the channel as `run` would, and, if secrets are missing, reports every
-/// one of them with its key rather than only the first the channel asked for.
+/// Every secret reference written in a target's keys (`{ env = … }`,
+/// `{ file = … }`) that cannot be resolved, each at its key, in the order written.
+pub(super) fn missing_secrets(
+    value: &serde_json::Value,
+    secrets: &dyn SecretResolver,
+) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    references(value, String::new(), &mut found);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (key, reference) in found {
+        if let Err(e) = secrets.resolve(&reference)
+            && !out.iter().any(|(k, _)| *k == key)
+        {
+            out.push((key, e));
+        }
+    }
+    out
+}
+
+/// The secret references in `value`, with their keys.
+fn references(value: &serde_json::Value, at: String, out: &mut Vec<(String, SecretRef)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.len() == 1
+                && (map.contains_key("env") || map.contains_key("file"))
+                && let Ok(r) = serde_json::from_value::<SecretRef>(value.clone())
+            {
+                out.push((at, r));
+                return;
+            }
+            for (k, v) in map {
+                let key = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                references(v, key, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                references(v, format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Builds the channel as `run` would, with a placeholder for each secret that
+/// cannot be resolved (`missing`, reported by the caller), and returns what else
+/// the build refuses: a bad phone number, a URL, a value out of range.
 ///
 /// The channel crates stop at their first error, so the build runs with a
 /// resolver that records each reference it cannot resolve and hands the channel a
-/// placeholder instead, letting it go on to ask for the next. The channel built
-/// that way is dropped at once: a placeholder never reaches a peer.
+/// placeholder instead, letting it go on. The channel built that way is dropped at
+/// once: a placeholder never reaches a peer. A build error that names the key of a
+/// missing secret is the placeholder's doing (not a valid key, say), and says
+/// nothing about the real secret: it is left out.
 pub(super) fn check_build(
     target: &TargetConfig,
     channel_keys: &serde_json::Value,
     secrets: &dyn SecretResolver,
-) -> Result<(), TargetError> {
+    missing: &[(String, String)],
+) -> Vec<(String, String)> {
     let recorder = Recorder {
         inner: secrets,
         failed: Mutex::new(Vec::new()),
@@ -153,31 +221,33 @@ pub(super) fn check_build(
         .failed
         .into_inner()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if failed.is_empty() {
-        // Every secret resolved: the build's verdict is the real one.
-        return built.map_err(TargetError::Other);
-    }
-    // The build may also have failed on a placeholder (not a valid key, say); that
-    // says nothing about the real secret, so only the unresolved ones are reported.
-    let mut list = Vec::new();
-    // The drill's copies of a channel ask for the same secrets: report each once.
-    let mut unique: Vec<(SecretRef, String)> = Vec::new();
-    for f in failed {
-        if !unique.iter().any(|(r, _)| *r == f.0) {
-            unique.push(f);
-        }
-    }
-    for (reference, error) in unique {
+    let mut out = Vec::new();
+    // A reference the channel asked for that is not written in the target's keys
+    // (none today): reported by its own name.
+    for (reference, error) in &failed {
         let mut keys = Vec::new();
-        find_reference(channel_keys, &reference, String::new(), &mut keys);
-        if keys.is_empty() {
-            keys.push(reference.to_string());
-        }
-        for key in keys {
-            list.push((key, error.clone()));
+        find_reference(channel_keys, reference, String::new(), &mut keys);
+        if keys.is_empty()
+            && !out
+                .iter()
+                .any(|(k, _): &(String, String)| *k == reference.to_string())
+        {
+            out.push((reference.to_string(), error.clone()));
         }
     }
-    Err(TargetError::Secrets(list))
+    if let Err(e) = built {
+        let text = format!("{e:#}");
+        let placeholders_fault = !failed.is_empty()
+            && missing.iter().any(|(key, _)| {
+                let leaf = key.rsplit('.').next().unwrap_or(key);
+                let leaf = leaf.split('[').next().unwrap_or(leaf);
+                text.contains(leaf)
+            });
+        if !placeholders_fault {
+            out.push((String::new(), text));
+        }
+    }
+    out
 }
 
 /// A stand-in secret that passes the channels' format checks (it is a valid

@@ -289,20 +289,29 @@ fn backups_take_the_targets_recipients_and_report_their_missing_secrets_at_their
 #[test]
 fn backups_are_checked_for_names_and_keys_that_belong_to_the_target() {
     let with = |from: &str, to: &str| SMS_WITH_BACKUP.replace(from, to);
+    // The backup's password is not set either: every problem of the target is
+    // reported in the same run, the secret after the key.
+    let unset = "\n  - targets.sms: backups[0].password: environment variable CLARION_TEST_UNSET_SMPP_PASSWORD is not set";
     check(
         &with("name = \"smsc\"", "name = \"twilio-main\""),
-        "test.toml: targets.sms: backups[0].name: `twilio-main` is used twice in this target (`provider_name` is `twilio-main`)",
+        &format!(
+            "test.toml: 2 problems:\n  - targets.sms: backups[0].name: `twilio-main` is used twice in this target (`provider_name` is `twilio-main`){unset}"
+        ),
     );
     check(
         &with("name = \"smsc\"\n", ""),
-        "test.toml: targets.sms: backups[0].name: missing (the name the provider goes by in logs, dead letters and the ledger)",
+        &format!(
+            "test.toml: 2 problems:\n  - targets.sms: backups[0].name: missing (the name the provider goes by in logs, dead letters and the ledger){unset}"
+        ),
     );
     check(
         &with(
             "name = \"smsc\"",
             "name = \"smsc\"\nretry = { max_attempts = 2 }",
         ),
-        "test.toml: targets.sms: backups[0].retry: belongs to the target, not to one of its providers",
+        &format!(
+            "test.toml: 2 problems:\n  - targets.sms: backups[0].retry: belongs to the target, not to one of its providers{unset}"
+        ),
     );
     let unknown = format!(
         "{:#}",
@@ -323,6 +332,22 @@ fn backups_are_checked_for_names_and_keys_that_belong_to_the_target() {
     check(
         no_backups,
         "test.toml: targets.sms: failover_after: only means something with `backups` (providers to fail over to)",
+    );
+}
+
+#[test]
+fn a_bad_number_and_a_missing_secret_in_one_target_are_both_reported() {
+    let toml = SMS_WITH_BACKUP
+        .replace("\"+447700900101\"", "\"02025550123\"")
+        .replace(
+            "auth_token = { value = \"tok\" }",
+            "auth_token = { env = \"CLARION_TEST_UNSET_TWILIO\" }",
+        );
+    let toml = &toml[..toml.find("[[targets").expect("backups")];
+    let toml = toml.replace("failover_after = \"10s\"\n", "");
+    check(
+        &toml,
+        "test.toml: 2 problems:\n  - targets.sms: target `sms`: invalid `recipients.customers[0]`: `02025550123` is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)\n  - targets.sms: auth_token: environment variable CLARION_TEST_UNSET_TWILIO is not set",
     );
 }
 
