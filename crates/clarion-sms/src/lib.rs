@@ -383,18 +383,10 @@ impl Channel for SmsChannel {
     }
 }
 
-/// A phone number with all but its country-code-ish start and last three digits
-/// hidden, for logs: `+44*******123`.
+/// A phone number as logs and errors show it: the one masking of a recipient
+/// everywhere (`clarion_core::mask`), so that a number reads the same in every line.
 pub(crate) fn mask(number: &str) -> String {
-    let n = number.chars().count();
-    if n <= 6 {
-        return "*".repeat(n);
-    }
-    number
-        .chars()
-        .enumerate()
-        .map(|(i, c)| if i < 3 || i >= n - 3 { c } else { '*' })
-        .collect()
+    clarion_core::mask(Some(number))
 }
 
 #[cfg(test)]

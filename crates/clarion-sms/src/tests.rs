@@ -314,7 +314,7 @@ async fn a_retry_goes_only_to_the_named_numbers() {
         summary(&outcome),
         [
             "+12025550123 retryable busy",
-            "+447700900999 permanent +44*******999 is no longer a recipient of target `sms-customers` for these audiences",
+            "+447700900999 permanent +4***0999 is no longer a recipient of target `sms-customers` for these audiences",
         ]
     );
     assert_eq!(recorder.sent.lock().expect("lock").len(), 1);
@@ -380,8 +380,10 @@ fn lifecycle_segments() {
 
 #[test]
 fn masks_numbers_in_logs() {
-    assert_eq!(mask("+447700900123"), "+44*******123");
-    assert_eq!(mask("+1234"), "*****");
+    // The same as the daemon's ledger and log lines: one masking everywhere.
+    assert_eq!(mask("+447700900123"), "+4***0123");
+    assert_eq!(mask("+447700900123"), clarion_core::mask(Some("+447700900123")));
+    assert_eq!(mask("+1234"), "***");
 }
 
 /// A provider that accepts the first `answered` messages and never answers the rest,
@@ -510,7 +512,7 @@ async fn direct_numbers_replace_the_configured_ones_and_a_malformed_one_fails_al
         summary(&outcome),
         [
             "+447700900555 ok id-+447700900555",
-            "07700 900556 permanent target `sms-customers`: 077******556 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
+            "07700 900556 permanent target `sms-customers`: 07***0556 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
             "+12025550123 retryable busy",
             "+33612345678 ok id-+33612345678",
         ]
@@ -562,7 +564,7 @@ async fn a_retry_and_a_skip_restrict_direct_numbers() {
         summary(&outcome),
         [
             "+447700900552 ok id-+447700900552",
-            "+4477009 permanent target `sms-customers`: +44**009 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
+            "+4477009 permanent target `sms-customers`: +4***7009 is not an E.164 number (`+` then 8-15 digits, e.g. +447700900123)",
         ]
     );
     let sent = recorder.sent.lock().expect("lock").clone();
