@@ -383,8 +383,8 @@ fn readme_check_config_command_works_as_written() {
     let lines: Vec<&str> = readme.lines().collect();
     let end = lines
         .iter()
-        .position(|l| l.contains("clarion check-config"))
-        .expect("README shows a check-config command");
+        .position(|l| l.contains("/clarion check-config"))
+        .expect("README shows a check-config command of the built binary");
     // The command starts after the previous line that does not continue onto the next.
     let start = (0..end)
         .rev()

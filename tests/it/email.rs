@@ -56,7 +56,12 @@ impl SmtpPeer {
     }
 
     pub(crate) async fn start(python: &Path, args: &[&str]) -> SmtpPeer {
-        let port = free_port();
+        SmtpPeer::start_on(python, free_port(), args).await
+    }
+
+    /// A peer on a given port: for a mail server that was down (nothing listening
+    /// on its port) and comes back.
+    pub(crate) async fn start_on(python: &Path, port: u16, args: &[&str]) -> SmtpPeer {
         let dir = std::env::temp_dir().join(format!("clarion-email-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the peer's directory");

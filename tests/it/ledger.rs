@@ -48,10 +48,26 @@ pub(crate) fn config(w: &Wiring, ledger: &str, state: &str, targets: &str) -> St
     )
 }
 
-/// Reads the ledger until `want` records arrived, then a little longer to catch any
-/// extra one.
-pub(crate) async fn ledger(brokers: &str, topic: &str, want: usize) -> Vec<(String, Value)> {
-    let got = read_all(brokers, topic, want + 1, Duration::from_secs(20)).await;
+/// Whether a ledger record is a final outcome of a delivery or a recipient
+/// (`delivered`, `dead_lettered`, `superseded`), not what is due, pending, or the
+/// end of a delivery (`resolved`).
+pub(crate) fn is_outcome(v: &Value) -> bool {
+    matches!(
+        v["outcome"].as_str(),
+        Some("delivered" | "dead_lettered" | "superseded")
+    )
+}
+
+/// Reads the whole ledger until `want` final outcomes ([`is_outcome`]) arrived,
+/// then a little longer to catch any extra one. Every record read, in order.
+pub(crate) async fn ledger_all(brokers: &str, topic: &str, want: usize) -> Vec<(String, Value)> {
+    let got = clarion_tests::kafka::read_until(brokers, topic, Duration::from_secs(20), |got| {
+        got.iter()
+            .filter(|r| serde_json::from_slice::<Value>(&r.payload).is_ok_and(|v| is_outcome(&v)))
+            .count()
+            > want
+    })
+    .await;
     got.into_iter()
         .map(|r| {
             let v: Value = serde_json::from_slice(&r.payload).expect("ledger records are JSON");
@@ -162,9 +178,28 @@ breaker = {{ failures = 1000 }}
         "every stream committed the end: {offsets:?}"
     );
     let n = updates.len();
-    let records = ledger(&brokers, &ledger_topic, 3 * n).await;
-    let values: Vec<Value> = records.iter().map(|(_, v)| v.clone()).collect();
+    let all = ledger_all(&brokers, &ledger_topic, 3 * n).await;
+    let values: Vec<Value> = all.iter().map(|(_, v)| v.clone()).collect();
     assert_schema_valid(&py, &values);
+    // Every update was due to each of the three targets before any outcome; the
+    // retried ones were recorded pending, with the error, on the way.
+    let due: BTreeSet<(&str, &str)> = values
+        .iter()
+        .filter(|v| s(v, "outcome") == "due")
+        .map(|v| (s(v, "update_id"), s(v, "target")))
+        .collect();
+    assert_eq!(due.len(), 3 * n, "one due record per update and target");
+    let pending: Vec<&Value> = values
+        .iter()
+        .filter(|v| s(v, "outcome") == "pending")
+        .collect();
+    assert!(
+        pending
+            .iter()
+            .any(|v| s(v, "target") == "retrying" && v["error"]["code"] == json!("503")),
+        "the 503 was recorded pending: {pending:#?}"
+    );
+    let records: Vec<(String, Value)> = all.into_iter().filter(|(_, v)| is_outcome(v)).collect();
 
     // Exactly one final record per (update, target): webhooks have no recipients.
     let mut per: BTreeMap<(String, String), Vec<&Value>> = BTreeMap::new();
@@ -358,7 +393,7 @@ device_tokens = {{ customers = ["{tok_a}", "{tok_c}"] }}
 }
 
 /// Runs the `clarion` binary with `args`; returns (exit code, stdout, stderr).
-fn clarion(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn clarion(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(binary())
         .args(args)
         .env("RUST_LOG", "warn")
@@ -414,7 +449,27 @@ async fn status_and_report_show_email_sms_webhook_and_push_with_one_failing() {
     let want = 4 * 7;
     let (code, out, err) = clarion(&["status", &incident, "-c", &cfg, "--json"]);
     assert_eq!(code, 1, "a dead-lettered notice makes status exit 1: {err}");
-    let records: Vec<Value> = serde_json::from_str(&out).expect("status --json");
+    let status: Value = serde_json::from_str(&out).expect("status --json");
+    // 4 updates × 4 targets, every one final; the outcomes per recipient.
+    let notices = status["notices"].as_array().expect("notices");
+    assert_eq!(notices.len(), 16, "{out}");
+    assert_eq!(status["tally"]["pending"], json!(0), "{out}");
+    assert_eq!(status["tally"]["dead_lettered"], json!(4), "{out}");
+    let records: Vec<Value> = notices
+        .iter()
+        .flat_map(|n| {
+            n["finals"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut f| {
+                    f["target"] = n["target"].clone();
+                    f["update_id"] = n["update_id"].clone();
+                    f
+                })
+        })
+        .collect();
     assert_eq!(records.len(), want, "{out}");
     let of = |target: &str| -> Vec<&Value> {
         records
@@ -477,7 +532,9 @@ async fn status_and_report_show_email_sms_webhook_and_push_with_one_failing() {
     let (code, table, err) = clarion(&["status", &incident, "-c", &cfg]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        table.starts_with(&format!("incident {incident}: {want} notice(s)")),
+        table.starts_with(&format!(
+            "incident {incident}: 16 notice(s) due: 12 delivered, 4 dead-lettered"
+        )),
         "{table}"
     );
     assert_eq!(
@@ -498,13 +555,24 @@ async fn status_and_report_show_email_sms_webhook_and_push_with_one_failing() {
         "every regulator notice was delivered: {err}\n{regs}"
     );
     assert!(
-        regs.starts_with(&format!("incident {incident}: 8 notice(s)")),
+        regs.starts_with(&format!(
+            "incident {incident}: 4 notice(s) due: 4 delivered"
+        )),
+        "{regs}"
+    );
+    let rows: Vec<&str> = regs
+        .lines()
+        .skip(2)
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 8, "two addresses, four updates: {regs}");
+    assert!(
+        rows.iter()
+            .all(|l| l.contains("regulator-mail") && l.contains("delivered")),
         "{regs}"
     );
     assert!(
-        regs.lines()
-            .skip(2)
-            .all(|l| l.contains("regulator-mail") && l.contains("delivered")),
+        regs.contains("deadline regulators first_notice: MET"),
         "{regs}"
     );
 
@@ -521,7 +589,14 @@ async fn status_and_report_show_email_sms_webhook_and_push_with_one_failing() {
     ]);
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&json_out).expect("report --json");
-    assert_eq!(report["notices"].as_array().map(Vec::len), Some(want));
+    assert_eq!(report["notices"].as_array().map(Vec::len), Some(16));
+    let finals: usize = report["notices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| n["finals"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(finals, want);
     assert_eq!(report["updates"].as_array().map(Vec::len), Some(4));
     let regulators = report["audiences"]
         .as_array()
@@ -643,7 +718,7 @@ fn render_in_chromium(html: &Path) {
 }
 
 /// Fetches the daemon's Prometheus text.
-async fn scrape(port: u16) -> String {
+pub(crate) async fn scrape(port: u16) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return String::new();
@@ -657,7 +732,7 @@ async fn scrape(port: u16) -> String {
 }
 
 /// The value of the metric line starting with `series`, if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())

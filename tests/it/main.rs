@@ -20,4 +20,5 @@ mod push_e2e;
 mod reload;
 mod sms;
 mod sms_e2e;
+mod truth;
 mod webhook;

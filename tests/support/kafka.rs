@@ -103,6 +103,17 @@ impl Record {
 /// Reads every record of `topic` from the beginning until `want` were read or
 /// `timeout` passed.
 pub async fn read_all(brokers: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Record> {
+    read_until(brokers, topic, timeout, |got| got.len() >= want).await
+}
+
+/// Reads every record of `topic` from the beginning until `done` says the records
+/// read so far are enough, or `timeout` passed.
+pub async fn read_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", crate::unique_topic("g")))
@@ -113,7 +124,7 @@ pub async fn read_all(brokers: &str, topic: &str, want: usize, timeout: Duration
     c.subscribe(&[topic]).expect("subscribe");
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while out.len() < want {
+    while !done(&out) {
         match tokio::time::timeout_at(deadline, c.recv()).await {
             Ok(Ok(m)) => {
                 let mut headers = BTreeMap::new();

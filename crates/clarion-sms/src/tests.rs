@@ -382,7 +382,10 @@ fn lifecycle_segments() {
 fn masks_numbers_in_logs() {
     // The same as the daemon's ledger and log lines: one masking everywhere.
     assert_eq!(mask("+447700900123"), "+4***0123");
-    assert_eq!(mask("+447700900123"), clarion_core::mask(Some("+447700900123")));
+    assert_eq!(
+        mask("+447700900123"),
+        clarion_core::mask(Some("+447700900123"))
+    );
     assert_eq!(mask("+1234"), "***");
 }
 

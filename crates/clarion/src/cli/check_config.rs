@@ -73,20 +73,29 @@ pub async fn run(config: &Path, settings: &Settings, connect: bool) -> Result<bo
         let s = settings.clone();
         let missing = tokio::task::spawn_blocking(move || crate::cli::topics::missing(&s))
             .await
-            .context("the topic check did not finish")??;
+            .context("the topic check did not finish")?;
         let shown = config.display().to_string();
-        for w in crate::cli::topics::wanted(settings) {
-            match missing.iter().find(|m| m.topic == w.topic) {
-                Some(m) => {
-                    failed = true;
-                    println!(
-                        "MISSING topic `{}` ({}): create it with: {}",
-                        m.topic,
-                        m.key,
-                        crate::cli::topics::create_command(&shown, m)
-                    );
+        match missing {
+            // The brokers did not answer: said once, and the other checks go on.
+            Err(e) => {
+                failed = true;
+                println!("FAILED  topics: {e:#}");
+            }
+            Ok(missing) => {
+                for w in crate::cli::topics::wanted(settings) {
+                    match missing.iter().find(|m| m.topic == w.topic) {
+                        Some(m) => {
+                            failed = true;
+                            println!(
+                                "MISSING topic `{}` ({}): create it with: {}",
+                                m.topic,
+                                m.key,
+                                crate::cli::topics::create_command(&shown, m)
+                            );
+                        }
+                        None => println!("ok      topic `{}` ({})", w.topic, w.key),
+                    }
                 }
-                None => println!("ok      topic `{}` ({})", w.topic, w.key),
             }
         }
     }

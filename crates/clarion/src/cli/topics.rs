@@ -7,15 +7,15 @@
 //! `check-config --connect` uses the same list to name every missing topic with
 //! the command that creates it. Creating never changes a topic that exists.
 
+use crate::cli::client::Reporter;
 use crate::config::{DirectorySource, EnvSecrets, Settings};
 use anyhow::{Context as _, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 
 /// How long the brokers get to answer a metadata request or a creation.
-const TIMEOUT: Duration = Duration::from_secs(20);
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The ledger keeps records as long as an audit needs them: 400 days.
 const LEDGER_RETENTION_MS: &str = "34560000000";
@@ -89,19 +89,21 @@ pub fn wanted(settings: &Settings) -> Vec<Wanted> {
     out
 }
 
-fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>> {
+fn admin(settings: &Settings) -> Result<AdminClient<Reporter>> {
     crate::kafka::admin_config(&settings.kafka, &EnvSecrets)?
         // A metadata request for a topic must not create it (brokers with
         // auto.create.topics.enable would, with their defaults).
         .set("allow.auto.create.topics", "false")
-        .create()
+        // librdkafka's per-retry complaints stay out of the command's output: the
+        // calls' own results say whether the brokers answered.
+        .create_with_context(Reporter::new(&settings.kafka.brokers, TIMEOUT).for_reader())
         .context("cannot create a Kafka admin client")
 }
 
 /// The partitions of each topic of `names` on the brokers (`None`: missing).
 /// Blocking.
 fn partitions(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<Reporter>,
     brokers: &str,
     names: &[&str],
 ) -> Result<Vec<Option<usize>>> {

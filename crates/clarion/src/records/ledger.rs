@@ -338,6 +338,10 @@ impl Records {
     }
 }
 
+/// The incident-state record's shape (docs/ledger.md): unchanged since version 1,
+/// whatever the ledger's.
+pub const STATE_SCHEMA_VERSION: u32 = 1;
+
 /// The value written to `kafka.incident_state_topic`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,7 +402,7 @@ impl StateWriter {
             return Ok(());
         }
         let state = IncidentState {
-            schema_version: SCHEMA_VERSION,
+            schema_version: STATE_SCHEMA_VERSION,
             update: update.clone(),
             source: SourceRef::of(source),
             consumed_at: jiff::Timestamp::now(),
