@@ -470,6 +470,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let r = report::build(
                 &incident,
                 notices,
+                clarion::records::notices::undeclared(&records),
                 &settings.deadlines,
                 jiff::Timestamp::now(),
             );
@@ -486,7 +487,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             } else {
                 print!("{}", report::status_table(&r));
             }
-            Ok(ExitCode::from(report::exit_code(&r.tally)))
+            Ok(ExitCode::from(report::exit_code(&r)))
         }
         Command::Report {
             incident,
@@ -506,6 +507,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let report = clarion::cli::report::build(
                 &incident,
                 notices,
+                clarion::records::notices::undeclared(&records),
                 &settings.deadlines,
                 jiff::Timestamp::now(),
             );
@@ -516,7 +518,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     "report of incident {incident} written to {} ({}{})",
                     path.display(),
                     report.tally.line(),
-                    if report.tally.pending > 0 {
+                    if report.tally.pending > 0 || !report.undeclared.is_empty() {
                         "; not final: some notices are still pending"
                     } else {
                         ""

@@ -38,6 +38,9 @@ pub struct IncidentReport {
     pub audiences: Vec<AudienceRow>,
     /// Every notice due (one update to one target), in update then target order.
     pub notices: Vec<Notice>,
+    /// Updates of which the daemon has not recorded yet what they owe each target
+    /// (`records::notices::undeclared`): more notices may be due.
+    pub undeclared: Vec<String>,
 }
 
 /// One update of the incident, as the ledger saw it.
@@ -87,10 +90,12 @@ pub struct DeadlineRow {
     pub verdict: String,
 }
 
-/// Builds the report of `notices` (one incident's), judging `deadlines` at `now`.
+/// Builds the report of `notices` (one incident's), judging `deadlines` at `now`;
+/// `undeclared` are the updates whose notices are not all known yet.
 pub fn build(
     incident_id: &str,
     notices: Vec<Notice>,
+    undeclared: Vec<String>,
     deadlines: &BTreeMap<String, Deadlines>,
     now: jiff::Timestamp,
 ) -> IncidentReport {
@@ -191,6 +196,7 @@ pub fn build(
         updates: updates.into_values().collect(),
         audiences: rows,
         notices,
+        undeclared,
     }
 }
 
@@ -199,13 +205,14 @@ pub fn only_audience(notices: Vec<Notice>, audience: &str) -> Vec<Notice> {
     notices.into_iter().filter(|n| n.serves(audience)).collect()
 }
 
-/// `status`'s exit code for these notices.
-pub fn exit_code(tally: &Tally) -> u8 {
+/// `status`'s exit code for a report.
+pub fn exit_code(r: &IncidentReport) -> u8 {
+    let tally = &r.tally;
     if tally.due == 0 {
         EXIT_NOTHING
     } else if tally.dead_lettered > 0 {
         EXIT_DEAD_LETTERED
-    } else if tally.pending > 0 {
+    } else if tally.pending > 0 || !r.undeclared.is_empty() {
         EXIT_PENDING
     } else {
         EXIT_REACHED
@@ -383,6 +390,12 @@ pub fn status_table(r: &IncidentReport) -> String {
             r.tally.dead_lettered
         );
     }
+    for u in &r.undeclared {
+        let _ = writeln!(
+            out,
+            "update {u}: NOT YET KNOWN which targets it is due to: the daemon's events stream has not recorded it yet (it is behind); more notices may follow"
+        );
+    }
     if r.tally.pending > 0 {
         let _ = writeln!(
             out,
@@ -421,6 +434,13 @@ pub fn html(r: &IncidentReport) -> String {
         tally = html_escape(&r.tally.line()),
         u = r.updates.len(),
     );
+    if !r.undeclared.is_empty() {
+        let _ = write!(
+            h,
+            "<p class=\"notyet\"><strong>Not complete:</strong> the daemon had not yet recorded which targets update(s) {} are due to; more notices may follow.</p>",
+            html_escape(&r.undeclared.join(", "))
+        );
+    }
     if r.tally.pending > 0 {
         let _ = write!(
             h,
@@ -616,12 +636,26 @@ mod tests {
         let r = build(
             "INC-1",
             fold(&[record(1, "due", 0), record(1, "delivered", 90)]),
+            Vec::new(),
             &deadlines(60),
             jiff::Timestamp::now(),
         );
         assert_eq!(r.audiences[0].time_to_first_notice_s, Some(90));
         assert_eq!(r.audiences[0].deadlines[0].verdict, "missed");
-        assert_eq!(exit_code(&r.tally), EXIT_REACHED);
+        assert_eq!(exit_code(&r), EXIT_REACHED);
+        let unsure = build(
+            "INC-1",
+            r.notices.clone(),
+            vec!["u2".into()],
+            &deadlines(60),
+            r.generated_at,
+        );
+        assert_eq!(
+            exit_code(&unsure),
+            EXIT_PENDING,
+            "an update not declared yet may owe more"
+        );
+        assert!(status_table(&unsure).contains("update u2: NOT YET KNOWN"));
         let page = html(&r);
         assert!(page.contains("&lt;regs&gt;") && !page.contains("<regs>"));
         assert!(page.contains("<svg id=\"timeline\""));
@@ -642,15 +676,17 @@ mod tests {
         let early = build(
             "INC-1",
             notices.clone(),
+            Vec::new(),
             &deadlines(60),
             t0 + jiff::SignedDuration::from_secs(30),
         );
         assert_eq!(early.audiences[0].pending, 1);
         assert_eq!(early.audiences[0].deadlines[0].verdict, "open");
-        assert_eq!(exit_code(&early.tally), EXIT_PENDING);
+        assert_eq!(exit_code(&early), EXIT_PENDING);
         let late = build(
             "INC-1",
             notices,
+            Vec::new(),
             &deadlines(60),
             t0 + jiff::SignedDuration::from_secs(90),
         );

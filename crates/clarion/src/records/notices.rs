@@ -431,6 +431,29 @@ pub fn fold(records: &[LedgerRecord]) -> Vec<Notice> {
     folds.into_values().map(Fold::finish).collect()
 }
 
+/// The updates whose notices are not all known yet: a target's stream recorded
+/// something of them (a version 2 daemon's, not a replay's), but the events
+/// stream, which records what each update owes every target (`due`), has not
+/// written its records yet (it is behind the target streams). Until it has, a
+/// reader cannot tell that no other target is owed the update. In update order.
+pub fn undeclared(records: &[LedgerRecord]) -> Vec<String> {
+    let declared: std::collections::BTreeSet<&str> = records
+        .iter()
+        .filter(|r| r.outcome == outcome::DUE)
+        .map(|r| r.update_id.as_str())
+        .collect();
+    let mut out: Vec<(u64, String)> = records
+        .iter()
+        .filter(|r| {
+            r.schema_version >= 2 && !r.replayed && !declared.contains(r.update_id.as_str())
+        })
+        .map(|r| (r.sequence, r.update_id.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.into_iter().map(|(_, u)| u).collect()
+}
+
 /// How many notices are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
@@ -646,6 +669,25 @@ mod tests {
         let n = check(&[due, sms, end], State::Delivered);
         assert_eq!(n.target, "reach");
         assert_eq!(n.finals[0].leg.as_deref(), Some("reach.sms"));
+    }
+
+    #[test]
+    fn an_update_no_due_record_declares_yet_is_undeclared() {
+        let delivered = {
+            let mut r = rec("hook", "delivered", None, 1);
+            r.channel = "webhook".into();
+            r
+        };
+        assert_eq!(undeclared(std::slice::from_ref(&delivered)), vec!["I-u1"]);
+        assert!(undeclared(&[rec("hook", "due", None, 0), delivered.clone()]).is_empty());
+        let mut old = delivered.clone();
+        old.schema_version = 1;
+        let mut replayed = delivered;
+        replayed.replayed = true;
+        assert!(
+            undeclared(&[old, replayed]).is_empty(),
+            "older daemons and replays declare nothing"
+        );
     }
 
     #[test]
