@@ -115,6 +115,17 @@ pub struct LedgerError {
     pub reason: String,
 }
 
+impl LedgerError {
+    /// A delivery error as the ledger records it.
+    pub fn of(e: &clarion_core::DeliveryError) -> Self {
+        LedgerError {
+            class: e.class.as_str().to_string(),
+            code: e.code.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
 /// Where an update was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

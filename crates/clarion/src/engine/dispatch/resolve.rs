@@ -7,15 +7,6 @@ use super::retry::{failure_reason, since_kafka_timestamp};
 use super::*;
 use crate::records::ledger::outcome as ledger_outcome;
 
-/// A delivery error as the ledger records it.
-pub(super) fn ledger_error(e: &DeliveryError) -> crate::records::ledger::LedgerError {
-    crate::records::ledger::LedgerError {
-        class: e.class.as_str().to_string(),
-        code: e.code.clone(),
-        reason: e.reason.clone(),
-    }
-}
-
 impl Dispatcher {
     /// Ends a delivery that a newer update of its incident made unnecessary.
     pub(super) async fn superseded(
@@ -204,7 +195,7 @@ impl Dispatcher {
                 record.recorded_at = Some(final_at);
                 record.provider = tried.provider.map(|i| target.providers[i].name.to_string());
                 record.provider_id = provider_id.clone();
-                record.error = error.as_ref().map(ledger_error);
+                record.error = error.as_ref().map(crate::records::ledger::LedgerError::of);
                 record.superseded_by = superseded_by.clone();
                 ledger.write(&record, cancel).await
             })

@@ -271,7 +271,7 @@ impl Dispatcher {
                         .and_then(|w| now.checked_add(w).ok())
                 };
                 let left = (!retry.iter().any(|(r, _)| r.is_none())).then_some(retry.len() as u32);
-                let e = super::resolve::ledger_error(e);
+                let e = crate::records::ledger::LedgerError::of(e);
                 self.note_pending(
                     target,
                     delivery,
