@@ -436,7 +436,17 @@ mod tests {
     use super::*;
 
     fn record(target: &str, provider: &str, recipient: &str, outcome: &str) -> LedgerRecord {
-        serde_json::from_value(serde_json::json!({
+        serde_json::from_value(record_json(target, provider, recipient, outcome))
+            .expect("a ledger record")
+    }
+
+    fn record_json(
+        target: &str,
+        provider: &str,
+        recipient: &str,
+        outcome: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({
             "schema_version": 1, "incident_id": "DRILL-1", "update_id": "DRILL-1-u1",
             "sequence": 1, "status": "investigating", "impact": "none",
             "target": target, "channel": "sms", "audiences": ["customers"],
@@ -449,8 +459,7 @@ mod tests {
             },
             "superseded_by": null, "idempotency_key": "k", "drill": true,
             "source": {"topic": "t", "partition": 0, "offset": 0}
-        }))
-        .expect("a ledger record")
+        })
     }
 
     fn sms(skip: usize) -> Check {
@@ -514,6 +523,28 @@ mod tests {
             lines[0]
                 .starts_with("FAIL  sms (sms) provider twilio: no outcome within --timeout 1m;"),
             "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_drill_waiting_for_a_target_that_is_down_says_so_not_is_a_daemon_running() {
+        let mut due = record_json("sms", "twilio", "a", "delivered");
+        due["schema_version"] = serde_json::json!(2);
+        due["outcome"] = serde_json::json!("due");
+        due["recipient"] = serde_json::Value::Null;
+        due["recipient_ref"] = serde_json::Value::Null;
+        due["final_at"] = serde_json::Value::Null;
+        due["recorded_at"] = serde_json::json!("2026-11-30T10:00:00Z");
+        due["attempts"] = serde_json::json!(0);
+        due["breaker"] = serde_json::json!("open");
+        due["error"] = serde_json::json!({"class": "retryable", "code": null, "reason": "gateway: cannot connect: Connection refused"});
+        let due: LedgerRecord = serde_json::from_value(due).expect("a due record");
+        let lines = verdicts(&[sms(0)], &[due], Some(Duration::from_secs(45)));
+        assert_eq!(
+            lines,
+            vec![
+                "FAIL  sms (sms) provider twilio: not delivered within --timeout 45s: not tried yet: target `sms` is down (breaker open); last error: retryable: gateway: cannot connect: Connection refused"
+            ]
         );
     }
 }
