@@ -14,6 +14,7 @@ mod kafka;
 mod raw;
 mod retry;
 mod settings;
+mod status_page;
 mod target;
 mod targets;
 mod templates;
@@ -28,6 +29,7 @@ pub use kafka::*;
 pub use raw::*;
 pub use retry::*;
 pub use settings::*;
+pub use status_page::*;
 pub use target::*;
 
 pub use clarion_core::STANDARD_AUDIENCES;

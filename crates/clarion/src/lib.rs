@@ -13,6 +13,8 @@
 //!   people walks;
 //! - `people`: the directory a people target walks, kept current from its file or
 //!   topic;
+//! - `statuspage`: the public status page's state, followed from its topic, and
+//!   the daemon's own listener; origins are targets;
 //! - `records`: what the daemon writes down: dead letters, the ledger, the incident
 //!   state, deadlines;
 //! - `ops`: health, logs and metrics, and the listener that serves them;
@@ -28,6 +30,7 @@ pub mod kafka;
 pub mod ops;
 pub mod people;
 pub mod records;
+pub mod statuspage;
 
 pub use engine::dispatch::DeliveryReport;
 pub use engine::supervisor::{Summary, run, run_with_secrets};

@@ -28,7 +28,7 @@ pub const EXIT_TIMED_OUT: u8 = 3;
 
 /// How many distinct recipients `channel` lists for `audiences` (as the channels
 /// de-duplicate them across audiences); `None` for channels without a list
-/// (webhooks).
+/// (webhooks, status page origins).
 pub fn recipients(channel: &ChannelConfig, audiences: &[String]) -> Option<usize> {
     let union = |map: &BTreeMap<String, Vec<String>>, expand: &dyn Fn(&str) -> Vec<String>| {
         let mut seen = BTreeSet::new();
@@ -41,7 +41,7 @@ pub fn recipients(channel: &ChannelConfig, audiences: &[String]) -> Option<usize
     };
     let plain = |e: &str| vec![e.to_string()];
     Some(match channel {
-        ChannelConfig::Webhook(_) => return None,
+        ChannelConfig::Webhook(_) | ChannelConfig::StatusPage(_) => return None,
         ChannelConfig::Email(c) => {
             // `list:NAME` entries expand to the list; addresses compare without
             // regard to case, by the address inside `Name <address>`.

@@ -65,6 +65,7 @@ pub(super) fn build_one(
         ChannelConfig::Sms(c) => Arc::new(clarion_sms::build(name, c, secrets)?),
         ChannelConfig::Fcm(c) => Arc::new(clarion_push::build_fcm(name, c, secrets)?),
         ChannelConfig::Apns(c) => Arc::new(clarion_push::build_apns(name, c, secrets)?),
+        ChannelConfig::StatusPage(c) => Arc::new(clarion_origin::build(name, c, secrets)?),
     })
 }
 

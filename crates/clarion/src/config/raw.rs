@@ -11,6 +11,7 @@ use super::directory::*;
 use super::kafka::*;
 use super::retry::*;
 use super::settings::*;
+use super::status_page::*;
 use super::targets::*;
 use super::templates::*;
 use anyhow::{Result, anyhow};
@@ -57,6 +58,10 @@ pub struct RawConfig {
     /// (docs/backups.md#the-directory).
     #[serde(default)]
     pub directory: Option<DirectoryConfig>,
+    /// The public status page (docs/status-page.md); its origins are
+    /// `type = "status_page"` targets.
+    #[serde(default)]
+    pub status_page: Option<StatusPageConfig>,
     /// Named destinations, `[targets.NAME]`. Each has a `type` (`webhook`), the
     /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
     #[serde(default)]
@@ -159,7 +164,8 @@ impl RawConfig {
         }
         // Everything shared that shapes a target's deliveries, for reloads.
         let shared = format!(
-            "{:?}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.status_page,
             self.retry,
             audiences,
             self.templates,
@@ -212,6 +218,13 @@ impl RawConfig {
                     .map_err(at)?,
             ),
         };
+        let status_page = validate_status_page(
+            self.status_page.as_ref(),
+            &audiences,
+            &self.kafka.topic,
+            &targets,
+        )
+        .map_err(at)?;
         let templates = build_templates(source, &self.templates, &targets)?;
         // Statements are read by `publish` and `check-config` only; here the
         // directory is just located, so that the daemon never depends on it.
@@ -239,6 +252,7 @@ impl RawConfig {
             deadlines,
             statements,
             directory,
+            status_page,
         })
     }
 }

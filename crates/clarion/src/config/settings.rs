@@ -4,6 +4,7 @@ use super::audiences::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;
+use super::status_page::*;
 use super::target::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ pub struct Settings {
     pub statements: Option<PathBuf>,
     /// The stakeholder directory, when `[directory]` is set.
     pub directory: Option<DirectorySettings>,
+    /// The public status page, when `[status_page]` is set.
+    pub status_page: Option<StatusPageSettings>,
 }
 
 impl Settings {

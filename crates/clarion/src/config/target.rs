@@ -44,16 +44,19 @@ pub enum ChannelKind {
     /// Not a channel: the members of a directory audience, reached through the
     /// target's legs (`fallback`), each leg a channel of its own.
     People,
+    /// An origin of the public status page (docs/status-page.md).
+    StatusPage,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 6] = [
+    pub const ALL: [ChannelKind; 7] = [
         ChannelKind::Webhook,
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Fcm,
         ChannelKind::Apns,
         ChannelKind::People,
+        ChannelKind::StatusPage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl ChannelKind {
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
             ChannelKind::People => "people",
+            ChannelKind::StatusPage => "status_page",
         }
     }
 
@@ -86,6 +90,7 @@ pub enum ChannelConfig {
     Sms(clarion_sms::SmsConfig),
     Fcm(clarion_push::FcmConfig),
     Apns(clarion_push::ApnsConfig),
+    StatusPage(clarion_origin::OriginConfig),
 }
 
 /// One validated target.
@@ -190,8 +195,9 @@ impl TargetConfig {
             ChannelKind::Email => clarion_render::ChannelKind::Email,
             ChannelKind::Sms => clarion_render::ChannelKind::Sms,
             ChannelKind::Fcm | ChannelKind::Apns => clarion_render::ChannelKind::Push,
-            // Never rendered as such: its legs render (`TargetConfig::channels`).
-            ChannelKind::People => clarion_render::ChannelKind::Webhook,
+            // Never rendered as such: its legs render (`TargetConfig::channels`),
+            // and an origin publishes the page, which renders itself.
+            ChannelKind::People | ChannelKind::StatusPage => clarion_render::ChannelKind::Webhook,
         }
     }
 }

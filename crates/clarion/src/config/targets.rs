@@ -705,7 +705,7 @@ pub(super) fn mark_directory(channel: &mut ChannelConfig) {
         ChannelConfig::Fcm(c) => c.directory = true,
         ChannelConfig::Apns(c) => c.directory = true,
         // Not a leg's channel kind (`validate_people` allows none).
-        ChannelConfig::Webhook(_) => {}
+        ChannelConfig::Webhook(_) | ChannelConfig::StatusPage(_) => {}
     }
 }
 
@@ -725,6 +725,9 @@ pub(super) fn drill_config(
         ChannelKind::Fcm | ChannelKind::Apns => "device_tokens",
         ChannelKind::People => bail!(
             "drill_recipients: a people target is not drilled itself; drill the channels its legs use through ordinary targets"
+        ),
+        ChannelKind::StatusPage => bail!(
+            "drill_recipients: a status page origin publishes the public page, which a drill never reaches"
         ),
     };
     let value = if target.kind == ChannelKind::Webhook {
@@ -777,6 +780,7 @@ pub(super) fn channel_config(kind: ChannelKind, keys: serde_json::Value) -> Resu
         ChannelKind::Sms => ChannelConfig::Sms(serde_json::from_value(keys)?),
         ChannelKind::Fcm => ChannelConfig::Fcm(serde_json::from_value(keys)?),
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(keys)?),
+        ChannelKind::StatusPage => ChannelConfig::StatusPage(serde_json::from_value(keys)?),
         ChannelKind::People => bail!("`people` has no channel of its own; its legs do"),
     })
 }

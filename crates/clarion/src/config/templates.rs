@@ -23,7 +23,12 @@ pub(super) fn build_templates(
         }
     };
     // A people target's legs render, each as the channel it is.
-    let targets: Vec<&TargetConfig> = targets.iter().flat_map(|t| t.channels()).collect();
+    // An origin publishes the status page, which has its own built-in pages.
+    let targets: Vec<&TargetConfig> = targets
+        .iter()
+        .filter(|t| t.kind != ChannelKind::StatusPage)
+        .flat_map(|t| t.channels())
+        .collect();
     let plan: Vec<clarion_render::TargetTemplates> = targets
         .iter()
         .map(|t| clarion_render::TargetTemplates {

@@ -287,6 +287,8 @@ pub struct Dispatcher {
     pub(crate) people: Option<Arc<crate::people::PeopleSupport>>,
     /// `clarion dlq replay`'s dispatcher: its ledger records say `replayed`.
     replaying: bool,
+    /// The status page's timelines (the events stream's dispatcher only).
+    pages: Option<Arc<crate::statuspage::PageSupport>>,
 }
 
 /// One target's routing, as the events stream sees it: enough to know that the
@@ -429,6 +431,7 @@ impl Dispatcher {
             state: None,
             people: None,
             replaying: false,
+            pages: None,
         }
     }
 
@@ -451,7 +454,15 @@ impl Dispatcher {
         self
     }
 
-    /// Writes a checked update (not a drill) to the incident-state topic, when there is one;
+    /// Records each update the status page shows in its incident's public
+    /// timeline (`statuspage.rs`) before the update resolves.
+    pub fn with_pages(mut self, pages: Option<Arc<crate::statuspage::PageSupport>>) -> Self {
+        self.pages = pages;
+        self
+    }
+
+    /// Writes a checked update (not a drill) to the incident-state topic, when there is one,
+    /// and to the status page's topic, when the page shows it;
     /// `Abandoned` when cancelled before the broker acknowledged it.
     pub async fn record_state(
         &self,
@@ -459,6 +470,11 @@ impl Dispatcher {
         source: &Source,
         cancel: &CancellationToken,
     ) -> Resolution {
+        if let Some(pages) = self.pages.as_ref().filter(|_| !update.drill)
+            && pages.record(update, cancel).await.is_err()
+        {
+            return Resolution::Abandoned;
+        }
         match &self.state {
             // A drill is not an incident: `clarion status` and `publish` never see it.
             _ if update.drill => Resolution::Resolved,

@@ -78,6 +78,8 @@ struct Shared<'a> {
     parses: Arc<stream::Parses>,
     /// The directory and walk progress of people targets, with `[directory]`.
     people: Option<Arc<crate::people::PeopleSupport>>,
+    /// The status page's state, with `[status_page]`.
+    pages: Option<Arc<crate::statuspage::PageSupport>>,
 }
 
 /// Like [`run_with_secrets`], and applies each validated config received on
@@ -125,6 +127,7 @@ pub async fn run_reloadable(
             settings.daemon.max_in_flight.saturating_mul(4),
         )),
         people: None,
+        pages: None,
     };
     shared.records = crate::records::ledger::Records::new(&settings, &shared.outputs.dlq);
     if let Some(clocks) = shared.records.deadlines.clone() {
@@ -137,6 +140,16 @@ pub async fn run_reloadable(
             &settings.audiences,
             kafka,
             secrets,
+            shutdown.clone(),
+        )?);
+    }
+    if let Some(page) = &settings.status_page {
+        shared.pages = Some(crate::statuspage::PageSupport::start(
+            page,
+            kafka,
+            secrets,
+            shared.outputs.dlq.clone(),
+            shared.outputs.dlq.max_record_bytes(),
             shutdown.clone(),
         )?);
     }
@@ -277,7 +290,8 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                         CancellationToken::new(),
                     )
                     .with_state(shared.records.state.clone())
-                    .with_ledger(shared.records.ledger.clone()),
+                    .with_ledger(shared.records.ledger.clone())
+                    .with_pages(shared.pages.clone()),
                 ),
                 routes,
             },
@@ -289,6 +303,9 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
             .collect::<Vec<_>>()
             .join("\n"),
     ));
+    if let Some(pages) = &shared.pages {
+        pages.attach(&settings.targets);
+    }
     for t in &settings.targets {
         let target = Target::build(t.clone(), shared.secrets)
             .with_context(|| format!("targets.{}", t.name))?;
@@ -390,6 +407,11 @@ async fn reload(
             )
         })
     };
+    if current.status_page != new.status_page {
+        return Err(anyhow!(
+            "[status_page] changed: it is read at start; restart the daemon to apply it"
+        ));
+    }
     if source(current) != source(new) {
         return Err(anyhow!(
             "[directory] changed: it is read at start (a file's contents are read again on reload, its settings are not); restart the daemon to apply them"
@@ -500,6 +522,7 @@ async fn check_topics(base: &ClientConfig, settings: &Settings) -> Result<()> {
     topics.extend(kafka.dead_recipient_topic.clone());
     topics.extend(kafka.ledger_topic.clone());
     topics.extend(kafka.incident_state_topic.clone());
+    topics.extend(settings.status_page.as_ref().map(|p| p.topic.clone()));
     if let Some(d) = &settings.directory {
         topics.push(d.progress_topic.clone());
         if let crate::config::DirectorySource::Topic(t) = &d.source {
@@ -527,7 +550,7 @@ async fn check_topics(base: &ClientConfig, settings: &Settings) -> Result<()> {
             let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
             if !required.is_empty() {
                 return Err(anyhow!(
-                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic / directory.topic / directory.progress_topic) before starting, or failed deliveries would have nowhere to go",
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic / status_page.topic / directory.topic / directory.progress_topic) before starting, or failed deliveries would have nowhere to go",
                     required
                         .iter()
                         .map(|t| format!("`{t}`"))

@@ -857,3 +857,44 @@ impl KeyMismatch<'_> {
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
 }
+
+/// An update recorded in its incident's public timeline on the status page topic.
+#[derive(Debug)]
+pub struct StatusPageRecorded<'a> {
+    pub incident_id: &'a str,
+    pub update_id: &'a str,
+    /// Updates the incident's timeline holds now.
+    pub updates: usize,
+    pub bytes: usize,
+}
+
+impl StatusPageRecorded<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            incident_id = self.incident_id,
+            update_id = self.update_id,
+            updates = self.updates,
+            bytes = self.bytes,
+            "update recorded for the status page"
+        );
+        metrics::counter!("clarion_status_page_records_total").increment(1);
+    }
+}
+
+/// The status page rendered, for an origin or for the daemon's own listener.
+#[derive(Debug)]
+pub struct StatusPageRendered {
+    pub files: usize,
+    pub took: Duration,
+}
+
+impl StatusPageRendered {
+    pub fn emit(&self) {
+        tracing::debug!(
+            files = self.files,
+            took_ms = self.took.as_secs_f64() * 1000.0,
+            "status page rendered"
+        );
+        metrics::histogram!("clarion_status_page_render_seconds").record(self.took.as_secs_f64());
+    }
+}

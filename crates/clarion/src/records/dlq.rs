@@ -244,6 +244,12 @@ impl DeadLetterWriter {
         &self.topic
     }
 
+    /// The largest record's value this writer's producer takes, with room left
+    /// for the key and headers.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes - RECORD_OVERHEAD
+    }
+
     pub async fn write(
         &self,
         letter: &DeadLetter<'_>,
