@@ -20,5 +20,6 @@ mod push_e2e;
 mod reload;
 mod sms;
 mod sms_e2e;
+mod status_page;
 mod truth;
 mod webhook;

@@ -41,6 +41,8 @@ const SECRET_KEYS: &[&str] = &[
     "private_key",
     "secret_properties",
     "bearer",
+    "access_key_id",
+    "secret_access_key",
 ];
 
 /// Records the secrets of a config the tests are about to run.

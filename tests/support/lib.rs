@@ -14,6 +14,9 @@ pub const KAFKA_ENV: &str = "CLARION_TEST_KAFKA";
 /// A Python interpreter with the test peers installed (standardwebhooks, aiosmtpd,
 /// smpp34, hypercorn): the venv made by `scripts/test`.
 pub const PYTHON_ENV: &str = "CLARION_TEST_PYTHON";
+/// The folder where `scripts/test` installed tests/peers/statuspage's npm
+/// packages (a published Statuspage client, a JSON Schema generator).
+pub const NODE_PEERS_ENV: &str = "CLARION_TEST_NODE_PEERS";
 
 /// Reads a peer's environment variable, or prints why the test is skipped.
 pub fn peer_env(var: &str, test: &str) -> Option<String> {

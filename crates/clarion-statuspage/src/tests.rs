@@ -137,6 +137,17 @@ fn only_the_changed_incident_page_is_rendered_on_an_update() {
         .filter(|p| p.starts_with("incidents/"))
         .collect();
     assert_eq!(pages, ["incidents/INC-2.html"]);
+    // The resolved incident is in the history, with its last word.
+    let index = text(&site, "index.html");
+    let history = index.find("Recent history").expect("history");
+    assert!(
+        index[history..].contains("Public step 4 &amp; more"),
+        "{index}"
+    );
+    assert!(
+        !index[history..].contains("Public step 3"),
+        "only the last update in the history"
+    );
     assert_eq!(
         site.files.len(),
         1 + 1 + 8 + 1,
