@@ -22,9 +22,11 @@ mod egress;
 mod payload;
 mod pool;
 mod sign;
+mod statuspage;
 
 pub use payload::{PAYLOAD_VERSION, payload};
 pub use sign::{SigningError, SigningKey};
+pub use statuspage::StatuspagePreset;
 
 use bytes::Bytes;
 use clarion_core::{
@@ -71,6 +73,24 @@ pub struct WebhookConfig {
     /// spec recommends 15 to 30 seconds.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The body's shape: `clarion` (default: the versioned envelope,
+    /// docs/webhooks.md) or `statuspage` (Atlassian Statuspage's subscriber
+    /// webhook, `{meta, page, incident}`, with `[targets.NAME.statuspage]`). A
+    /// custom body template wins over either.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// With `format = "statuspage"`: the page's id, URL and unsubscribe link.
+    #[serde(default)]
+    pub statuspage: Option<StatuspagePreset>,
+}
+
+/// A webhook body's shape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    #[default]
+    Clarion,
+    Statuspage,
 }
 
 fn default_timeout() -> Duration {
@@ -155,6 +175,8 @@ pub enum WebhookConfigError {
     Client(String),
     #[error("proxy: {0}")]
     Proxy(String),
+    #[error("{0}")]
+    Format(String),
 }
 
 type Connector = hyper_rustls::HttpsConnector<egress::Egress>;
@@ -180,6 +202,8 @@ pub struct WebhookChannel {
     timeout: Duration,
     /// The proxy connections go through (scheme, host and port only), if any.
     proxy: Option<String>,
+    /// The Statuspage subscriber shape instead of the envelope.
+    statuspage: Option<StatuspagePreset>,
 }
 
 impl fmt::Debug for WebhookChannel {
@@ -218,6 +242,20 @@ pub fn build(
     if config.timeout.is_zero() {
         return Err(WebhookConfigError::Timeout);
     }
+    let statuspage = match (config.format, &config.statuspage) {
+        (PayloadFormat::Statuspage, Some(p)) if !p.page_id.trim().is_empty() => Some(p.clone()),
+        (PayloadFormat::Statuspage, _) => {
+            return Err(WebhookConfigError::Format(
+                "format = \"statuspage\" needs `[targets.NAME.statuspage]` with a `page_id`".into(),
+            ));
+        }
+        (PayloadFormat::Clarion, Some(_)) => {
+            return Err(WebhookConfigError::Format(
+                "statuspage: only with format = \"statuspage\"".into(),
+            ));
+        }
+        (PayloadFormat::Clarion, None) => None,
+    };
     let mut keys = Vec::with_capacity(config.secrets.len());
     for (index, reference) in config.secrets.iter().enumerate() {
         let secret = secrets
@@ -282,6 +320,7 @@ pub fn build(
         pool,
         timeout: config.timeout,
         proxy,
+        statuspage,
     })
 }
 
@@ -348,7 +387,15 @@ pub(crate) fn connector(
 impl WebhookChannel {
     /// The headers and body of one attempt, exactly as they will be sent.
     pub fn request_parts(&self, delivery: &Delivery, timestamp: i64) -> (HeaderMap, Vec<u8>) {
-        let body = payload(delivery);
+        let custom = delivery
+            .audiences
+            .first()
+            .and_then(|a| delivery.part(a, "body"))
+            .is_some();
+        let body = match &self.statuspage {
+            Some(preset) if !custom => statuspage::body(delivery, preset),
+            _ => payload(delivery),
+        };
         // Sized once for the three headers added here: a clone of the target's map
         // would grow (and copy) on the first of them.
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);
