@@ -95,7 +95,10 @@ fn shipped_example_config_is_valid_when_its_secrets_are_set() {
 fn shipped_status_page_config_is_valid() {
     let mut secrets = SHIPPED_SECRETS.to_vec();
     secrets.push(("STATUS_S3_KEY_ID", "AKIAEXAMPLEEXAMPLE00"));
-    secrets.push(("STATUS_S3_SECRET", "example-secret-access-key-0000000000000"));
+    secrets.push((
+        "STATUS_S3_SECRET",
+        "example-secret-access-key-0000000000000",
+    ));
     let (code, stdout, stderr) = run(
         &["check-config", "config/status-page/clarion.toml"],
         &secrets,
@@ -110,7 +113,10 @@ fn shipped_status_page_config_is_valid() {
         .copied()
         .filter(|(k, _)| *k != "STATUS_S3_SECRET")
         .collect();
-    let (code, _, stderr) = run(&["check-config", "config/status-page/clarion.toml"], &without);
+    let (code, _, stderr) = run(
+        &["check-config", "config/status-page/clarion.toml"],
+        &without,
+    );
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("targets.status-s3: s3.secret_access_key: environment variable STATUS_S3_SECRET is not set"),

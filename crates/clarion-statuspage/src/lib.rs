@@ -165,4 +165,6 @@ pub trait Source: Send + Sync + std::fmt::Debug {
 }
 
 #[cfg(test)]
+mod measure;
+#[cfg(test)]
 mod tests;
