@@ -324,6 +324,28 @@ pub fn build(
     })
 }
 
+/// The bytes a target with `config` POSTs for a delivery: its custom body, else
+/// the envelope or, with `format = "statuspage"`, the subscriber shape.
+pub fn payload_as(config: &WebhookConfig, delivery: &Delivery) -> Vec<u8> {
+    let preset = match config.format {
+        PayloadFormat::Statuspage => config.statuspage.as_ref(),
+        PayloadFormat::Clarion => None,
+    };
+    body_of(preset, delivery)
+}
+
+fn body_of(statuspage: Option<&StatuspagePreset>, delivery: &Delivery) -> Vec<u8> {
+    let custom = delivery
+        .audiences
+        .first()
+        .and_then(|a| delivery.part(a, "body"))
+        .is_some();
+    match statuspage {
+        Some(preset) if !custom => statuspage::body(delivery, preset),
+        _ => payload(delivery),
+    }
+}
+
 /// The URI requests go to, and the `authorization` header the URL's userinfo asks
 /// for. Neither error quotes the URL.
 fn request_uri(url: &Url) -> Result<(Uri, Option<HeaderValue>), WebhookConfigError> {
@@ -387,15 +409,7 @@ pub(crate) fn connector(
 impl WebhookChannel {
     /// The headers and body of one attempt, exactly as they will be sent.
     pub fn request_parts(&self, delivery: &Delivery, timestamp: i64) -> (HeaderMap, Vec<u8>) {
-        let custom = delivery
-            .audiences
-            .first()
-            .and_then(|a| delivery.part(a, "body"))
-            .is_some();
-        let body = match &self.statuspage {
-            Some(preset) if !custom => statuspage::body(delivery, preset),
-            _ => payload(delivery),
-        };
+        let body = body_of(self.statuspage.as_ref(), delivery);
         // Sized once for the three headers added here: a clone of the target's map
         // would grow (and copy) on the first of them.
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 3);

@@ -122,17 +122,17 @@ pub fn render(settings: &Settings, update: IncidentUpdate, only: Option<&str>) -
                         c.max_segments()
                     );
                 }
-                (_, ChannelKind::Webhook) => {
+                (ChannelConfig::Webhook(hook), ChannelKind::Webhook) => {
                     let content = crate::config::content_of(&message);
                     let mut single = delivery.clone();
                     single.content = Arc::new([(audience.clone(), content)].into_iter().collect());
-                    let body = clarion_webhook::payload(&single);
+                    let body = clarion_webhook::payload_as(hook, &single);
                     if message.get(clarion_render::Part::Body).is_none() {
-                        let _ = writeln!(
-                            out,
-                            "[standard payload]\n{}",
-                            String::from_utf8_lossy(&body)
-                        );
+                        let shape = match hook.format {
+                            clarion_webhook::PayloadFormat::Clarion => "standard payload",
+                            clarion_webhook::PayloadFormat::Statuspage => "statuspage payload",
+                        };
+                        let _ = writeln!(out, "[{shape}]\n{}", String::from_utf8_lossy(&body));
                     }
                     let _ = writeln!(
                         out,

@@ -552,3 +552,73 @@ fn audiences_as_a_table_declare_audiences_and_their_deadlines() {
         "test.toml: audiences.partners.warn_at: must be between 0 and 1 (e.g. 0.8), not 1.5",
     );
 }
+
+/// A status page with one directory origin, `public` declared or not.
+fn status_page_config(declare_public: bool, page: &str, origin: &str) -> String {
+    format!(
+        r#"
+{audiences}
+[kafka]
+brokers = "127.0.0.1:9092"
+topic = "incident-updates"
+dead_letter_topic = "clarion-dlq"
+
+{page}
+
+[targets.site]
+type = "status_page"
+directory = "/var/www/status"
+{origin}
+"#,
+        audiences = if declare_public {
+            "audiences = [\"public\"]"
+        } else {
+            ""
+        },
+    )
+}
+
+const PAGE: &str = r#"[status_page]
+id = "example"
+name = "Example Status"
+url = "https://status.example.com"
+topic = "clarion-status-page"
+[[status_page.components]]
+id = "mobile-data"
+name = "Mobile data""#;
+
+#[test]
+fn a_status_page_is_checked_against_its_audiences_and_origins() {
+    check(
+        &status_page_config(true, PAGE, "audiences = [\"public\"]"),
+        "ok: 1 target(s)",
+    );
+    check(
+        &status_page_config(false, PAGE, "audiences = [\"customers\"]"),
+        "test.toml: status_page.audiences: `public` is not a standard audience nor listed in the top-level `audiences` (add it there, e.g. audiences = [\"public\"])",
+    );
+    check(
+        &status_page_config(true, PAGE, "audiences = [\"customers\"]"),
+        "test.toml: targets.site.audiences: `customers` is not one the page shows (status_page.audiences = [\"public\"]); an origin publishes the page, which shows only those",
+    );
+    check(
+        &status_page_config(true, "", "audiences = [\"public\"]"),
+        "test.toml: targets.site: a status_page target publishes the page that `[status_page]` describes; add that section",
+    );
+    check(
+        &status_page_config(
+            true,
+            &PAGE.replace("https://status.example.com", "https://status.example.com/"),
+            "audiences = [\"public\"]",
+        ),
+        "test.toml: status_page.url: `https://status.example.com/` must be an http(s) URL without a trailing `/`, e.g. https://status.example.com",
+    );
+    check(
+        &status_page_config(
+            true,
+            PAGE,
+            "audiences = [\"public\"]\ndrill_recipients = [\"x\"]",
+        ),
+        "test.toml: targets.site: drill_recipients: a status page origin publishes the public page, which a drill never reaches",
+    );
+}

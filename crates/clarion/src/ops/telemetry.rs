@@ -236,6 +236,9 @@ pub fn register(settings: &crate::config::Settings) {
         .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
     counter!("clarion_events_consumed_total").absolute(0);
     counter!("clarion_key_mismatches_total").absolute(0);
+    if settings.status_page.is_some() {
+        counter!("clarion_status_page_records_total").absolute(0);
+    }
     for kind in ["malformed_event", "unknown_audience"] {
         counter!("clarion_events_rejected_total", "kind" => kind).absolute(0);
         counter!("clarion_dead_letters_total", "kind" => kind, "target" => "-", "channel" => "-")
@@ -351,6 +354,15 @@ fn describe() {
     describe_counter!(
         "clarion_key_mismatches_total",
         "Records whose Kafka key is not their incident id."
+    );
+    describe_counter!(
+        "clarion_status_page_records_total",
+        "Updates recorded in their incident's public timeline on the status page topic."
+    );
+    describe_histogram!(
+        "clarion_status_page_render_seconds",
+        Unit::Seconds,
+        "Time to render the status page, for an origin or the daemon's listener."
     );
     describe_counter!(
         "clarion_notifications_total",
