@@ -335,15 +335,19 @@ pub fn payload_as(config: &WebhookConfig, delivery: &Delivery) -> Vec<u8> {
 }
 
 fn body_of(statuspage: Option<&StatuspagePreset>, delivery: &Delivery) -> Vec<u8> {
-    let custom = delivery
-        .audiences
-        .first()
-        .and_then(|a| delivery.part(a, "body"))
-        .is_some();
-    match statuspage {
-        Some(preset) if !custom => statuspage::body(delivery, preset),
-        _ => payload(delivery),
+    // The envelope's own path (`payload`) looks for a custom body itself; only
+    // the subscriber shape has to look first.
+    if let Some(preset) = statuspage {
+        let custom = delivery
+            .audiences
+            .first()
+            .and_then(|a| delivery.part(a, "body"))
+            .is_some();
+        if !custom {
+            return statuspage::body(delivery, preset);
+        }
     }
+    payload(delivery)
 }
 
 /// The URI requests go to, and the `authorization` header the URL's userinfo asks
