@@ -368,7 +368,7 @@ fn errors_name_the_key() {
     );
     check(
         &MINIMAL.replace("url =", "uri ="),
-        "test.toml: targets.StatusPage: unknown field `uri`, expected one of `url`, `secrets`, `headers`, `timeout`",
+        "test.toml: targets.StatusPage: unknown field `uri`, expected one of `url`, `secrets`, `headers`, `timeout`, `format`, `statuspage`",
     );
     check(
         &MINIMAL.replace("\"customers\"", "\"customer\""),
