@@ -69,6 +69,11 @@ pub fn wanted(settings: &Settings) -> Vec<Wanted> {
         "kafka.incident_state_topic",
         vec![("cleanup.policy", "compact")],
     );
+    add(
+        &settings.status_page.as_ref().map(|p| p.topic.clone()),
+        "status_page.topic",
+        vec![("cleanup.policy", "compact")],
+    );
     if let Some(d) = &settings.directory {
         if let DirectorySource::Topic(t) = &d.source {
             add(
