@@ -8,6 +8,7 @@
 
 mod audiences;
 mod build;
+mod confirm;
 mod daemon;
 mod directory;
 mod kafka;
@@ -22,6 +23,7 @@ mod tests;
 
 pub use audiences::*;
 pub use build::*;
+pub use confirm::*;
 pub use daemon::*;
 pub use directory::*;
 pub use kafka::*;

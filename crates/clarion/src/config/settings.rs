@@ -1,6 +1,7 @@
 //! `Settings`: the validated configuration the daemon and the commands run with.
 
 use super::audiences::*;
+use super::confirm::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;
@@ -31,6 +32,9 @@ pub struct Settings {
     pub statements: Option<PathBuf>,
     /// The stakeholder directory, when `[directory]` is set.
     pub directory: Option<DirectorySettings>,
+    /// Confirmation requests, the inbound listener and escalation policies
+    /// (docs/confirmations.md).
+    pub confirmations: Confirmations,
 }
 
 impl Settings {

@@ -44,16 +44,21 @@ pub enum ChannelKind {
     /// Not a channel: the members of a directory audience, reached through the
     /// target's legs (`fallback`), each leg a channel of its own.
     People,
+    /// Not a channel: an escalation policy run for each update it takes, its
+    /// steps reaching people through other targets' channels
+    /// (docs/confirmations.md).
+    Escalation,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 6] = [
+    pub const ALL: [ChannelKind; 7] = [
         ChannelKind::Webhook,
         ChannelKind::Email,
         ChannelKind::Sms,
         ChannelKind::Fcm,
         ChannelKind::Apns,
         ChannelKind::People,
+        ChannelKind::Escalation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +69,7 @@ impl ChannelKind {
             ChannelKind::Fcm => "fcm",
             ChannelKind::Apns => "apns",
             ChannelKind::People => "people",
+            ChannelKind::Escalation => "escalation",
         }
     }
 
@@ -116,6 +122,11 @@ pub struct TargetConfig {
     /// A `type = "people"` target's audience and legs. Its own `channel` is then
     /// its first leg's, and unused: every delivery goes through a leg.
     pub people: Option<PeopleConfig>,
+    /// What this target asks of its recipients (`confirm`), when it asks them to
+    /// confirm (docs/confirmations.md).
+    pub confirm: Option<super::confirm::ConfirmRequest>,
+    /// A `type = "escalation"` target's policy (`[escalations.NAME]`).
+    pub escalation: Option<Arc<str>>,
 }
 
 /// A people target: the members of one directory audience, each reached on the
@@ -152,6 +163,7 @@ impl TargetConfig {
     pub fn channels(&self) -> Vec<&TargetConfig> {
         match &self.people {
             Some(p) => p.legs.iter().map(|l| &l.target).collect(),
+            None if self.kind == ChannelKind::Escalation => Vec::new(),
             None => vec![self],
         }
     }
@@ -190,8 +202,9 @@ impl TargetConfig {
             ChannelKind::Email => clarion_render::ChannelKind::Email,
             ChannelKind::Sms => clarion_render::ChannelKind::Sms,
             ChannelKind::Fcm | ChannelKind::Apns => clarion_render::ChannelKind::Push,
-            // Never rendered as such: its legs render (`TargetConfig::channels`).
-            ChannelKind::People => clarion_render::ChannelKind::Webhook,
+            // Never rendered as such: its legs render (`TargetConfig::channels`),
+            // an escalation's steps' channels render as themselves.
+            ChannelKind::People | ChannelKind::Escalation => clarion_render::ChannelKind::Webhook,
         }
     }
 }
