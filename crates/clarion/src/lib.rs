@@ -11,6 +11,8 @@
 //!   dlq replay, route, render, demo, check-config);
 //! - `engine`: the running daemon: supervisor, streams, offsets, dispatch, breakers,
 //!   people walks;
+//! - `confirm`: confirmation requests' state (cases in a compacted topic), each
+//!   recipient's way to confirm, and who an escalation reaches;
 //! - `people`: the directory a people target walks, kept current from its file or
 //!   topic;
 //! - `records`: what the daemon writes down: dead letters, the ledger, the incident
@@ -22,6 +24,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod directory;
 pub mod engine;
 pub mod kafka;
