@@ -31,6 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub mod confirm;
 mod providers;
 mod resolve;
 pub(crate) mod retry;
@@ -287,6 +288,8 @@ pub struct Dispatcher {
     pub(crate) people: Option<Arc<crate::people::PeopleSupport>>,
     /// `clarion dlq replay`'s dispatcher: its ledger records say `replayed`.
     replaying: bool,
+    /// Confirmation requests' state, for targets that ask (`confirm.rs`).
+    pub(crate) confirm: Option<Arc<confirm::ConfirmHook>>,
 }
 
 /// One target's routing, as the events stream sees it: enough to know that the
@@ -429,7 +432,14 @@ impl Dispatcher {
             state: None,
             people: None,
             replaying: false,
+            confirm: None,
         }
+    }
+
+    /// Lets the target ask its recipients to confirm (docs/confirmations.md).
+    pub fn with_confirm(mut self, confirm: Option<Arc<confirm::ConfirmHook>>) -> Self {
+        self.confirm = confirm;
+        self
     }
 
     /// Marks every ledger record this dispatcher writes as `replayed`
@@ -670,6 +680,16 @@ impl Dispatcher {
             // delivery's future that large.
             return Box::pin(self.run_people(delivery, target, people, source, cancel, lane)).await;
         }
+        if target.config.kind == crate::config::ChannelKind::Escalation {
+            if let Some(prev) = after {
+                tokio::select! {
+                    _ = prev => {}
+                    _ = cancel.cancelled() => return Resolution::Abandoned,
+                }
+            }
+            let _lane = lane;
+            return Box::pin(self.open_escalation(target, &delivery, source, cancel)).await;
+        }
         // Rendering is deterministic: a template that fails now fails on every try,
         // so it is a permanent failure, dead-lettered with the template's error.
         let rendered = self.render(target, &delivery);
@@ -688,6 +708,12 @@ impl Dispatcher {
                 return self
                     .dead_letter(target, &delivery, source, None, e, Tried::default(), cancel)
                     .await;
+            }
+        }
+        if self.confirm.is_some() {
+            match Box::pin(self.open_case(target, &delivery, source, cancel)).await {
+                Ok(ways) => delivery.confirm = ways,
+                Err(_) => return Resolution::Abandoned,
             }
         }
         self.retry_loop(target, &mut delivery, source, cancel, Some(&lane), None)

@@ -857,3 +857,19 @@ impl KeyMismatch<'_> {
 pub fn consumed() {
     metrics::counter!("clarion_events_consumed_total").increment(1);
 }
+
+/// A notice went out that its recipients must confirm: its case was opened.
+#[derive(Debug)]
+pub struct ConfirmationRequested<'a> {
+    pub target: &'a str,
+    /// `each`, `any`, `quorum:N`.
+    pub require: &'a str,
+}
+
+impl ConfirmationRequested<'_> {
+    pub fn emit(&self) {
+        tracing::info!(target_name = %self.target, require = %self.require, "confirmation requested");
+        metrics::counter!("clarion_confirmation_requests_total", "target" => self.target.to_string())
+            .increment(1);
+    }
+}
