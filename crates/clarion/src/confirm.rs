@@ -17,11 +17,3 @@ pub mod store;
 pub mod ways;
 
 pub use store::ConfirmStore;
-
-/// Whether two phone numbers are the same: their digits, ignoring `+`, spaces
-/// and punctuation.
-pub fn same_number(a: &str, b: &str) -> bool {
-    let digits = |s: &str| -> String { s.chars().filter(char::is_ascii_digit).collect() };
-    let (a, b) = (digits(a), digits(b));
-    !a.is_empty() && a == b
-}

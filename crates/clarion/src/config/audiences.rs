@@ -87,7 +87,7 @@ pub struct AudienceConfig {
     /// serves it and has no `confirm` of its own, e.g.
     /// `confirm = { require = "each", within = "10m" }` (docs/confirmations.md).
     #[serde(default)]
-    pub confirm: Option<super::confirm::ConfirmRequest>,
+    pub confirm: Option<super::request::ConfirmRequest>,
     /// The longest time from the incident's first update to this audience's first
     /// confirmed notice (its `require` met), e.g. `"30m"`: the confirmation
     /// deadline, judged by `clarion report` and counted like the others.

@@ -7,6 +7,7 @@
 
 use super::audiences::*;
 use super::confirm::*;
+use super::request::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;

@@ -124,7 +124,7 @@ pub struct TargetConfig {
     pub people: Option<PeopleConfig>,
     /// What this target asks of its recipients (`confirm`), when it asks them to
     /// confirm (docs/confirmations.md).
-    pub confirm: Option<super::confirm::ConfirmRequest>,
+    pub confirm: Option<super::request::ConfirmRequest>,
     /// A `type = "escalation"` target's policy (`[escalations.NAME]`).
     pub escalation: Option<Arc<str>>,
 }

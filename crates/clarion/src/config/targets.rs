@@ -331,7 +331,7 @@ pub(super) fn validate_target_keys(
     let written = serde_json::Value::Object(map.clone());
     // A confirmation request (docs/confirmations.md): a people target's applies
     // to its legs' deliveries.
-    let confirm = super::confirm::take_request(&mut map)?;
+    let confirm = super::request::take_request(&mut map)?;
     if map.get("type").and_then(|t| t.as_str()) == Some("people") {
         let mut target = validate_people(name, map, audiences, default_retry)?;
         if confirm.is_some() {

@@ -19,6 +19,7 @@
 //! is logged and ignored.
 
 use crate::config::Step;
+use crate::records::confirmations::{ConfirmationRecord, Event};
 use clarion_confirm::{CaseId, RecipientId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -109,6 +110,42 @@ pub struct Header {
     pub drill: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
+}
+
+impl Header {
+    /// A ledger record of `case` about `event`, to be filled in.
+    pub fn ledger_record(&self, id: &CaseId, event: Event, fact: &str) -> ConfirmationRecord {
+        let h = self;
+        ConfirmationRecord {
+            schema_version: crate::records::confirmations::SCHEMA_VERSION,
+            kind: crate::records::confirmations::KIND.to_string(),
+            id: format!("{id}/{}/{fact}", event.as_str()),
+            event,
+            incident_id: h.update.incident_id.clone(),
+            update_id: h.update.update_id.clone(),
+            sequence: h.update.sequence,
+            target: h.target.clone(),
+            audiences: h.audiences.clone(),
+            case: id.to_hex(),
+            require: h.require.clone(),
+            within_s: h.within_ms / 1000,
+            opened_at: h.opened_at,
+            at: jiff::Timestamp::now(),
+            recipient: None,
+            recipient_ref: None,
+            person: None,
+            channel: None,
+            via_target: None,
+            provider: None,
+            via: None,
+            step: None,
+            attempt: None,
+            detail: None,
+            time_to_confirm_ms: None,
+            met: None,
+            drill: h.drill,
+        }
+    }
 }
 
 /// An escalation as fixed when its notice went out: the policy's steps and the

@@ -132,6 +132,14 @@ impl Case {
     }
 }
 
+/// Whether two phone numbers are the same: their digits, ignoring `+`, spaces
+/// and punctuation.
+pub fn same_number(a: &str, b: &str) -> bool {
+    let digits = |s: &str| -> String { s.chars().filter(char::is_ascii_digit).collect() };
+    let (a, b) = (digits(a), digits(b));
+    !a.is_empty() && a == b
+}
+
 /// Every case this process has read, with the index that finds an SMS reply's
 /// case from its code.
 #[derive(Debug)]
@@ -211,7 +219,7 @@ impl View {
                     p.addresses
                         .values()
                         .flatten()
-                        .any(|a| super::same_number(a, from))
+                        .any(|a| same_number(a, from))
                 })
             })
             .copied()

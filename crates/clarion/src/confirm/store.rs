@@ -18,6 +18,15 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+/// What a dispatcher needs to ask for confirmations.
+#[derive(Debug)]
+pub struct ConfirmHook {
+    pub store: Arc<ConfirmStore>,
+    pub confirmations: Arc<crate::config::Confirmations>,
+    /// Where each recipient asked is recorded (`kafka.ledger_topic`).
+    pub ledger: Option<crate::records::confirmations::ConfirmationLedger>,
+}
+
 /// The confirmation state, shared by the target streams, the listener and the
 /// escalation engine of one process.
 pub struct ConfirmStore {

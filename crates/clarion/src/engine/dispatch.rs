@@ -31,7 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub mod confirm;
+mod confirm;
 mod providers;
 mod resolve;
 pub(crate) mod retry;
@@ -289,7 +289,7 @@ pub struct Dispatcher {
     /// `clarion dlq replay`'s dispatcher: its ledger records say `replayed`.
     replaying: bool,
     /// Confirmation requests' state, for targets that ask (`confirm.rs`).
-    pub(crate) confirm: Option<Arc<confirm::ConfirmHook>>,
+    pub(crate) confirm: Option<Arc<crate::confirm::store::ConfirmHook>>,
 }
 
 /// One target's routing, as the events stream sees it: enough to know that the
@@ -362,6 +362,13 @@ pub(crate) struct Tried {
     count: u32,
     /// The provider (index into `Target::providers`) of the last attempt.
     provider: Option<usize>,
+}
+
+impl Tried {
+    /// The provider (index into `Target::providers`) of the last attempt.
+    pub(crate) fn provider(&self) -> Option<usize> {
+        self.provider
+    }
 }
 
 /// The retry budget a delivery has at one provider (`retry` applies per provider:
@@ -437,7 +444,7 @@ impl Dispatcher {
     }
 
     /// Lets the target ask its recipients to confirm (docs/confirmations.md).
-    pub fn with_confirm(mut self, confirm: Option<Arc<confirm::ConfirmHook>>) -> Self {
+    pub fn with_confirm(mut self, confirm: Option<Arc<crate::confirm::store::ConfirmHook>>) -> Self {
         self.confirm = confirm;
         self
     }

@@ -873,3 +873,84 @@ impl ConfirmationRequested<'_> {
             .increment(1);
     }
 }
+
+/// A recipient confirmed a notice (their first confirmation).
+#[derive(Debug)]
+pub struct ConfirmationReceived<'a> {
+    pub incident_id: &'a str,
+    pub target: &'a str,
+    /// `link`, `sms`, `voice`.
+    pub via: &'a str,
+    /// From the notice's opening to the confirmation.
+    pub took: Duration,
+    pub drill: bool,
+}
+
+impl ConfirmationReceived<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            incident_id = %self.incident_id,
+            target_name = %self.target,
+            via = %self.via,
+            took_ms = self.took.as_millis() as u64,
+            drill = self.drill,
+            "notice confirmed"
+        );
+        metrics::counter!("clarion_confirmations_total", "target" => self.target.to_string(), "via" => self.via.to_string())
+            .increment(1);
+        metrics::histogram!("clarion_time_to_confirm_seconds", "target" => self.target.to_string())
+            .record(self.took.as_secs_f64());
+    }
+}
+
+/// A notice's confirmation window closed.
+#[derive(Debug)]
+pub struct ConfirmationClosed<'a> {
+    pub incident_id: &'a str,
+    pub target: &'a str,
+    /// It got what it required.
+    pub met: bool,
+    pub confirmed: usize,
+    pub not_confirmed: usize,
+    pub unreachable: usize,
+    pub drill: bool,
+}
+
+impl ConfirmationClosed<'_> {
+    pub fn emit(&self) {
+        let (confirmed, not, unreachable) = (self.confirmed, self.not_confirmed, self.unreachable);
+        for (o, n) in [
+            ("confirmed", confirmed),
+            ("not_confirmed", not),
+            ("unreachable", unreachable),
+        ] {
+            metrics::counter!("clarion_confirmation_outcomes_total", "target" => self.target.to_string(), "outcome" => o)
+                .increment(n as u64);
+        }
+        metrics::counter!("clarion_confirmation_notices_total", "target" => self.target.to_string(), "met" => if self.met { "true" } else { "false" })
+            .increment(1);
+        if self.met || self.drill {
+            tracing::info!(incident_id = %self.incident_id, target_name = %self.target, met = self.met, confirmed, not_confirmed = not, unreachable, drill = self.drill, "confirmation window closed");
+        } else {
+            // An operator must act: someone who had to know may not.
+            tracing::error!(incident_id = %self.incident_id, target_name = %self.target, confirmed, not_confirmed = not, unreachable, "confirmation window closed without the confirmations the notice requires");
+        }
+    }
+}
+
+/// Sets the open and overdue confirmation gauges per target.
+pub fn confirmation_gauges(
+    open: &std::collections::HashMap<String, u64>,
+    overdue: &std::collections::HashMap<String, u64>,
+) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.extend(open.keys().cloned());
+    for t in seen.iter() {
+        metrics::gauge!("clarion_confirmations_open", "target" => t.clone())
+            .set(open.get(t).copied().unwrap_or(0) as f64);
+        metrics::gauge!("clarion_confirmations_overdue", "target" => t.clone())
+            .set(overdue.get(t).copied().unwrap_or(0) as f64);
+    }
+}

@@ -6,8 +6,6 @@
 //! people fixed there and then.
 
 use super::{Dispatcher, Resolution, Target};
-use crate::config::Confirmations;
-use crate::confirm::ConfirmStore;
 use crate::confirm::records::{Asked, CasePerson, Escalation, Header, Item, VERSION};
 use crate::records::dlq::{Abandoned, Source};
 use clarion_core::{ConfirmWays, Delivery};
@@ -15,13 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// What a dispatcher needs to ask for confirmations.
-#[derive(Debug)]
-pub struct ConfirmHook {
-    pub store: Arc<ConfirmStore>,
-    pub confirmations: Arc<Confirmations>,
-}
 
 fn plus(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
     jiff::SignedDuration::try_from(d)
@@ -146,6 +137,27 @@ impl Dispatcher {
             reached,
             at: jiff::Timestamp::now(),
         };
+        if let (Some(ledger), Some(h)) = (
+            &hook.ledger,
+            hook.store.read(|v| v.case(&case).and_then(|c| c.header.clone())),
+        ) {
+            let mut r = h.ledger_record(
+                &case,
+                crate::records::confirmations::Event::Requested,
+                &rid.to_hex(),
+            );
+            r.recipient = Some(asked.recipient.clone());
+            r.recipient_ref = Some(rid.to_hex());
+            r.channel = Some(asked.channel.clone());
+            r.via_target = Some(asked.target.clone());
+            r.provider.clone_from(&asked.provider);
+            if !reached {
+                r.detail = Some("unreachable: every provider failed".into());
+            }
+            if ledger.write(&r, cancel).await.is_err() {
+                return Resolution::Abandoned;
+            }
+        }
         match hook
             .store
             .write(&case, Item::Asked(rid), &asked, cancel)
