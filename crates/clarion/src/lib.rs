@@ -11,6 +11,7 @@
 //!   dlq replay, route, render, demo, check-config);
 //! - `engine`: the running daemon: supervisor, streams, offsets, dispatch, breakers,
 //!   people walks;
+//! - `inbound`: the listener where recipients confirm and providers call back;
 //! - `confirm`: confirmation requests' state (cases in a compacted topic), each
 //!   recipient's way to confirm, and who an escalation reaches;
 //! - `people`: the directory a people target walks, kept current from its file or
@@ -27,6 +28,7 @@ pub mod config;
 pub mod confirm;
 pub mod directory;
 pub mod engine;
+pub mod inbound;
 pub mod kafka;
 pub mod ops;
 pub mod people;
