@@ -4,6 +4,7 @@
 
 mod backups;
 mod cli;
+mod confirm;
 mod deploy;
 mod email;
 mod email_e2e;
