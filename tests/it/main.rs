@@ -8,6 +8,7 @@ mod confirm;
 mod deploy;
 mod email;
 mod email_e2e;
+mod escalation;
 mod hardening;
 mod isolation;
 mod kafka;
