@@ -280,4 +280,23 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["met"], false);
     assert_eq!(closed[0]["require"], "each");
+
+    // `clarion status` answers who confirmed and who did not; `report` has the
+    // time to confirm per audience.
+    let cfg = std::env::temp_dir().join(unique_topic("confirm-link-config"));
+    std::fs::write(&cfg, s.config(&email_target(&peer))).expect("write the config");
+    let cfg = cfg.display().to_string();
+    let (code, out, err) = crate::ledger::clarion(&["status", "CONF-1", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    let section = out.split("confirmations:").nth(1).unwrap_or_else(|| panic!("no confirmations in:\n{out}"));
+    assert!(section.contains(&format!("{TARGET} (require each, closed, NOT met): 1 confirmed, 1 not confirmed, 0 unreachable")), "{out}");
+    assert!(section.lines().any(|l| l.contains("an***mple") && l.contains("confirmed by link")), "{out}");
+    assert!(section.lines().any(|l| l.contains("bo***mple") && l.contains("not_confirmed")), "{out}");
+    let (code, json, err) = crate::ledger::clarion(&["report", "CONF-1", "-c", &cfg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&json).expect("report JSON");
+    let a = &report["confirmations"]["audiences"][0];
+    assert_eq!(a["audience"], "employees", "{report:#}");
+    assert_eq!((a["asked"].as_u64(), a["confirmed"].as_u64(), a["not_confirmed"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert!(a["median_time_to_confirm_s"].as_u64().is_some(), "{a}");
 }

@@ -134,3 +134,37 @@ pub fn take_request(
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_reads_and_judges() {
+        let r: ConfirmRequest =
+            serde_json::from_value(serde_json::json!({"require": {"quorum": 2}, "within": "10m"}))
+                .expect("valid");
+        assert_eq!(r.require, Require::Quorum(2));
+        assert_eq!(r.within, Duration::from_secs(600));
+        let each: ConfirmRequest =
+            serde_json::from_value(serde_json::json!({"within": "1m"})).expect("valid");
+        assert_eq!(each.require, Require::Each);
+        for bad in [
+            serde_json::json!({"require": "all", "within": "1m"}),
+            serde_json::json!({"require": {"quorum": 0}, "within": "1m"}),
+            serde_json::json!({"require": "any"}),
+            serde_json::json!({"require": "any", "within": "1m", "x": 1}),
+        ] {
+            assert!(
+                serde_json::from_value::<ConfirmRequest>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Require::Each.met(2, 2) && !Require::Each.met(1, 2) && !Require::Each.met(0, 0));
+        assert!(Require::Any.met(1, 5) && !Require::Any.met(0, 5));
+        assert!(Require::Quorum(2).met(2, 5) && !Require::Quorum(2).met(1, 5));
+        for r in [Require::Each, Require::Any, Require::Quorum(3)] {
+            assert_eq!(Require::from_label(&r.label()), Some(r));
+        }
+    }
+}

@@ -288,6 +288,33 @@ pub fn register(settings: &crate::config::Settings) {
         let _ = histogram!("clarion_send_duration_seconds", "target" => target.clone(), "channel" => channel);
         let _ = histogram!("clarion_delivery_latency_seconds", "channel" => channel, "target" => target.clone());
     }
+    // Targets that ask for confirmation (docs/confirmations.md).
+    if settings.confirmations.listener.is_some() {
+        for t in &settings.targets {
+            let asks = t.confirm.is_some()
+                || t
+                    .audiences
+                    .iter()
+                    .any(|a| settings.confirmations.by_audience.contains_key(a));
+            if !asks {
+                continue;
+            }
+            let target = t.name.to_string();
+            counter!("clarion_confirmation_requests_total", "target" => target.clone()).absolute(0);
+            for met in ["true", "false"] {
+                counter!("clarion_confirmation_notices_total", "target" => target.clone(), "met" => met).absolute(0);
+            }
+            for outcome in ["confirmed", "not_confirmed", "unreachable"] {
+                counter!("clarion_confirmation_outcomes_total", "target" => target.clone(), "outcome" => outcome).absolute(0);
+            }
+            for via in ["link", "sms", "voice"] {
+                counter!("clarion_confirmations_total", "target" => target.clone(), "via" => via).absolute(0);
+            }
+            gauge!("clarion_confirmations_open", "target" => target.clone()).set(0.0);
+            gauge!("clarion_confirmations_overdue", "target" => target.clone()).set(0.0);
+            let _ = histogram!("clarion_time_to_confirm_seconds", "target" => target.clone());
+        }
+    }
     for stream in streams {
         for name in [
             "clarion_stream_lag_records",
@@ -447,6 +474,39 @@ fn describe() {
         "clarion_drill_last_success_timestamp_seconds",
         Unit::Seconds,
         "Unix time of the last drill delivered through each provider of a target; 0: none since this process started."
+    );
+    describe_counter!(
+        "clarion_confirmation_requests_total",
+        "Notices sent that their recipients must confirm (cases opened), per target."
+    );
+    describe_counter!(
+        "clarion_confirmations_total",
+        "Recipients' first confirmations, per target, by how they came (link, sms, voice)."
+    );
+    describe_histogram!(
+        "clarion_time_to_confirm_seconds",
+        Unit::Seconds,
+        "From a notice going out to a recipient's confirmation, per target."
+    );
+    describe_counter!(
+        "clarion_confirmation_notices_total",
+        "Notices whose confirmation window closed, per target, by whether they got what they require (met)."
+    );
+    describe_counter!(
+        "clarion_confirmation_outcomes_total",
+        "Recipients of closed notices, per target, by outcome (confirmed, not_confirmed, unreachable)."
+    );
+    describe_gauge!(
+        "clarion_confirmations_open",
+        "Notices whose confirmation window is open, per target (as this replica's view has them)."
+    );
+    describe_gauge!(
+        "clarion_confirmations_overdue",
+        "Notices past their confirmation window without what they require and not closed yet, per target."
+    );
+    describe_counter!(
+        "clarion_inbound_requests_total",
+        "Requests to the inbound listener, by route (page, confirm, keypress, call_status, sms, other, any) and outcome."
     );
     describe_gauge!(
         "clarion_build_info",
