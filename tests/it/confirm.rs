@@ -300,3 +300,81 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     assert_eq!((a["asked"].as_u64(), a["confirmed"].as_u64(), a["not_confirmed"].as_u64()), (Some(2), Some(1), Some(1)));
     assert!(a["median_time_to_confirm_s"].as_u64().is_some(), "{a}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_limits_each_client_and_believes_forwarded_headers_only_from_its_proxy() {
+    let Some(brokers) = clarion_tests::kafka(module_path!()) else {
+        return;
+    };
+    let s = Setup::new(&brokers, "confirm-hostile").await;
+    let receiver = clarion_tests::receiver::Receiver::start(clarion_tests::receiver::Behaviour::Always(200)).await;
+    let target = format!(
+        "[targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"{}\"\nsecrets = [{{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }}]\n",
+        receiver.url
+    );
+    let config = s.config(&target).replace(
+        "[confirm]\n",
+        "[confirm]\nrate_per_minute = 1\nburst = 4\nmax_body_bytes = 2048\ntrusted_proxies = [\"127.0.0.2\"]\n",
+    );
+    let daemon = InProcess::start(&config);
+    assert!(clarion_tests::wait_for_port(s.port, WAIT).await, "the listener did not start");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .expect("client")
+    };
+    let bad = format!("{}/c/{}", s.base(), "A".repeat(60));
+    let statuses = |client: reqwest::Client, xff: Option<&'static str>, n: usize| {
+        let url = bad.clone();
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let mut r = client.get(&url);
+                if let Some(x) = xff {
+                    r = r.header("x-forwarded-for", x);
+                }
+                out.push(r.send().await.expect("request").status().as_u16());
+            }
+            out
+        }
+    };
+    // A stranger's X-Forwarded-For is ignored: every request counts as its own.
+    let direct = from([127, 0, 0, 1]);
+    let mut got = statuses(direct.clone(), None, 4).await;
+    got.extend(statuses(direct.clone(), Some("198.51.100.1"), 2).await);
+    assert_eq!(got, [404, 404, 404, 404, 429, 429]);
+    // Through the trusted proxy, each forwarded client has its own rate; a client
+    // cannot pick its key by sending the header itself (the proxy's entry wins).
+    let proxy = from([127, 0, 0, 2]);
+    assert_eq!(statuses(proxy.clone(), Some("198.51.100.7"), 5).await, [404, 404, 404, 404, 429]);
+    assert_eq!(statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 4).await, [404, 404, 404, 404]);
+    assert_eq!(statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 1).await, [429]);
+    // A body over max_body_bytes is refused before it is read; a method no path
+    // takes is 405 with Allow.
+    let big = proxy
+        .post(&bad)
+        .header("x-forwarded-for", "198.51.100.20")
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(big.status(), 413);
+    let put = proxy
+        .put(&bad)
+        .header("x-forwarded-for", "198.51.100.21")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), 405);
+    assert_eq!(put.headers()["allow"], "GET, HEAD, POST");
+    let head = proxy
+        .head(&bad)
+        .header("x-forwarded-for", "198.51.100.22")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404);
+    assert_eq!(head.headers()["x-frame-options"], "DENY");
+    daemon.stop().await;
+}
