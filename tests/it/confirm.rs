@@ -147,6 +147,49 @@ pub(crate) fn browser(py: &Path, url: &str, click: Option<&str>) -> Option<Value
     Some(v)
 }
 
+/// Validates confirmation records against `docs/ledger.schema.json#/$defs/confirmation`
+/// with Python's `jsonschema` (Draft 2020-12, formats checked): not our serde types.
+pub(crate) fn assert_confirmations_valid(py: &Path, records: &[Value]) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ledger.schema.json");
+    let script = r#"
+import json, sys
+from jsonschema import Draft202012Validator, FormatChecker
+schema = json.load(open(sys.argv[1]))
+Draft202012Validator.check_schema(schema)
+sub = dict(schema["$defs"]["confirmation"])
+v = Draft202012Validator(sub, format_checker=FormatChecker())
+bad = n = 0
+for line in sys.stdin:
+    n += 1
+    for e in v.iter_errors(json.loads(line)):
+        bad += 1
+        print(f"record {n}: {e.json_path}: {e.message}")
+sys.exit(1 if bad or n == 0 else 0)
+"#;
+    let mut child = std::process::Command::new(py)
+        .args(["-c", script])
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for r in records {
+            writeln!(stdin, "{r}").expect("write record");
+        }
+    }
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "confirmation records do not follow docs/ledger.schema.json#/$defs/confirmation:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn email_target(peer: &SmtpPeer) -> String {
     format!(
         r#"[targets.{TARGET}]
@@ -280,6 +323,7 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["met"], false);
     assert_eq!(closed[0]["require"], "each");
+    assert_confirmations_valid(&py, &records);
 
     // `clarion status` answers who confirmed and who did not; `report` has the
     // time to confirm per audience.
@@ -377,4 +421,40 @@ async fn the_listener_limits_each_client_and_believes_forwarded_headers_only_fro
     assert_eq!(head.status(), 404);
     assert_eq!(head.headers()["x-frame-options"], "DENY");
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_recipient_can_confirm_and_it_is_recorded_as_a_drill() {
+    let Some(brokers) = clarion_tests::kafka(module_path!()) else {
+        return;
+    };
+    let Some(py) = clarion_tests::python(module_path!()) else {
+        return;
+    };
+    let peer = SmtpPeer::start(&py, &[]).await;
+    let s = Setup::new(&brokers, "confirm-drill").await;
+    let target = email_target(&peer).replace(
+        "confirm = {",
+        "drill_recipients = [\"drill@acme.example\"]\nconfirm = {",
+    );
+    let daemon = InProcess::start(&s.config(&target));
+    let mut drill = samples::lifecycle("DRILL-1", "Drill", &["employees"], jiff::Timestamp::now()).remove(0);
+    drill.drill = true;
+    publish_updates(&brokers, &s.w.topic, std::slice::from_ref(&drill)).await;
+    let mail = peer.received(1).await;
+    assert_eq!(mail.len(), 1, "{mail:#?}");
+    assert_eq!(mail[0]["rcpt_tos"][0], "drill@acme.example", "a drill reaches only its recipients");
+    s.wait_for("the drill's request", |r| r["event"] == "requested").await;
+    let url = link(&s.base(), &drill.update_id, TARGET, "drill@acme.example", now_s() + 3600);
+    let page = reqwest::get(&url).await.expect("GET").text().await.expect("page");
+    assert!(page.contains("[DRILL]"), "the page says it is a drill: {page}");
+    let r = reqwest::Client::new().post(&url).send().await.expect("POST");
+    assert_eq!(r.status(), 200);
+    let records = s.wait_for("the drill's confirmation", |r| r["event"] == "confirmed").await;
+    daemon.stop().await;
+    assert!(
+        records.iter().all(|r| r["drill"] == true && r["incident_id"] == "DRILL-1"),
+        "every record of a drill says so: {records:#?}"
+    );
+    assert_eq!(events_of(&records, "dr***mple"), ["requested", "confirmed"]);
 }

@@ -205,6 +205,7 @@ async fn no_confirmation_moves_to_the_next_channel_then_the_deputy_and_a_confirm
     assert_eq!(events_of(&records, "ann"), ["requested", "requested", "not_confirmed"]);
     let closed = records.iter().find(|r| r["event"] == "closed").expect("closed");
     assert_eq!(closed["met"], true);
+    crate::confirm::assert_confirmations_valid(&py, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,32 +33,58 @@ pub enum Action {
 
 /// The next action of `case` at `now`, if any is due.
 pub fn next(case: &Case, now: jiff::Timestamp) -> Option<Action> {
+    due(case, now, false).into_iter().next()
+}
+
+/// Every action due at `now` when the first one is a send or the end of a
+/// person's part: one per person of the current step, which may run at once
+/// (each writes only its own person's cursor). Otherwise the one action due.
+pub fn all(case: &Case, now: jiff::Timestamp) -> Vec<Action> {
+    due(case, now, true)
+}
+
+fn due(case: &Case, now: jiff::Timestamp, every: bool) -> Vec<Action> {
+    match first(case, now, every) {
+        Some(Found::One(a)) => vec![a],
+        Some(Found::People(list)) => list,
+        None => Vec::new(),
+    }
+}
+
+enum Found {
+    One(Action),
+    People(Vec<Action>),
+}
+
+fn first(case: &Case, now: jiff::Timestamp, every: bool) -> Option<Found> {
+    let one = |a| Some(Found::One(a));
     if case.closed.is_some() {
-        return Some(Action::Finish);
+        return one(Action::Finish);
     }
     let header = case.header.as_ref()?;
     if now >= header.deadline {
-        return Some(Action::Close);
+        return one(Action::Close);
     }
     if let Some(rid) = case
         .answers
         .keys()
         .find(|r| !case.confirmed.contains_key(r))
     {
-        return Some(Action::Confirm(*rid));
+        return one(Action::Confirm(*rid));
     }
     let escalation = header.escalation.as_ref()?;
     if case.met() {
         return None;
     }
     let Some((&step, _)) = case.steps.iter().next_back() else {
-        return Some(Action::StartStep(0));
+        return one(Action::StartStep(0));
     };
     let Some(policy) = escalation.steps.get(step) else {
         return None;
     };
     let channels = policy.channels.len();
     let mut all_done = true;
+    let mut people = Vec::new();
     for id in escalation.step_people.get(step).into_iter().flatten() {
         let Some(rid) = escalation
             .people
@@ -86,14 +112,18 @@ pub fn next(case: &Case, now: jiff::Timestamp) -> Option<Action> {
                 .map(|(_, c)| c.attempt + 1)
                 .max()
                 .unwrap_or(0);
-            return Some(send(0, 0, attempt));
+            people.push(send(0, 0, attempt));
+            all_done = false;
+            continue;
         };
         if c.done {
             continue;
         }
         if c.state == SendState::Sending {
             // Written before a send that may not have happened: again, same key.
-            return Some(send(c.repeat, c.channel, c.attempt));
+            people.push(send(c.repeat, c.channel, c.attempt));
+            all_done = false;
+            continue;
         }
         let unreachable = c.state == SendState::Failed
             || case
@@ -101,7 +131,7 @@ pub fn next(case: &Case, now: jiff::Timestamp) -> Option<Action> {
                 .get(&(rid, c.attempt))
                 .is_some_and(|call| call.unreachable);
         if unreachable || now >= c.next_at {
-            return Some(if c.channel + 1 < channels {
+            people.push(if c.channel + 1 < channels {
                 send(c.repeat, c.channel + 1, c.attempt + 1)
             } else if c.repeat < policy.repeats {
                 send(c.repeat + 1, 0, c.attempt + 1)
@@ -111,8 +141,14 @@ pub fn next(case: &Case, now: jiff::Timestamp) -> Option<Action> {
         }
         all_done = false;
     }
+    if !people.is_empty() {
+        if !every {
+            people.truncate(1);
+        }
+        return Some(Found::People(people));
+    }
     if all_done && step + 1 < escalation.steps.len() {
-        return Some(Action::StartStep(step + 1));
+        return one(Action::StartStep(step + 1));
     }
     None
 }
@@ -225,6 +261,19 @@ mod tests {
         assert_eq!(next(&c, at(241)), Some(Action::StartStep(1)));
         c.steps.insert(1, StepStarted { v: VERSION, at: at(241) });
         assert_eq!(next(&c, at(241)), Some(send(1, "D", 2, 0, 0, 0)));
+    }
+
+    #[test]
+    fn the_people_of_a_step_are_sent_to_together() {
+        let mut c = case();
+        let h = c.header.as_mut().map(Arc::make_mut).expect("header");
+        let e = h.escalation.as_mut().expect("escalation");
+        e.step_people[0].push("D".into());
+        c.steps.insert(0, StepStarted { v: VERSION, at: at(1) });
+        assert_eq!(all(&c, at(1)), vec![send(0, "P", 1, 0, 0, 0), send(0, "D", 2, 0, 0, 0)]);
+        assert_eq!(next(&c, at(1)), Some(send(0, "P", 1, 0, 0, 0)));
+        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
+        assert_eq!(all(&c, at(2)), vec![send(0, "D", 2, 0, 0, 0)]);
     }
 
     #[test]

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Sends of one case under way at once (a step reaching an audience).
+const SENDS_AT_ONCE: usize = 32;
+
 fn plus(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
     jiff::SignedDuration::try_from(d)
         .ok()
@@ -56,19 +59,43 @@ fn about(mut r: ConfirmationRecord, case: &Case, rid: &RecipientId) -> Confirmat
 impl Engine {
     /// Does what `id` needs until nothing more is due.
     pub(super) async fn work(&self, id: CaseId, cancel: &CancellationToken) {
+        use futures::StreamExt as _;
         loop {
             let now = jiff::Timestamp::now();
-            let Some((case, action)) = self.store.read(|v| {
-                v.case(&id)
-                    .and_then(|c| plan::next(c, now).map(|a| (c.clone(), a)))
+            let Some((case, actions)) = self.store.read(|v| {
+                v.case(&id).map(|c| (c.clone(), plan::all(c, now)))
             }) else {
                 return;
             };
+            if actions.is_empty() {
+                return;
+            }
+            // The people of a step are sent to at once, a bounded number at a time.
+            let results: Vec<Result<(), Abandoned>> = futures::stream::iter(actions)
+                .map(|a| self.act(&id, &case, a, cancel))
+                .buffer_unordered(SENDS_AT_ONCE)
+                .collect()
+                .await;
+            if results.iter().any(Result::is_err) {
+                return;
+            }
+        }
+    }
+
+    async fn act(
+        &self,
+        id: &CaseId,
+        case: &Case,
+        action: Action,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let id = *id;
+        {
             let done = match action {
-                Action::Finish => self.finish(&id, &case, cancel).await,
-                Action::Close => self.close(&id, &case, cancel).await,
-                Action::Confirm(rid) => self.confirm(&id, &case, rid, cancel).await,
-                Action::StartStep(step) => self.start_step(&id, &case, step, cancel).await,
+                Action::Finish => self.finish(&id, case, cancel).await,
+                Action::Close => self.close(&id, case, cancel).await,
+                Action::Confirm(rid) => self.confirm(&id, case, rid, cancel).await,
+                Action::StartStep(step) => self.start_step(&id, case, step, cancel).await,
                 Action::Send {
                     step,
                     person,
@@ -77,20 +104,18 @@ impl Engine {
                     channel,
                     attempt,
                 } => {
-                    self.send(&id, &case, step, &person, rid, (repeat, channel, attempt), cancel)
+                    self.send(&id, case, step, &person, rid, (repeat, channel, attempt), cancel)
                         .await
                 }
                 Action::Done { step, rid } => {
                     let Some(mut c) = case.cursors.get(&(step, rid)).cloned() else {
-                        return;
+                        return Ok(());
                     };
                     c.done = true;
                     self.store.write(&id, Item::Cursor(step, rid), &c, cancel).await
                 }
             };
-            if done.is_err() {
-                return;
-            }
+            done
         }
     }
 
