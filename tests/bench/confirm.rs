@@ -27,7 +27,13 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// Counts the ledger's confirmation records of `event` until there are `want`.
-async fn wait_records(brokers: &str, topic: &str, event: &str, want: u64, timeout: Duration) -> Result<u64> {
+async fn wait_records(
+    brokers: &str,
+    topic: &str,
+    event: &str,
+    want: u64,
+    timeout: Duration,
+) -> Result<u64> {
     let deadline = Instant::now() + timeout;
     loop {
         let got = clarion_tests::kafka::read_all(brokers, topic, usize::MAX, Duration::from_secs(5))
@@ -69,16 +75,13 @@ pub async fn run(brokers: &str, clarion: &std::path::Path, n: u64) -> Result<()>
     let targets = format!(
         "[targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"http://{hook}/hook\"\nsecrets = [{{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }}]\nconfirm = {{ require = \"each\", within = \"2h\" }}\n"
     );
-    let toml = w
-        .config(&targets)
-        .replacen(
-            &format!("group_id = \"{}\"", w.group),
-            &format!("group_id = \"{}\"\nledger_topic = \"{ledger}\"", w.group),
-            1,
-        )
-        + &format!(
-            "\n[confirm]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\nsecret = {{ value = \"{SECRET}\" }}\ntopic = \"{confirm_topic}\"\n# One client posts every callback here: no per-client limit in the way.\nrate_per_minute = 100000000\nburst = 100000\n"
-        );
+    let toml = w.config(&targets).replacen(
+        &format!("group_id = \"{}\"", w.group),
+        &format!("group_id = \"{}\"\nledger_topic = \"{ledger}\"", w.group),
+        1,
+    ) + &format!(
+        "\n[confirm]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\nsecret = {{ value = \"{SECRET}\" }}\ntopic = \"{confirm_topic}\"\n# One client posts every callback here: no per-client limit in the way.\nrate_per_minute = 100000000\nburst = 100000\n"
+    );
     let dir = std::env::temp_dir().join(clarion_tests::unique_topic("clarion-bench-confirm"));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("clarion.toml");
@@ -101,7 +104,8 @@ pub async fn run(brokers: &str, clarion: &std::path::Path, n: u64) -> Result<()>
         .spawn()
         .context("starting clarion")?;
     let pid = daemon.id();
-    let requested = wait_records(brokers, &ledger, "requested", n, Duration::from_secs(600)).await?;
+    let requested =
+        wait_records(brokers, &ledger, "requested", n, Duration::from_secs(600)).await?;
     let sent_in = started.elapsed();
     if requested < n {
         let _ = daemon.kill();
@@ -161,7 +165,8 @@ pub async fn run(brokers: &str, clarion: &std::path::Path, n: u64) -> Result<()>
         answered as f64 / took.as_secs_f64(),
         rss_callbacks / 1024
     );
-    let confirmed = wait_records(brokers, &ledger, "confirmed", n, Duration::from_secs(600)).await?;
+    let confirmed =
+        wait_records(brokers, &ledger, "confirmed", n, Duration::from_secs(600)).await?;
     let recorded_in = posting.elapsed();
     let peak = rss_kib(pid, "VmHWM:").unwrap_or(0);
     let _ = daemon.kill();

@@ -54,7 +54,10 @@ impl Setup {
         let w = &self.w;
         let with_ledger = w.config(rest).replacen(
             &format!("group_id = \"{}\"", w.group),
-            &format!("group_id = \"{}\"\nledger_topic = \"{}\"", w.group, self.ledger),
+            &format!(
+                "group_id = \"{}\"\nledger_topic = \"{}\"",
+                w.group, self.ledger
+            ),
             1,
         );
         format!(
@@ -69,12 +72,17 @@ impl Setup {
     pub(crate) async fn confirmations(&self, at_least: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got: Vec<Value> = read_all(&self.w.brokers, &self.ledger, usize::MAX, Duration::from_secs(3))
-                .await
-                .into_iter()
-                .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
-                .filter(|v| v["kind"] == "confirmation")
-                .collect();
+            let got: Vec<Value> = read_all(
+                &self.w.brokers,
+                &self.ledger,
+                usize::MAX,
+                Duration::from_secs(3),
+            )
+            .await
+            .into_iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+            .filter(|v| v["kind"] == "confirmation")
+            .collect();
             if got.len() >= at_least || tokio::time::Instant::now() > deadline {
                 return got;
             }
@@ -110,7 +118,13 @@ pub(crate) fn events_of<'a>(records: &'a [Value], who: &str) -> Vec<&'a str> {
 
 /// A link to the notice for `recipient`, as the daemon mints it: the same keys,
 /// case and recipient id, with an expiry of the test's choosing.
-pub(crate) fn link(base: &str, update_id: &str, target: &str, recipient: &str, expires: u64) -> String {
+pub(crate) fn link(
+    base: &str,
+    update_id: &str,
+    target: &str,
+    recipient: &str,
+    expires: u64,
+) -> String {
     let keys = clarion_confirm::Keys::new(SECRET.as_bytes()).expect("long enough");
     let case = keys.case_id(&[update_id, target]);
     let rid = keys.recipient_id(&case, recipient);
@@ -230,9 +244,17 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     let mail = peer.received(2).await;
     assert_eq!(mail.len(), 2, "both recipients got the notice: {mail:#?}");
     // Each delivery is recorded as a request.
-    s.wait_for("requests", |r| r["event"] == "requested" && r["recipient"] == "bo***mple")
-        .await;
-    let ann = link(&s.base(), &update.update_id, TARGET, "ann@acme.example", now_s() + 3600);
+    s.wait_for("requests", |r| {
+        r["event"] == "requested" && r["recipient"] == "bo***mple"
+    })
+    .await;
+    let ann = link(
+        &s.base(),
+        &update.update_id,
+        TARGET,
+        "ann@acme.example",
+        now_s() + 3600,
+    );
     let http = reqwest::Client::new();
 
     // A scanner follows the link: it sees the notice and confirms nothing.
@@ -240,13 +262,19 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     assert_eq!(r.status(), 200);
     let h = r.headers().clone();
     let csp = h["content-security-policy"].to_str().expect("ascii");
-    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert_eq!(h["referrer-policy"], "no-referrer");
     assert_eq!(h["cache-control"], "no-store");
     let page = r.text().await.expect("page");
     assert!(page.contains("Core network outage"), "{page}");
     assert!(page.contains("<form method=\"post\">"), "{page}");
-    assert!(!page.contains("ann@acme.example"), "the page names no address: {page}");
+    assert!(
+        !page.contains("ann@acme.example"),
+        "the page names no address: {page}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let records = s.confirmations(0).await;
     assert!(
@@ -259,10 +287,26 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     let last = altered.len() - 1;
     altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).expect("ascii");
-    let expired = link(&s.base(), &update.update_id, TARGET, "ann@acme.example", now_s() - 1);
-    let unknown = link(&s.base(), "no-such-update", TARGET, "ann@acme.example", now_s() + 3600);
+    let expired = link(
+        &s.base(),
+        &update.update_id,
+        TARGET,
+        "ann@acme.example",
+        now_s() - 1,
+    );
+    let unknown = link(
+        &s.base(),
+        "no-such-update",
+        TARGET,
+        "ann@acme.example",
+        now_s() + 3600,
+    );
     let mut answers = Vec::new();
-    for (what, url) in [("altered", &altered), ("expired", &expired), ("unknown", &unknown)] {
+    for (what, url) in [
+        ("altered", &altered),
+        ("expired", &expired),
+        ("unknown", &unknown),
+    ] {
         for post in [false, true] {
             let r = if post {
                 http.post(url.as_str()).send().await
@@ -287,10 +331,19 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     // A real browser opens the link and clicks the button: confirmed.
     if let Some(v) = browser(&py, &ann, Some("button")) {
         assert_eq!(v["page"]["status"], 200, "{v}");
-        assert!(v["page"]["text"].as_str().unwrap_or("").contains("I have read this notice"), "{v}");
+        assert!(
+            v["page"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("I have read this notice"),
+            "{v}"
+        );
         assert_eq!(v["after_click"]["status"], 200, "{v}");
         assert!(
-            v["after_click"]["text"].as_str().unwrap_or("").contains("your confirmation is recorded"),
+            v["after_click"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("your confirmation is recorded"),
             "{v}"
         );
     } else {
@@ -300,7 +353,10 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     let records = s
         .wait_for("ann's confirmation", |r| r["event"] == "confirmed")
         .await;
-    let confirmed: Vec<&Value> = records.iter().filter(|r| r["event"] == "confirmed").collect();
+    let confirmed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "confirmed")
+        .collect();
     assert_eq!(confirmed.len(), 1, "{records:#?}");
     assert_eq!(confirmed[0]["via"], "link");
     assert_eq!(confirmed[0]["recipient"], "an***mple");
@@ -310,15 +366,19 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     assert_eq!(r.status(), 200);
 
     // The window closes: Bob did not confirm, the notice did not get "each".
-    let records = s
-        .wait_for("the closing", |r| r["event"] == "closed")
-        .await;
+    let records = s.wait_for("the closing", |r| r["event"] == "closed").await;
     // Once closed, the link is refused like any other bad one.
     let r = http.get(&ann).send().await.expect("GET after the close");
-    assert_eq!((r.status().as_u16(), r.text().await.expect("body")), (404, answers[0].3.clone()));
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.expect("body")),
+        (404, answers[0].3.clone())
+    );
     daemon.stop().await;
     assert_eq!(events_of(&records, "an***mple"), ["requested", "confirmed"]);
-    assert_eq!(events_of(&records, "bo***mple"), ["requested", "not_confirmed"]);
+    assert_eq!(
+        events_of(&records, "bo***mple"),
+        ["requested", "not_confirmed"]
+    );
     let closed: Vec<&Value> = records.iter().filter(|r| r["event"] == "closed").collect();
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0]["met"], false);
@@ -332,16 +392,41 @@ async fn a_link_confirms_only_by_its_button_and_bad_links_reveal_nothing() {
     let cfg = cfg.display().to_string();
     let (code, out, err) = crate::ledger::clarion(&["status", "CONF-1", "-c", &cfg]);
     assert_eq!(code, 0, "{err}");
-    let section = out.split("confirmations:").nth(1).unwrap_or_else(|| panic!("no confirmations in:\n{out}"));
-    assert!(section.contains(&format!("{TARGET} (require each, closed, NOT met): 1 confirmed, 1 not confirmed, 0 unreachable")), "{out}");
-    assert!(section.lines().any(|l| l.contains("an***mple") && l.contains("confirmed by link")), "{out}");
-    assert!(section.lines().any(|l| l.contains("bo***mple") && l.contains("not_confirmed")), "{out}");
+    let section = out
+        .split("confirmations:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no confirmations in:\n{out}"));
+    assert!(
+        section.contains(&format!(
+            "{TARGET} (require each, closed, NOT met): 1 confirmed, 1 not confirmed, 0 unreachable"
+        )),
+        "{out}"
+    );
+    assert!(
+        section
+            .lines()
+            .any(|l| l.contains("an***mple") && l.contains("confirmed by link")),
+        "{out}"
+    );
+    assert!(
+        section
+            .lines()
+            .any(|l| l.contains("bo***mple") && l.contains("not_confirmed")),
+        "{out}"
+    );
     let (code, json, err) = crate::ledger::clarion(&["report", "CONF-1", "-c", &cfg, "--json"]);
     assert_eq!(code, 0, "{err}");
     let report: Value = serde_json::from_str(&json).expect("report JSON");
     let a = &report["confirmations"]["audiences"][0];
     assert_eq!(a["audience"], "employees", "{report:#}");
-    assert_eq!((a["asked"].as_u64(), a["confirmed"].as_u64(), a["not_confirmed"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (
+            a["asked"].as_u64(),
+            a["confirmed"].as_u64(),
+            a["not_confirmed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
     assert!(a["median_time_to_confirm_s"].as_u64().is_some(), "{a}");
 }
 
@@ -351,7 +436,9 @@ async fn the_listener_limits_each_client_and_believes_forwarded_headers_only_fro
         return;
     };
     let s = Setup::new(&brokers, "confirm-hostile").await;
-    let receiver = clarion_tests::receiver::Receiver::start(clarion_tests::receiver::Behaviour::Always(200)).await;
+    let receiver =
+        clarion_tests::receiver::Receiver::start(clarion_tests::receiver::Behaviour::Always(200))
+            .await;
     let target = format!(
         "[targets.hook]\ntype = \"webhook\"\naudiences = [\"customers\"]\nurl = \"{}\"\nsecrets = [{{ value = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\" }}]\n",
         receiver.url
@@ -361,7 +448,10 @@ async fn the_listener_limits_each_client_and_believes_forwarded_headers_only_fro
         "[confirm]\nrate_per_minute = 1\nburst = 4\nmax_body_bytes = 2048\ntrusted_proxies = [\"127.0.0.2\"]\n",
     );
     let daemon = InProcess::start(&config);
-    assert!(clarion_tests::wait_for_port(s.port, WAIT).await, "the listener did not start");
+    assert!(
+        clarion_tests::wait_for_port(s.port, WAIT).await,
+        "the listener did not start"
+    );
     let from = |ip: [u8; 4]| {
         reqwest::Client::builder()
             .local_address(std::net::IpAddr::from(ip))
@@ -391,9 +481,18 @@ async fn the_listener_limits_each_client_and_believes_forwarded_headers_only_fro
     // Through the trusted proxy, each forwarded client has its own rate; a client
     // cannot pick its key by sending the header itself (the proxy's entry wins).
     let proxy = from([127, 0, 0, 2]);
-    assert_eq!(statuses(proxy.clone(), Some("198.51.100.7"), 5).await, [404, 404, 404, 404, 429]);
-    assert_eq!(statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 4).await, [404, 404, 404, 404]);
-    assert_eq!(statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 1).await, [429]);
+    assert_eq!(
+        statuses(proxy.clone(), Some("198.51.100.7"), 5).await,
+        [404, 404, 404, 404, 429]
+    );
+    assert_eq!(
+        statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 4).await,
+        [404, 404, 404, 404]
+    );
+    assert_eq!(
+        statuses(proxy.clone(), Some("203.0.113.9, 198.51.100.8"), 1).await,
+        [429]
+    );
     // A body over max_body_bytes is refused before it is read; a method no path
     // takes is 405 with Allow.
     let big = proxy
@@ -438,22 +537,49 @@ async fn a_drill_recipient_can_confirm_and_it_is_recorded_as_a_drill() {
         "drill_recipients = [\"drill@acme.example\"]\nconfirm = {",
     );
     let daemon = InProcess::start(&s.config(&target));
-    let mut drill = samples::lifecycle("DRILL-1", "Drill", &["employees"], jiff::Timestamp::now()).remove(0);
+    let mut drill =
+        samples::lifecycle("DRILL-1", "Drill", &["employees"], jiff::Timestamp::now()).remove(0);
     drill.drill = true;
     publish_updates(&brokers, &s.w.topic, std::slice::from_ref(&drill)).await;
     let mail = peer.received(1).await;
     assert_eq!(mail.len(), 1, "{mail:#?}");
-    assert_eq!(mail[0]["rcpt_tos"][0], "drill@acme.example", "a drill reaches only its recipients");
-    s.wait_for("the drill's request", |r| r["event"] == "requested").await;
-    let url = link(&s.base(), &drill.update_id, TARGET, "drill@acme.example", now_s() + 3600);
-    let page = reqwest::get(&url).await.expect("GET").text().await.expect("page");
-    assert!(page.contains("[DRILL]"), "the page says it is a drill: {page}");
-    let r = reqwest::Client::new().post(&url).send().await.expect("POST");
+    assert_eq!(
+        mail[0]["rcpt_tos"][0], "drill@acme.example",
+        "a drill reaches only its recipients"
+    );
+    s.wait_for("the drill's request", |r| r["event"] == "requested")
+        .await;
+    let url = link(
+        &s.base(),
+        &drill.update_id,
+        TARGET,
+        "drill@acme.example",
+        now_s() + 3600,
+    );
+    let page = reqwest::get(&url)
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        page.contains("[DRILL]"),
+        "the page says it is a drill: {page}"
+    );
+    let r = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .expect("POST");
     assert_eq!(r.status(), 200);
-    let records = s.wait_for("the drill's confirmation", |r| r["event"] == "confirmed").await;
+    let records = s
+        .wait_for("the drill's confirmation", |r| r["event"] == "confirmed")
+        .await;
     daemon.stop().await;
     assert!(
-        records.iter().all(|r| r["drill"] == true && r["incident_id"] == "DRILL-1"),
+        records
+            .iter()
+            .all(|r| r["drill"] == true && r["incident_id"] == "DRILL-1"),
         "every record of a drill says so: {records:#?}"
     );
     assert_eq!(events_of(&records, "dr***mple"), ["requested", "confirmed"]);

@@ -101,7 +101,11 @@ impl Sent {
     async fn look(&mut self, sms: &Stub, smtp: &SmtpPeer) {
         for s in sms.seen().iter().filter(|r| r.method.as_str() == "POST") {
             let to = s.form().get("To").cloned().unwrap_or_default();
-            if !self.0.iter().any(|(at, c, t)| *c == "sms" && *t == to && *at == s.at()) {
+            if !self
+                .0
+                .iter()
+                .any(|(at, c, t)| *c == "sms" && *t == to && *at == s.at())
+            {
                 self.0.push((s.at(), "sms", to));
             }
         }
@@ -119,7 +123,13 @@ impl Sent {
     }
 
     /// Watches for `until` or `timeout`.
-    async fn watch(&mut self, sms: &Stub, smtp: &SmtpPeer, timeout: Duration, until: impl Fn(&Sent) -> bool) {
+    async fn watch(
+        &mut self,
+        sms: &Stub,
+        smtp: &SmtpPeer,
+        timeout: Duration,
+        until: impl Fn(&Sent) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !until(self) {
             self.look(sms, smtp).await;
@@ -129,7 +139,13 @@ impl Sent {
 }
 
 fn update(incident: &str) -> IncidentUpdate {
-    samples::lifecycle(incident, "Core network outage", &["business"], jiff::Timestamp::now()).remove(0)
+    samples::lifecycle(
+        incident,
+        "Core network outage",
+        &["business"],
+        jiff::Timestamp::now(),
+    )
+    .remove(0)
 }
 
 /// The link that confirms for a person of an escalation.
@@ -172,7 +188,11 @@ async fn no_confirmation_moves_to_the_next_channel_then_the_deputy_and_a_confirm
     sent.watch(&sms, &smtp, WAIT, |s| s.0.len() >= 3).await;
     assert_eq!(
         sent.to(),
-        [("sms", ANN_SMS), ("email", ANN_MAIL), ("email", DEPUTY_MAIL)],
+        [
+            ("sms", ANN_SMS),
+            ("email", ANN_MAIL),
+            ("email", DEPUTY_MAIL)
+        ],
         "Ann's SMS, then her email, then the deputy"
     );
     let at = |i: usize| sent.0[i].0;
@@ -193,17 +213,30 @@ async fn no_confirmation_moves_to_the_next_channel_then_the_deputy_and_a_confirm
         .await
         .expect("POST");
     assert_eq!(r.status(), 200);
-    s.wait_for("the deputy's confirmation", |r| r["event"] == "confirmed" && r["person"] == "deputy")
-        .await;
+    s.wait_for("the deputy's confirmation", |r| {
+        r["event"] == "confirmed" && r["person"] == "deputy"
+    })
+    .await;
     sent.watch(&sms, &smtp, 3 * wait, |_| false).await;
-    assert_eq!(sent.0.len(), 3, "something went out after the confirmation: {:?}", sent.to());
+    assert_eq!(
+        sent.0.len(),
+        3,
+        "something went out after the confirmation: {:?}",
+        sent.to()
+    );
     let records = s.wait_for("the closing", |r| r["event"] == "closed").await;
     daemon.stop().await;
     let steps: Vec<&Value> = records.iter().filter(|r| r["event"] == "step").collect();
     assert_eq!(steps.len(), 2, "{records:#?}");
     assert_eq!(events_of(&records, "deputy"), ["requested", "confirmed"]);
-    assert_eq!(events_of(&records, "ann"), ["requested", "requested", "not_confirmed"]);
-    let closed = records.iter().find(|r| r["event"] == "closed").expect("closed");
+    assert_eq!(
+        events_of(&records, "ann"),
+        ["requested", "requested", "not_confirmed"]
+    );
+    let closed = records
+        .iter()
+        .find(|r| r["event"] == "closed")
+        .expect("closed");
     assert_eq!(closed["met"], true);
     crate::confirm::assert_confirmations_valid(&py, &records);
 }
@@ -224,13 +257,14 @@ async fn an_escalation_survives_a_sigkill_and_sends_its_next_step_once_on_time()
     let dir = std::env::temp_dir().join(unique_topic("escalate-kill-dir"));
     std::fs::create_dir_all(&dir).expect("dir");
     let people = directory(&dir);
-    let config = s.config(&format!(
-        "[directory]\nfile = \"{}\"\nprogress_topic = \"{progress}\"\n\n{}",
-        people.display(),
-        targets(&sms.base, smtp.port, r#"{ person = "ann" }"#, r#""any""#)
-    ))
-    // Longer steps: the kill and the restart must fit inside the first one.
-    .replace(&format!("wait = \"{STEP_WAIT_S}s\""), "wait = \"20s\"");
+    let config = s
+        .config(&format!(
+            "[directory]\nfile = \"{}\"\nprogress_topic = \"{progress}\"\n\n{}",
+            people.display(),
+            targets(&sms.base, smtp.port, r#"{ person = "ann" }"#, r#""any""#)
+        ))
+        // Longer steps: the kill and the restart must fit inside the first one.
+        .replace(&format!("wait = \"{STEP_WAIT_S}s\""), "wait = \"20s\"");
     let mut daemon = Process::start(&config, "escalate-kill");
     let u = update("ESC-KILL");
     publish_updates(&brokers, &s.w.topic, std::slice::from_ref(&u)).await;
@@ -253,12 +287,18 @@ async fn an_escalation_survives_a_sigkill_and_sends_its_next_step_once_on_time()
     );
     let gap = sent.0[1].0.duration_since(first);
     assert!(
-        gap + Duration::from_millis(300) >= Duration::from_secs(20) && gap < Duration::from_secs(20 + 8),
+        gap + Duration::from_millis(300) >= Duration::from_secs(20)
+            && gap < Duration::from_secs(20 + 8),
         "the next channel went out {gap:?} after the first; due at 20 s"
     );
     // And once: nothing more until the next step is due.
-    sent.watch(&sms, &smtp, Duration::from_secs(10), |_| false).await;
-    assert_eq!(sent.to(), [("sms", ANN_SMS), ("email", ANN_MAIL)], "sent twice after the restart");
+    sent.watch(&sms, &smtp, Duration::from_secs(10), |_| false)
+        .await;
+    assert_eq!(
+        sent.to(),
+        [("sms", ANN_SMS), ("email", ANN_MAIL)],
+        "sent twice after the restart"
+    );
     let records = s.confirmations(0).await;
     let ann_requests = records
         .iter()

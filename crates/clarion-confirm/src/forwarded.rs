@@ -76,8 +76,9 @@ impl Trusted {
         let h = header?.split(',').next()?.trim();
         let plain = !h.is_empty()
             && h.len() <= 255
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+            && h.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
         (self.contains(peer) && plain).then_some(h)
     }
 }
@@ -132,10 +133,16 @@ mod tests {
         );
         assert_eq!(t.client(ip("10.1.2.3"), &[]), ip("10.1.2.3"));
         assert_eq!(t.client(ip("10.1.2.3"), &["garbage"]), ip("10.1.2.3"));
-        assert_eq!(t.client(ip("::ffff:10.1.2.3"), &["[2001:db8::1]:443"]), ip("2001:db8::1"));
+        assert_eq!(
+            t.client(ip("::ffff:10.1.2.3"), &["[2001:db8::1]:443"]),
+            ip("2001:db8::1")
+        );
         assert_eq!(t.proto(ip("10.0.0.1"), Some("https")), Some("https"));
         assert_eq!(t.proto(ip("10.0.0.1"), Some("gopher")), None);
-        assert_eq!(t.host(ip("10.0.0.1"), Some("notify.example.com")), Some("notify.example.com"));
+        assert_eq!(
+            t.host(ip("10.0.0.1"), Some("notify.example.com")),
+            Some("notify.example.com")
+        );
         assert_eq!(t.host(ip("10.0.0.1"), Some("a b")), None);
         assert!(Trusted::parse(&["not an ip"]).is_err());
     }

@@ -58,7 +58,10 @@ pub fn parse(body: &str) -> Reply {
         }
     }
     if let [only] = words.as_slice()
-        && let Some(k) = OPT_IN.iter().chain(HELP.iter()).find(|k| **k == only.as_str())
+        && let Some(k) = OPT_IN
+            .iter()
+            .chain(HELP.iter())
+            .find(|k| **k == only.as_str())
     {
         return Reply::Keyword(k);
     }

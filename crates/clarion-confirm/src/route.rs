@@ -28,31 +28,44 @@ pub enum Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
     /// Show the notice behind a link (`GET` or `HEAD`).
-    Page { token: &'a str },
+    Page {
+        token: &'a str,
+    },
     /// The page's button.
-    Confirm { token: &'a str },
+    Confirm {
+        token: &'a str,
+    },
     /// A digit pressed during call attempt `attempt`.
-    Keypress { token: &'a str, attempt: u32 },
+    Keypress {
+        token: &'a str,
+        attempt: u32,
+    },
     /// The status of call attempt `attempt`.
-    CallStatus { token: &'a str, attempt: u32 },
+    CallStatus {
+        token: &'a str,
+        attempt: u32,
+    },
     /// An SMS sent to the numbers of `target`'s provider `provider`.
-    Sms { target: &'a str, provider: &'a str },
+    Sms {
+        target: &'a str,
+        provider: &'a str,
+    },
     /// A known path with a method it does not take.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     NotFound,
 }
 
 fn token_ok(t: &str) -> bool {
     (1..=128).contains(&t.len())
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn name_ok(n: &str) -> bool {
     (1..=128).contains(&n.len())
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && n != "."
         && n != ".."

@@ -247,7 +247,9 @@ impl Keys {
         let version_ok = bytes[0] == VERSION;
         match (shape_ok, mac_ok && version_ok, now <= exp) {
             (false, _, _) => Err(Refused { why: "malformed" }),
-            (true, false, _) => Err(Refused { why: "bad signature" }),
+            (true, false, _) => Err(Refused {
+                why: "bad signature",
+            }),
             (true, true, false) => Err(Refused { why: "expired" }),
             (true, true, true) => {
                 let mut case = [0u8; 16];
@@ -315,7 +317,12 @@ mod tests {
         let case = a.case_id(&["u", "t"]);
         assert_ne!(case, b.case_id(&["u", "t"]));
         let t = a.mint(&case, &a.recipient_id(&case, "x"), 10);
-        assert_eq!(b.verify(&t, 0), Err(Refused { why: "bad signature" }));
+        assert_eq!(
+            b.verify(&t, 0),
+            Err(Refused {
+                why: "bad signature"
+            })
+        );
         assert_eq!(Keys::new(b"short").err(), Some(ShortSecret(5)));
     }
 

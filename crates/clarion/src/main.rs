@@ -679,7 +679,12 @@ async fn confirmations_of(
     let kafka = settings.kafka.clone();
     let id = incident.to_string();
     let records = tokio::task::spawn_blocking(move || {
-        clarion::records::confirmations::read_incident(&kafka, &EnvSecrets, &id, LEDGER_READ_TIMEOUT)
+        clarion::records::confirmations::read_incident(
+            &kafka,
+            &EnvSecrets,
+            &id,
+            LEDGER_READ_TIMEOUT,
+        )
     })
     .await
     .context("the ledger reader stopped")??;

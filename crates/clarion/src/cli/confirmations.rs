@@ -230,7 +230,10 @@ pub fn per_audience(
         };
         let everyone: Vec<&Recipient> = mine.iter().flat_map(|n| &n.recipients).collect();
         let count = |s: &str| everyone.iter().filter(|r| r.state == s).count();
-        let mut times: Vec<u64> = everyone.iter().filter_map(|r| r.time_to_confirm_s).collect();
+        let mut times: Vec<u64> = everyone
+            .iter()
+            .filter_map(|r| r.time_to_confirm_s)
+            .collect();
         times.sort();
         let first_met_at = mine.iter().filter_map(|n| n.met_at).min();
         let deadline = deadlines.get(a).map(|within| {

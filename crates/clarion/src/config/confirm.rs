@@ -203,7 +203,9 @@ pub fn validate_listener(
         ),
     }
     if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
-        bail!("confirm.public_url: must be a plain origin and path, like https://notify.example.com");
+        bail!(
+            "confirm.public_url: must be a plain origin and path, like https://notify.example.com"
+        );
     }
     if c.topic.trim().is_empty() {
         bail!("confirm.topic: must not be empty");
@@ -370,7 +372,9 @@ pub fn validate_escalation_target(
         bail!("audiences: must list at least one audience");
     }
     if let Some(a) = raw.audiences.iter().find(|a| !audiences.contains(*a)) {
-        bail!("audiences: `{a}` is not a standard audience nor listed in the top-level `audiences`");
+        bail!(
+            "audiences: `{a}` is not a standard audience nor listed in the top-level `audiences`"
+        );
     }
     let Some(confirm) = raw.confirm else {
         bail!(
@@ -473,7 +477,10 @@ confirm = { require = "any", within = "30m" }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/confirmations.toml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/confirmations.toml"
+        );
         let toml = std::fs::read_to_string(path).expect("config/confirmations.toml");
         let s = parse_str(&toml)
             .and_then(|raw| raw.validate_for_preview(path))
@@ -482,7 +489,11 @@ confirm = { require = "any", within = "30m" }
         assert!(c.listener.is_some());
         assert_eq!(c.escalations["crisis"].len(), 2);
         assert!(c.by_audience.contains_key("regulators"));
-        let t = s.targets.iter().find(|t| &*t.name == "crisis-team").expect("target");
+        let t = s
+            .targets
+            .iter()
+            .find(|t| &*t.name == "crisis-team")
+            .expect("target");
         assert_eq!(t.kind, ChannelKind::Escalation);
         assert!(t.channels().is_empty());
     }
@@ -490,17 +501,42 @@ confirm = { require = "any", within = "30m" }
     #[test]
     fn an_escalation_is_checked_against_the_targets() {
         let s = check(&format!("{BASE}{CONFIRM}{POLICY}")).expect("valid");
-        let t = s.targets.iter().find(|t| &*t.name == "crisis").expect("target");
+        let t = s
+            .targets
+            .iter()
+            .find(|t| &*t.name == "crisis")
+            .expect("target");
         assert_eq!(t.escalation.as_deref(), Some("crisis"));
         for (change, error) in [
-            (("reach.email", "reach.voice"), "`reach.voice` is not a target"),
-            (("escalation = \"crisis\"", "escalation = \"other\""), "`other` is not an `[escalations.NAME]` policy"),
-            (("confirm = { require = \"any\", within = \"30m\" }", ""), "confirm: missing"),
-            (("wait = \"5m\"", "wait = \"0s\""), "wait: must be at least 1s"),
-            (("who = { person = \"ann\" }", "who = { audience = \"nobody\" }"), "`nobody` is not a known audience"),
+            (
+                ("reach.email", "reach.voice"),
+                "`reach.voice` is not a target",
+            ),
+            (
+                ("escalation = \"crisis\"", "escalation = \"other\""),
+                "`other` is not an `[escalations.NAME]` policy",
+            ),
+            (
+                ("confirm = { require = \"any\", within = \"30m\" }", ""),
+                "confirm: missing",
+            ),
+            (
+                ("wait = \"5m\"", "wait = \"0s\""),
+                "wait: must be at least 1s",
+            ),
+            (
+                (
+                    "who = { person = \"ann\" }",
+                    "who = { audience = \"nobody\" }",
+                ),
+                "`nobody` is not a known audience",
+            ),
         ] {
-            let e = check(&format!("{BASE}{CONFIRM}{}", POLICY.replace(change.0, change.1)))
-                .expect_err(change.1);
+            let e = check(&format!(
+                "{BASE}{CONFIRM}{}",
+                POLICY.replace(change.0, change.1)
+            ))
+            .expect_err(change.1);
             assert!(e.contains(error), "{e}");
         }
     }
@@ -509,23 +545,41 @@ confirm = { require = "any", within = "30m" }
     fn asking_needs_the_listener_and_the_ledger() {
         let e = check(&format!("{BASE}{POLICY}")).expect_err("no [confirm]");
         assert!(e.contains("needs the `[confirm]` section"), "{e}");
-        let e = check(&format!("{}{CONFIRM}{POLICY}", BASE.replace("ledger_topic = \"l\"\n", "")))
-            .expect_err("no ledger");
+        let e = check(&format!(
+            "{}{CONFIRM}{POLICY}",
+            BASE.replace("ledger_topic = \"l\"\n", "")
+        ))
+        .expect_err("no ledger");
         assert!(e.contains("kafka.ledger_topic"), "{e}");
-        let e = check(&format!("{BASE}{}{POLICY}", CONFIRM.replace("https://", "http://")))
-            .expect_err("http");
+        let e = check(&format!(
+            "{BASE}{}{POLICY}",
+            CONFIRM.replace("https://", "http://")
+        ))
+        .expect_err("http");
         assert!(e.contains("use https"), "{e}");
-        let e = check(&format!("{BASE}{}{POLICY}", CONFIRM.replace("topic = \"c\"", "topic = \"t\"")))
-            .expect_err("shared topic");
+        let e = check(&format!(
+            "{BASE}{}{POLICY}",
+            CONFIRM.replace("topic = \"c\"", "topic = \"t\"")
+        ))
+        .expect_err("shared topic");
         assert!(e.contains("must be a topic of its own"), "{e}");
         // A people target's confirm applies to its legs.
         let s = check(&format!(
             "{}{CONFIRM}",
-            BASE.replace("fallback = [", "confirm = { within = \"10m\" }\nfallback = [")
+            BASE.replace(
+                "fallback = [",
+                "confirm = { within = \"10m\" }\nfallback = ["
+            )
         ))
         .expect("valid");
         let reach = &s.targets[0];
         assert!(reach.confirm.is_some());
-        assert!(reach.people.iter().flat_map(|p| &p.legs).all(|l| l.target.confirm.is_some()));
+        assert!(
+            reach
+                .people
+                .iter()
+                .flat_map(|p| &p.legs)
+                .all(|l| l.target.confirm.is_some())
+        );
     }
 }

@@ -7,10 +7,10 @@
 
 use super::audiences::*;
 use super::confirm::*;
-use super::request::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;
+use super::request::*;
 use super::retry::*;
 use super::settings::*;
 use super::targets::*;
@@ -248,7 +248,8 @@ impl RawConfig {
                 }
             }
         }
-        let asks = targets.iter().any(|t| t.confirm.is_some()) || !confirmations.by_audience.is_empty();
+        let asks =
+            targets.iter().any(|t| t.confirm.is_some()) || !confirmations.by_audience.is_empty();
         match (&self.confirm, asks) {
             (Some(c), _) => {
                 let mut topics = vec![self.kafka.topic.as_str(), self.kafka.dead_letter_topic.as_str()];

@@ -118,7 +118,6 @@ pub fn check_request(r: &ConfirmRequest) -> Result<()> {
     Ok(())
 }
 
-
 /// Takes `confirm` out of a target's keys and checks it.
 pub fn take_request(
     map: &mut serde_json::Map<String, serde_json::Value>,
@@ -133,7 +132,6 @@ pub fn take_request(
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

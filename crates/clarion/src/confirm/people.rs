@@ -53,7 +53,10 @@ pub fn resolve(
                 .map(|k| {
                     (
                         k.as_str().to_string(),
-                        p.addresses(*k).iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        p.addresses(*k)
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>(),
                     )
                 })
                 .filter(|(_, a)| !a.is_empty())

@@ -326,7 +326,13 @@ mod tests {
         ] {
             assert_eq!(parse_key(&key(&case, &item)), Some((case, item)));
         }
-        for bad in ["", "x", "07/h", &format!("{}/h/extra", case.to_hex()), &format!("{}/q", case.to_hex())] {
+        for bad in [
+            "",
+            "x",
+            "07/h",
+            &format!("{}/h/extra", case.to_hex()),
+            &format!("{}/q", case.to_hex()),
+        ] {
             assert_eq!(parse_key(bad), None, "{bad}");
         }
         assert_eq!(partition_of(&case, 6), partition_of(&case, 6));

@@ -54,10 +54,7 @@ impl Case {
         if let Some(e) = self.header.as_ref().and_then(|h| h.escalation.as_ref()) {
             for step in self.steps.keys() {
                 for id in e.step_people.get(*step).into_iter().flatten() {
-                    if let Some(rid) = e
-                        .people
-                        .get(id)
-                        .and_then(|p| RecipientId::from_hex(&p.rid))
+                    if let Some(rid) = e.people.get(id).and_then(|p| RecipientId::from_hex(&p.rid))
                     {
                         out.insert(rid);
                     }
@@ -86,10 +83,7 @@ impl Case {
     /// Whether any send reached `rid`.
     pub fn reached(&self, rid: &RecipientId) -> bool {
         self.asked.get(rid).is_some_and(|a| a.reached)
-            || self
-                .cursors
-                .iter()
-                .any(|((_, r), c)| r == rid && c.reached)
+            || self.cursors.iter().any(|((_, r), c)| r == rid && c.reached)
     }
 
     /// Every recipient's outcome, were the case to close now.
@@ -173,7 +167,9 @@ impl View {
 
     /// The cases of `partition`.
     pub fn in_partition(&self, partition: i32) -> impl Iterator<Item = (&CaseId, &Case)> {
-        self.cases.iter().filter(move |(_, c)| c.partition == partition)
+        self.cases
+            .iter()
+            .filter(move |(_, c)| c.partition == partition)
     }
 
     /// Every open case (with a header, not closed).
@@ -216,10 +212,7 @@ impl View {
                     return true;
                 }
                 c.person(rid).is_some_and(|(_, p)| {
-                    p.addresses
-                        .values()
-                        .flatten()
-                        .any(|a| same_number(a, from))
+                    p.addresses.values().flatten().any(|a| same_number(a, from))
                 })
             })
             .copied()
@@ -396,7 +389,10 @@ mod tests {
         assert_eq!(v.sms_match("+447700900123", &code), vec![(case, b)]);
         assert!(v.sms_match("+447700900999", &code).is_empty());
         assert!(v.apply(2, "nonsense", Some(b"{}")).is_err());
-        assert!(v.apply(2, &key(&case, &Item::Asked(a)), Some(b"{")).is_err());
+        assert!(
+            v.apply(2, &key(&case, &Item::Asked(a)), Some(b"{"))
+                .is_err()
+        );
         for item in [
             Item::Header,
             Item::Asked(a),

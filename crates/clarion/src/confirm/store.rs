@@ -66,7 +66,8 @@ impl ConfirmStore {
         let Some(secret) = &settings.secret else {
             bail!("confirm.secret: not resolved");
         };
-        let keys = Keys::new(secret.expose().as_bytes()).map_err(|e| anyhow!("confirm.secret: {e}"))?;
+        let keys =
+            Keys::new(secret.expose().as_bytes()).map_err(|e| anyhow!("confirm.secret: {e}"))?;
         let consumer: BaseConsumer = crate::kafka::reader_config(
             kafka,
             secrets,
@@ -188,7 +189,13 @@ impl ConfirmStore {
         let key = super::records::key(case, &item);
         let partition = self.partition(case);
         self.out
-            .write_tombstone_at(&self.topic, partition, key.as_bytes(), cancel, "confirmation")
+            .write_tombstone_at(
+                &self.topic,
+                partition,
+                key.as_bytes(),
+                cancel,
+                "confirmation",
+            )
             .await?;
         self.apply(partition, &key, None);
         Ok(())
@@ -239,15 +246,18 @@ fn follow(
                     .insert(m.partition(), m.offset() + 1);
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Ok((_, high)) =
-                    consumer.fetch_watermarks(topic, p, Duration::from_secs(5))
-                {
+                if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
                     let mut pos = s.positions.lock().unwrap_or_else(|e| e.into_inner());
                     let at = pos.entry(p).or_insert(0);
                     *at = (*at).max(high);
                 }
                 if behind.remove(&p) && behind.is_empty() {
-                    tracing::info!(topic, records, cases = s.read(|v| v.len()), "confirmation topic read to its end");
+                    tracing::info!(
+                        topic,
+                        records,
+                        cases = s.read(|v| v.len()),
+                        "confirmation topic read to its end"
+                    );
                     let _ = ready.send(true);
                 }
             }

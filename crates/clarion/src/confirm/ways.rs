@@ -90,10 +90,19 @@ mod tests {
             expires: 2_000_000_000,
         };
         let w = ways.way(Some("desk@regulator.example")).expect("a way");
-        let token = w.link.strip_prefix("https://notify.example.com/c/").expect("link");
+        let token = w
+            .link
+            .strip_prefix("https://notify.example.com/c/")
+            .expect("link");
         let t = keys.verify(token, 0).expect("our token");
-        assert_eq!(t.recipient, keys.recipient_id(&case, "desk@regulator.example"));
-        assert_eq!(w.keypress_url, format!("https://notify.example.com/v/{token}/key/0"));
+        assert_eq!(
+            t.recipient,
+            keys.recipient_id(&case, "desk@regulator.example")
+        );
+        assert_eq!(
+            w.keypress_url,
+            format!("https://notify.example.com/v/{token}/key/0")
+        );
         assert!(!w.link.contains("regulator"));
         assert_eq!(w.reply, keys.reply_code(&case, &t.recipient));
     }

@@ -444,7 +444,10 @@ impl Dispatcher {
     }
 
     /// Lets the target ask its recipients to confirm (docs/confirmations.md).
-    pub fn with_confirm(mut self, confirm: Option<Arc<crate::confirm::store::ConfirmHook>>) -> Self {
+    pub fn with_confirm(
+        mut self,
+        confirm: Option<Arc<crate::confirm::store::ConfirmHook>>,
+    ) -> Self {
         self.confirm = confirm;
         self
     }

@@ -123,7 +123,12 @@ impl Engine {
                         .collect()
                 });
                 for id in due {
-                    if !self.busy.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+                    if !self
+                        .busy
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id)
+                    {
                         continue;
                     }
                     busy.fetch_add(1, Ordering::SeqCst);

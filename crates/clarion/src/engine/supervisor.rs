@@ -108,13 +108,13 @@ impl Confirming {
             outputs.dlq.clone(),
             shutdown.clone(),
         )?;
-        let ledger = settings
-            .kafka
-            .ledger_topic
-            .clone()
-            .map(|t| crate::records::confirmations::ConfirmationLedger::new(outputs.dlq.clone(), t));
+        let ledger = settings.kafka.ledger_topic.clone().map(|t| {
+            crate::records::confirmations::ConfirmationLedger::new(outputs.dlq.clone(), t)
+        });
         let Some(engine_ledger) = ledger.clone() else {
-            return Err(anyhow!("kafka.ledger_topic: confirmations are recorded in the ledger; set it"));
+            return Err(anyhow!(
+                "kafka.ledger_topic: confirmations are recorded in the ledger; set it"
+            ));
         };
         let engine = crate::engine::escalation::Engine::start(
             settings,

@@ -61,7 +61,9 @@ pub async fn serve(
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("confirm.listen: cannot listen on {}: {e}", settings.listen))?;
+        .map_err(|e| {
+            anyhow::anyhow!("confirm.listen: cannot listen on {}: {e}", settings.listen)
+        })?;
     let addr = listener.local_addr()?;
     let forget = app.clone();
     let stop = shutdown.clone();
@@ -89,7 +91,8 @@ pub async fn serve(
         .with_state(app)
         .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "the inbound listener stopped");
         }
@@ -147,8 +150,10 @@ async fn handle(
     if app.limiter().check_key(&rate_key(client)).is_err() {
         count("any", "limited");
         let mut r = page::text(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("60"),
+        );
         return r;
     }
     let method = match *req.method() {
@@ -183,12 +188,29 @@ async fn handle(
         Route::Confirm { token } => confirm(&app, token).await,
         Route::Keypress { token, attempt } | Route::CallStatus { token, attempt } => {
             let keypress = path.contains("/key/");
-            super::callbacks::call(&app, token, attempt, keypress, &path, query.as_deref(), &headers, &body)
-                .await
+            super::callbacks::call(
+                &app,
+                token,
+                attempt,
+                keypress,
+                &path,
+                query.as_deref(),
+                &headers,
+                &body,
+            )
+            .await
         }
         Route::Sms { target, provider } => {
-            super::callbacks::sms(&app, target, provider, &path, query.as_deref(), &headers, &body)
-                .await
+            super::callbacks::sms(
+                &app,
+                target,
+                provider,
+                &path,
+                query.as_deref(),
+                &headers,
+                &body,
+            )
+            .await
         }
         Route::MethodNotAllowed { allow } => {
             count("other", "method_not_allowed");
@@ -214,14 +236,20 @@ async fn read_body(req: Request<Body>, max: usize) -> Result<Vec<u8>, Response> 
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         count("any", "too_large");
-        return Err(page::text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"));
+        return Err(page::text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body too large\n",
+        ));
     }
     let limited = http_body_util::Limited::new(req.into_body(), max);
     match tokio::time::timeout(BODY_TIMEOUT, http_body_util::BodyExt::collect(limited)).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
         Ok(Err(_)) => {
             count("any", "too_large");
-            Err(page::text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"))
+            Err(page::text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large\n",
+            ))
         }
         Err(_) => {
             count("any", "timeout");

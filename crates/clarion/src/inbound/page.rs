@@ -48,9 +48,15 @@ pub fn secure(r: &mut Response, content_type: &'static str) {
     if let Ok(v) = HeaderValue::from_str(csp()) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         "x-robots-tag",
@@ -111,7 +117,11 @@ pub fn notice(n: &Notice) -> Response {
             html_escape(&n.deadline.strftime("%Y-%m-%d %H:%M UTC").to_string())
         ),
     };
-    html(StatusCode::OK, &n.title, &format!("{}{action}", notice_html(n)))
+    html(
+        StatusCode::OK,
+        &n.title,
+        &format!("{}{action}", notice_html(n)),
+    )
 }
 
 /// The answer to the button (`POST`).

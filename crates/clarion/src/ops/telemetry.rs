@@ -292,8 +292,7 @@ pub fn register(settings: &crate::config::Settings) {
     if settings.confirmations.listener.is_some() {
         for t in &settings.targets {
             let asks = t.confirm.is_some()
-                || t
-                    .audiences
+                || t.audiences
                     .iter()
                     .any(|a| settings.confirmations.by_audience.contains_key(a));
             if !asks {
@@ -308,7 +307,8 @@ pub fn register(settings: &crate::config::Settings) {
                 counter!("clarion_confirmation_outcomes_total", "target" => target.clone(), "outcome" => outcome).absolute(0);
             }
             for via in ["link", "sms", "voice"] {
-                counter!("clarion_confirmations_total", "target" => target.clone(), "via" => via).absolute(0);
+                counter!("clarion_confirmations_total", "target" => target.clone(), "via" => via)
+                    .absolute(0);
             }
             gauge!("clarion_confirmations_open", "target" => target.clone()).set(0.0);
             gauge!("clarion_confirmations_overdue", "target" => target.clone()).set(0.0);

@@ -377,7 +377,16 @@ impl DeadLetterWriter {
     ) -> Result<Written, Abandoned> {
         let headers = to_owned_headers(headers);
         match self
-            .produce_to(topic, partition, Some(key), Some(payload), headers, abort, what, false)
+            .produce_to(
+                topic,
+                partition,
+                Some(key),
+                Some(payload),
+                headers,
+                abort,
+                what,
+                false,
+            )
             .await
         {
             Ok(()) => Ok(Written::Yes),
@@ -437,7 +446,16 @@ impl DeadLetterWriter {
         what: &'static str,
     ) -> Result<(), Abandoned> {
         match self
-            .produce_to(topic, Some(partition), Some(key), None, OwnedHeaders::new(), abort, what, false)
+            .produce_to(
+                topic,
+                Some(partition),
+                Some(key),
+                None,
+                OwnedHeaders::new(),
+                abort,
+                what,
+                false,
+            )
             .await
         {
             Err(Failure::Abandoned) => Err(Abandoned),
@@ -465,7 +483,16 @@ impl DeadLetterWriter {
         what: &'static str,
         give_up_permanent: bool,
     ) -> futures::future::BoxFuture<'a, Result<(), Failure>> {
-        self.produce_to(topic, None, key, Some(payload), headers, abort, what, give_up_permanent)
+        self.produce_to(
+            topic,
+            None,
+            key,
+            Some(payload),
+            headers,
+            abort,
+            what,
+            give_up_permanent,
+        )
     }
 
     /// [`DeadLetterWriter::produce`] to a given partition, or a tombstone.

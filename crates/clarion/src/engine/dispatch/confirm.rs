@@ -63,8 +63,13 @@ impl Dispatcher {
             return Ok(None);
         }
         let expires = header.deadline.as_second().max(0) as u64;
-        if hook.store.read(|v| v.case(&case).is_none_or(|c| c.header.is_none())) {
-            hook.store.write(&case, Item::Header, &header, cancel).await?;
+        if hook
+            .store
+            .read(|v| v.case(&case).is_none_or(|c| c.header.is_none()))
+        {
+            hook.store
+                .write(&case, Item::Header, &header, cancel)
+                .await?;
             crate::ops::telemetry::ConfirmationRequested {
                 target: &target.config.name,
                 require: &request.require.label(),
@@ -139,7 +144,8 @@ impl Dispatcher {
         };
         if let (Some(ledger), Some(h)) = (
             &hook.ledger,
-            hook.store.read(|v| v.case(&case).and_then(|c| c.header.clone())),
+            hook.store
+                .read(|v| v.case(&case).and_then(|c| c.header.clone())),
         ) {
             let mut r = h.ledger_record(
                 &case,
@@ -188,7 +194,15 @@ impl Dispatcher {
             )
             .with_code("no_confirm");
             return self
-                .dead_letter(target, delivery, source, None, e, Default::default(), cancel)
+                .dead_letter(
+                    target,
+                    delivery,
+                    source,
+                    None,
+                    e,
+                    Default::default(),
+                    cancel,
+                )
                 .await;
         };
         let Some(steps) = hook.confirmations.escalations.get(policy).cloned() else {
@@ -197,12 +211,23 @@ impl Dispatcher {
             ))
             .with_code("no_policy");
             return self
-                .dead_letter(target, delivery, source, None, e, Default::default(), cancel)
+                .dead_letter(
+                    target,
+                    delivery,
+                    source,
+                    None,
+                    e,
+                    Default::default(),
+                    cancel,
+                )
                 .await;
         };
         let keys = &hook.store.minter.keys;
         let case = keys.case_id(&[&delivery.update.update_id, &target.config.name]);
-        if hook.store.read(|v| v.case(&case).is_some_and(|c| c.header.is_some())) {
+        if hook
+            .store
+            .read(|v| v.case(&case).is_some_and(|c| c.header.is_some()))
+        {
             // Opened before a restart: fixed then, not now.
             return Resolution::Resolved;
         }
@@ -212,7 +237,15 @@ impl Dispatcher {
             )
             .with_code("no_directory");
             return self
-                .dead_letter(target, delivery, source, None, e, Default::default(), cancel)
+                .dead_letter(
+                    target,
+                    delivery,
+                    source,
+                    None,
+                    e,
+                    Default::default(),
+                    cancel,
+                )
                 .await;
         };
         if !people.ready(cancel).await {
@@ -222,7 +255,8 @@ impl Dispatcher {
         let mut step_people = Vec::new();
         let mut everyone: BTreeMap<String, CasePerson> = BTreeMap::new();
         for step in &steps {
-            let (found, missing) = crate::confirm::people::resolve(&directory, &step.who, keys, &case);
+            let (found, missing) =
+                crate::confirm::people::resolve(&directory, &step.who, keys, &case);
             for id in missing {
                 tracing::warn!(
                     incident_id = %delivery.update.incident_id,
@@ -250,7 +284,12 @@ impl Dispatcher {
             );
             return Resolution::Resolved;
         }
-        if hook.store.write(&case, Item::Header, &header, cancel).await.is_err() {
+        if hook
+            .store
+            .write(&case, Item::Header, &header, cancel)
+            .await
+            .is_err()
+        {
             return Resolution::Abandoned;
         }
         crate::ops::telemetry::ConfirmationRequested {

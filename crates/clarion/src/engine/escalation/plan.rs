@@ -172,8 +172,7 @@ mod tests {
 
     /// Two steps: P on sms then email (wait 60 s, one repeat); then deputy D.
     fn case() -> Case {
-        let update =
-            clarion_core::samples::lifecycle("I", "t", &["employees"], at(0)).remove(0);
+        let update = clarion_core::samples::lifecycle("I", "t", &["employees"], at(0)).remove(0);
         let person = |n: u8| CasePerson {
             rid: rid(n).to_hex(),
             addresses: BTreeMap::from([("sms".into(), vec![format!("+4477009001{n:02}")])]),
@@ -203,7 +202,10 @@ mod tests {
                 drill: false,
                 escalation: Some(Escalation {
                     policy: "p".into(),
-                    steps: vec![step("P", &["a.sms", "a.email"], 1), step("D", &["a.sms"], 0)],
+                    steps: vec![
+                        step("P", &["a.sms", "a.email"], 1),
+                        step("D", &["a.sms"], 0),
+                    ],
                     step_people: vec![vec!["P".into()], vec!["D".into()]],
                     people: BTreeMap::from([("P".into(), person(1)), ("D".into(), person(2))]),
                 }),
@@ -241,25 +243,48 @@ mod tests {
     fn steps_walk_channels_then_repeats_then_the_deputy() {
         let mut c = case();
         assert_eq!(next(&c, at(1)), Some(Action::StartStep(0)));
-        c.steps.insert(0, StepStarted { v: VERSION, at: at(1) });
+        c.steps.insert(
+            0,
+            StepStarted {
+                v: VERSION,
+                at: at(1),
+            },
+        );
         assert_eq!(next(&c, at(1)), Some(send(0, "P", 1, 0, 0, 0)));
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sending, 1));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Sending, 1));
         // A send written but not finished is made again, with the same attempt.
         assert_eq!(next(&c, at(2)), Some(send(0, "P", 1, 0, 0, 0)));
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
         // Waiting out the step's wait.
         assert_eq!(next(&c, at(30)), None);
         assert_eq!(next(&c, at(61)), Some(send(0, "P", 1, 0, 1, 1)));
-        c.cursors.insert((0, rid(1)), cursor(0, 1, 1, SendState::Sent, 61));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 1, 1, SendState::Sent, 61));
         assert_eq!(next(&c, at(121)), Some(send(0, "P", 1, 1, 0, 2)));
-        c.cursors.insert((0, rid(1)), cursor(1, 0, 2, SendState::Sent, 121));
-        c.cursors.insert((0, rid(1)), cursor(1, 1, 3, SendState::Sent, 181));
-        assert_eq!(next(&c, at(241)), Some(Action::Done { step: 0, rid: rid(1) }));
+        c.cursors
+            .insert((0, rid(1)), cursor(1, 0, 2, SendState::Sent, 121));
+        c.cursors
+            .insert((0, rid(1)), cursor(1, 1, 3, SendState::Sent, 181));
+        assert_eq!(
+            next(&c, at(241)),
+            Some(Action::Done {
+                step: 0,
+                rid: rid(1)
+            })
+        );
         let mut done = cursor(1, 1, 3, SendState::Sent, 181);
         done.done = true;
         c.cursors.insert((0, rid(1)), done);
         assert_eq!(next(&c, at(241)), Some(Action::StartStep(1)));
-        c.steps.insert(1, StepStarted { v: VERSION, at: at(241) });
+        c.steps.insert(
+            1,
+            StepStarted {
+                v: VERSION,
+                at: at(241),
+            },
+        );
         assert_eq!(next(&c, at(241)), Some(send(1, "D", 2, 0, 0, 0)));
     }
 
@@ -269,21 +294,39 @@ mod tests {
         let h = c.header.as_mut().map(Arc::make_mut).expect("header");
         let e = h.escalation.as_mut().expect("escalation");
         e.step_people[0].push("D".into());
-        c.steps.insert(0, StepStarted { v: VERSION, at: at(1) });
-        assert_eq!(all(&c, at(1)), vec![send(0, "P", 1, 0, 0, 0), send(0, "D", 2, 0, 0, 0)]);
+        c.steps.insert(
+            0,
+            StepStarted {
+                v: VERSION,
+                at: at(1),
+            },
+        );
+        assert_eq!(
+            all(&c, at(1)),
+            vec![send(0, "P", 1, 0, 0, 0), send(0, "D", 2, 0, 0, 0)]
+        );
         assert_eq!(next(&c, at(1)), Some(send(0, "P", 1, 0, 0, 0)));
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
         assert_eq!(all(&c, at(2)), vec![send(0, "D", 2, 0, 0, 0)]);
     }
 
     #[test]
     fn an_unreachable_channel_moves_on_at_once() {
         let mut c = case();
-        c.steps.insert(0, StepStarted { v: VERSION, at: at(1) });
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Failed, 1));
+        c.steps.insert(
+            0,
+            StepStarted {
+                v: VERSION,
+                at: at(1),
+            },
+        );
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Failed, 1));
         assert_eq!(next(&c, at(2)), Some(send(0, "P", 1, 0, 1, 1)));
         // A busy call of the current attempt: the same.
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
         let call = |unreachable| Call {
             v: VERSION,
             status: "busy".into(),
@@ -295,7 +338,8 @@ mod tests {
         assert_eq!(next(&c, at(2)), Some(send(0, "P", 1, 0, 1, 1)));
         // A late status of an earlier attempt moves nothing.
         c.calls.clear();
-        c.cursors.insert((0, rid(1)), cursor(0, 1, 1, SendState::Sent, 3));
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 1, 1, SendState::Sent, 3));
         c.calls.insert((rid(1), 0), call(true));
         assert_eq!(next(&c, at(4)), None);
     }
@@ -303,8 +347,15 @@ mod tests {
     #[test]
     fn a_confirmation_stops_everything_and_the_deadline_closes() {
         let mut c = case();
-        c.steps.insert(0, StepStarted { v: VERSION, at: at(1) });
-        c.cursors.insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
+        c.steps.insert(
+            0,
+            StepStarted {
+                v: VERSION,
+                at: at(1),
+            },
+        );
+        c.cursors
+            .insert((0, rid(1)), cursor(0, 0, 0, SendState::Sent, 1));
         c.answers.insert(
             rid(1),
             Answer {

@@ -62,9 +62,10 @@ impl Engine {
         use futures::StreamExt as _;
         loop {
             let now = jiff::Timestamp::now();
-            let Some((case, actions)) = self.store.read(|v| {
-                v.case(&id).map(|c| (c.clone(), plan::all(c, now)))
-            }) else {
+            let Some((case, actions)) = self
+                .store
+                .read(|v| v.case(&id).map(|c| (c.clone(), plan::all(c, now))))
+            else {
                 return;
             };
             if actions.is_empty() {
@@ -104,15 +105,25 @@ impl Engine {
                     channel,
                     attempt,
                 } => {
-                    self.send(&id, case, step, &person, rid, (repeat, channel, attempt), cancel)
-                        .await
+                    self.send(
+                        &id,
+                        case,
+                        step,
+                        &person,
+                        rid,
+                        (repeat, channel, attempt),
+                        cancel,
+                    )
+                    .await
                 }
                 Action::Done { step, rid } => {
                     let Some(mut c) = case.cursors.get(&(step, rid)).cloned() else {
                         return Ok(());
                     };
                     c.done = true;
-                    self.store.write(&id, Item::Cursor(step, rid), &c, cancel).await
+                    self.store
+                        .write(&id, Item::Cursor(step, rid), &c, cancel)
+                        .await
                 }
             };
             done
@@ -179,7 +190,9 @@ impl Engine {
             v: VERSION,
             at: jiff::Timestamp::now(),
         };
-        self.store.write(id, Item::Step(step), &started, cancel).await?;
+        self.store
+            .write(id, Item::Step(step), &started, cancel)
+            .await?;
         tracing::info!(
             incident_id = %h.update.incident_id,
             target = %h.target,
@@ -245,8 +258,19 @@ impl Engine {
                         kind.unwrap_or(target.config.kind.as_str())
                     ))
                 } else {
-                    self.deliver(&sender, target, h, id, rid, step, (repeat, channel, attempt), addresses, wait, cancel)
-                        .await?
+                    self.deliver(
+                        &sender,
+                        target,
+                        h,
+                        id,
+                        rid,
+                        step,
+                        (repeat, channel, attempt),
+                        addresses,
+                        wait,
+                        cancel,
+                    )
+                    .await?
                 }
             }
         };
@@ -303,8 +327,12 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<Result<(String, Option<String>), String>, Abandoned> {
         let update = Arc::new(h.update.clone());
-        let mut d = Delivery::new(update, target.config.name.clone(), h.audiences.clone().into())
-            .with_direct(addresses);
+        let mut d = Delivery::new(
+            update,
+            target.config.name.clone(),
+            h.audiences.clone().into(),
+        )
+        .with_direct(addresses);
         d.key = IdempotencyKey::new(
             &format!("{id}/{step}/{rid}/{repeat}/{channel}"),
             &target.config.name,
@@ -395,11 +423,7 @@ impl Engine {
                         channel: "escalation",
                         provider: None,
                         recipient: Some(&format!("person:{person}")),
-                        attempts: case
-                            .cursors
-                            .iter()
-                            .filter(|((_, r), _)| r == rid)
-                            .count() as u32,
+                        attempts: case.cursors.iter().filter(|((_, r), _)| r == rid).count() as u32,
                         error_class: "permanent",
                         error_code: Some("unreachable"),
                         idempotency_key: &id.to_hex(),
@@ -412,7 +436,10 @@ impl Engine {
         r.met = Some(met);
         r.detail = Some(format!(
             "{} of {} confirmed",
-            outcomes.values().filter(|o| **o == Outcome::Confirmed).count(),
+            outcomes
+                .values()
+                .filter(|o| **o == Outcome::Confirmed)
+                .count(),
             outcomes.len()
         ));
         self.ledger.write(&r, cancel).await?;
@@ -427,9 +454,18 @@ impl Engine {
             incident_id: &h.update.incident_id,
             target: &h.target,
             met,
-            confirmed: outcomes.values().filter(|o| **o == Outcome::Confirmed).count(),
-            not_confirmed: outcomes.values().filter(|o| **o == Outcome::NotConfirmed).count(),
-            unreachable: outcomes.values().filter(|o| **o == Outcome::Unreachable).count(),
+            confirmed: outcomes
+                .values()
+                .filter(|o| **o == Outcome::Confirmed)
+                .count(),
+            not_confirmed: outcomes
+                .values()
+                .filter(|o| **o == Outcome::NotConfirmed)
+                .count(),
+            unreachable: outcomes
+                .values()
+                .filter(|o| **o == Outcome::Unreachable)
+                .count(),
             drill: h.drill,
         }
         .emit();
