@@ -9,6 +9,8 @@
 mod audiences;
 mod build;
 mod confirm;
+#[cfg(test)]
+mod confirm_tests;
 mod daemon;
 mod directory;
 mod kafka;

@@ -8,6 +8,7 @@
 //! confirmation state, which the escalation engine acts on. Never answers or logs
 //! a token, a secret or an address.
 
+mod app;
 pub mod callbacks;
 mod listener;
 pub mod page;

@@ -266,12 +266,13 @@ impl RawConfig {
             ),
             (None, false) => {}
         }
-        if !confirmations.by_audience.is_empty() || targets.iter().any(|t| t.confirm.is_some()) {
-            if self.kafka.ledger_topic.is_none() {
-                problems.push(
-                    "kafka.ledger_topic: confirmations are recorded in the ledger; set it (docs/ledger.md)".to_string(),
-                );
-            }
+        if (!confirmations.by_audience.is_empty() || targets.iter().any(|t| t.confirm.is_some()))
+            && self.kafka.ledger_topic.is_none()
+        {
+            problems.push(
+                "kafka.ledger_topic: confirmations are recorded in the ledger; set it (docs/ledger.md)"
+                    .to_string(),
+            );
         }
         match problems.len() {
             0 => {}

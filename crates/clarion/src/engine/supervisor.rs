@@ -125,13 +125,7 @@ impl Confirming {
             shutdown.clone(),
         )?;
         tokio::spawn(engine.clone().run(shutdown.clone()));
-        crate::inbound::serve(
-            listener,
-            store.clone(),
-            crate::inbound::callbacks::Callbacks::default(),
-            shutdown.clone(),
-        )
-        .await?;
+        crate::inbound::serve(listener, store.clone(), shutdown.clone()).await?;
         Ok(Some(Confirming {
             store,
             ledger,

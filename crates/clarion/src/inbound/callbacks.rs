@@ -4,23 +4,10 @@
 //! crates': `clarion_http::inbound`, `clarion_voice`); what it says then goes into
 //! the confirmation state like a link's confirmation.
 
-use super::listener::Inbound;
+use super::app::Inbound;
 use super::page;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use std::collections::HashMap;
-
-/// The secrets that sign callbacks, by (target, provider).
-#[derive(Debug, Default)]
-pub struct Callbacks {
-    providers: HashMap<(String, String), ()>,
-}
-
-impl Callbacks {
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn call(

@@ -5,6 +5,7 @@
 //! `confirm.max_body_bytes`, within a time limit. Nothing it answers or logs
 //! carries a token, a secret or an address.
 
+use super::app::{Inbound, count, rate_key};
 use super::page;
 use crate::config::ConfirmSettings;
 use crate::confirm::ConfirmStore;
@@ -14,8 +15,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::Response;
 use clarion_confirm::route::{self, Method, Route};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use std::net::{IpAddr, SocketAddr};
+use governor::{Quota, RateLimiter};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,22 +30,10 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients whose rate is remembered at most; past it, the oldest are forgotten.
 const MAX_CLIENTS: usize = 100_000;
 
-/// What a request needs.
-pub(super) struct Inbound {
-    pub(super) store: Arc<ConfirmStore>,
-    pub(super) settings: ConfirmSettings,
-    limiter: std::sync::RwLock<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-    quota: Quota,
-    slots: Semaphore,
-    pub(super) callbacks: super::callbacks::Callbacks,
-    pub(super) cancel: CancellationToken,
-}
-
 /// Binds `confirm.listen` and serves until `shutdown`.
 pub async fn serve(
     settings: &ConfirmSettings,
     store: Arc<ConfirmStore>,
-    callbacks: super::callbacks::Callbacks,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let per_minute = NonZeroU32::new(settings.rate_per_minute).unwrap_or(NonZeroU32::MIN);
@@ -56,7 +45,6 @@ pub async fn serve(
         limiter: std::sync::RwLock::new(Arc::new(RateLimiter::keyed(quota))),
         quota,
         slots: Semaphore::new(SLOTS),
-        callbacks,
         cancel: shutdown.clone(),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -99,32 +87,6 @@ pub async fn serve(
     });
     tracing::info!(%addr, public_url = %settings.public_url, "serving confirmation links and provider callbacks");
     Ok(addr)
-}
-
-impl Inbound {
-    fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
-        self.limiter
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// The key a client's rate is counted under: its address, or for IPv6 its /64
-/// (one subscriber's network, where each of them has billions of addresses).
-fn rate_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
-fn count(route: &'static str, outcome: &'static str) {
-    metrics::counter!("clarion_inbound_requests_total", "route" => route, "outcome" => outcome)
-        .increment(1);
 }
 
 fn forwarded_for(h: &HeaderMap) -> Vec<&str> {
@@ -267,13 +229,13 @@ fn notice_of(
     app: &Inbound,
     token: &str,
     route: &'static str,
-) -> Result<(clarion_confirm::Token, page::Notice), Response> {
+) -> Result<(clarion_confirm::Token, page::Notice), Box<Response>> {
     let t = match app.store.minter.keys.verify(token, unix_now()) {
         Ok(t) => t,
         Err(e) => {
             count(route, "refused");
             tracing::debug!(why = e.why, "confirmation link refused");
-            return Err(page::refused());
+            return Err(Box::new(page::refused()));
         }
     };
     let found = app.store.read(|v| {
@@ -292,7 +254,7 @@ fn notice_of(
     });
     let Some((h, audience, confirmed_at)) = found else {
         count(route, "refused");
-        return Err(page::refused());
+        return Err(Box::new(page::refused()));
     };
     let notice = page::Notice {
         title: h.update.title.clone(),
@@ -312,14 +274,14 @@ fn show(app: &Inbound, token: &str) -> Response {
             count("page", "ok");
             page::notice(&n)
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn confirm(app: &Inbound, token: &str) -> Response {
     let (t, mut n) = match notice_of(app, token, "confirm") {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if n.confirmed_at.is_none() {
         let answer = Answer {

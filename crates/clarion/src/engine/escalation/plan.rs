@@ -79,9 +79,7 @@ fn first(case: &Case, now: jiff::Timestamp, every: bool) -> Option<Found> {
     let Some((&step, _)) = case.steps.iter().next_back() else {
         return one(Action::StartStep(0));
     };
-    let Some(policy) = escalation.steps.get(step) else {
-        return None;
-    };
+    let policy = escalation.steps.get(step)?;
     let channels = policy.channels.len();
     let mut all_done = true;
     let mut people = Vec::new();

@@ -92,7 +92,7 @@ impl Engine {
     ) -> Result<(), Abandoned> {
         let id = *id;
         {
-            let done = match action {
+            match action {
                 Action::Finish => self.finish(&id, case, cancel).await,
                 Action::Close => self.close(&id, case, cancel).await,
                 Action::Confirm(rid) => self.confirm(&id, case, rid, cancel).await,
@@ -125,8 +125,7 @@ impl Engine {
                         .write(&id, Item::Cursor(step, rid), &c, cancel)
                         .await
                 }
-            };
-            done
+            }
         }
     }
 
