@@ -68,13 +68,13 @@ impl ConfirmStore {
         };
         let keys =
             Keys::new(secret.expose().as_bytes()).map_err(|e| anyhow!("confirm.secret: {e}"))?;
-        let consumer: BaseConsumer = crate::kafka::reader_config(
+        let consumer: BaseConsumer<FollowCtx> = crate::kafka::reader_config(
             kafka,
             secrets,
             &format!("{}.confirm-follow", kafka.group_id),
         )?
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(FollowCtx)
         .context("cannot create a Kafka consumer")?;
         let md = consumer
             .fetch_metadata(Some(&settings.topic), Duration::from_secs(30))
@@ -202,9 +202,27 @@ impl ConfirmStore {
     }
 }
 
+/// The follower's client context: the end of a partition, which it asks to be
+/// told of, is no error; the rest go where every client's go (`ops::health`).
+struct FollowCtx;
+
+impl rdkafka::ClientContext for FollowCtx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        rdkafka::ClientContext::log(&crate::ops::health::AdminCtx, level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            rdkafka::ClientContext::error(&crate::ops::health::AdminCtx, error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FollowCtx {}
+
 /// Follows every partition from its beginning, applying each record to the view.
 fn follow(
-    consumer: rdkafka::consumer::BaseConsumer,
+    consumer: rdkafka::consumer::BaseConsumer<FollowCtx>,
     topic: &str,
     partitions: &[i32],
     store: std::sync::Weak<ConfirmStore>,
