@@ -131,6 +131,14 @@ impl Dispatcher {
         };
         let keys = &hook.store.minter.keys;
         let case = keys.case_id(&[&d.update.update_id, &owner.config.name]);
+        // A delivery that ends after its notice closed (a long retry) records
+        // nothing: its case is gone, and an item without one would stay for ever.
+        if hook.store.read(|v| {
+            v.case(&case)
+                .is_none_or(|c| c.header.is_none() || c.closed.is_some())
+        }) {
+            return Resolution::Resolved;
+        }
         let rid = keys.recipient_id(&case, recipient.unwrap_or(""));
         let asked = Asked {
             v: VERSION,
