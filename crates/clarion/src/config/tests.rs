@@ -376,7 +376,7 @@ fn errors_name_the_key() {
     );
     check(
         &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-        "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`, `people`",
+        "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`, `people`, `escalation`",
     );
     check(
         &MINIMAL.replace(
