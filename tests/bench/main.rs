@@ -17,6 +17,8 @@
 //!
 //! - `--people N [--kill-at K]` sends one update to an N-person directory
 //!   audience by email to Postfix's `smtp-sink` (`people.rs`).
+//! - `--confirm N` sends N notices that must be confirmed, then posts their N
+//!   confirmations to the inbound listener (`confirm.rs`).
 //! - `--http-floor N` measures the HTTP client alone: N webhook-sized POSTs through
 //!   reqwest, hyper-util's pooled client, the webhook channel's own `send` and a
 //!   bare hyper connection (`http_floor.rs`; needs no broker: pass `--brokers -`).
@@ -25,6 +27,7 @@
 //! otherwise. Reported: deliveries/s, latency, the daemon's peak RSS, its CPU
 //! seconds and CPU µs per delivery, and how many times its streams paused.
 
+mod confirm;
 mod http_floor;
 mod people;
 
@@ -103,6 +106,10 @@ struct Args {
     /// again, and count the duplicates.
     #[arg(long)]
     kill_at: Option<u64>,
+    /// Confirmation mode: N notices that must be confirmed, then N confirmations
+    /// posted to the inbound listener (docs/confirmations.md).
+    #[arg(long)]
+    confirm: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -200,6 +207,9 @@ async fn main() -> Result<()> {
     }
     if let Some(n) = args.http_floor {
         return http_floor::run(n).await;
+    }
+    if let Some(n) = args.confirm {
+        return confirm::run(&args.brokers, &args.clarion, n).await;
     }
     if let Some(n) = args.people {
         return people::run(&args.brokers, &args.clarion, n, args.kill_at).await;

@@ -4,9 +4,11 @@
 
 mod backups;
 mod cli;
+mod confirm;
 mod deploy;
 mod email;
 mod email_e2e;
+mod escalation;
 mod hardening;
 mod isolation;
 mod kafka;

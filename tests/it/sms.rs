@@ -100,6 +100,11 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// When the stand-in received it.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+
     pub(crate) fn form(&self) -> BTreeMap<String, String> {
         url::form_urlencoded::parse(self.body.as_bytes())
             .into_owned()

@@ -11,6 +11,7 @@
 
 pub mod check_config;
 pub mod client;
+pub mod confirmations;
 pub mod demo;
 pub mod drill;
 pub mod follow;

@@ -8,10 +8,14 @@
 
 mod audiences;
 mod build;
+mod confirm;
+#[cfg(test)]
+mod confirm_tests;
 mod daemon;
 mod directory;
 mod kafka;
 mod raw;
+mod request;
 mod retry;
 mod settings;
 mod status_page;
@@ -23,10 +27,12 @@ mod tests;
 
 pub use audiences::*;
 pub use build::*;
+pub use confirm::*;
 pub use daemon::*;
 pub use directory::*;
 pub use kafka::*;
 pub use raw::*;
+pub use request::*;
 pub use retry::*;
 pub use settings::*;
 pub use status_page::*;

@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod dispatch;
+pub mod escalation;
 pub mod offsets;
 pub mod stream;
 pub mod supervisor;

@@ -11,6 +11,9 @@
 //!   dlq replay, route, render, demo, check-config);
 //! - `engine`: the running daemon: supervisor, streams, offsets, dispatch, breakers,
 //!   people walks;
+//! - `inbound`: the listener where recipients confirm and providers call back;
+//! - `confirm`: confirmation requests' state (cases in a compacted topic), each
+//!   recipient's way to confirm, and who an escalation reaches;
 //! - `people`: the directory a people target walks, kept current from its file or
 //!   topic;
 //! - `statuspage`: the public status page's state, followed from its topic, and
@@ -24,8 +27,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod directory;
 pub mod engine;
+pub mod inbound;
 pub mod kafka;
 pub mod ops;
 pub mod people;

@@ -487,6 +487,14 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             } else {
                 print!("{}", report::status_table(&r));
             }
+            // Who confirmed, who did not, who was unreachable (docs/confirmations.md).
+            if !json {
+                let (_, confirmations) = confirmations_of(&config, &incident).await?;
+                print!(
+                    "{}",
+                    clarion::cli::confirmations::status_section(&confirmations)
+                );
+            }
             Ok(ExitCode::from(report::exit_code(&r)))
         }
         Command::Report {
@@ -511,8 +519,23 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 &settings.deadlines,
                 jiff::Timestamp::now(),
             );
+            let (_, confirmations) = confirmations_of(&config, &incident).await?;
+            let per_audience = clarion::cli::confirmations::per_audience(
+                &confirmations,
+                &settings.confirmations.deadlines,
+                jiff::Timestamp::now(),
+            );
             if let Some(path) = &html {
-                std::fs::write(path, clarion::cli::report::html(&report))
+                // The confirmation section goes before the page's end.
+                let page = clarion::cli::report::html(&report).replacen(
+                    "</body>",
+                    &format!(
+                        "{}</body>",
+                        clarion::cli::confirmations::html_section(&per_audience)
+                    ),
+                    1,
+                );
+                std::fs::write(path, page)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!(
                     "report of incident {incident} written to {} ({}{})",
@@ -526,7 +549,19 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 );
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                if !per_audience.is_empty()
+                    && let Some(map) = value.as_object_mut()
+                {
+                    map.insert(
+                        "confirmations".into(),
+                        serde_json::json!({
+                            "audiences": per_audience,
+                            "notices": clarion::cli::confirmations::notices(&confirmations),
+                        }),
+                    );
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -626,6 +661,30 @@ async fn ledger_of(
     let id = incident.to_string();
     let records = tokio::task::spawn_blocking(move || {
         clarion::records::ledger::read_incident(&kafka, &EnvSecrets, &id, LEDGER_READ_TIMEOUT)
+    })
+    .await
+    .context("the ledger reader stopped")??;
+    Ok((settings, records))
+}
+
+/// The confirmation records of `incident` (for `status` and `report`).
+async fn confirmations_of(
+    config: &std::path::Path,
+    incident: &str,
+) -> Result<(
+    config::Settings,
+    Vec<clarion::records::confirmations::ConfirmationRecord>,
+)> {
+    let settings = load_for_preview(config)?;
+    let kafka = settings.kafka.clone();
+    let id = incident.to_string();
+    let records = tokio::task::spawn_blocking(move || {
+        clarion::records::confirmations::read_incident(
+            &kafka,
+            &EnvSecrets,
+            &id,
+            LEDGER_READ_TIMEOUT,
+        )
     })
     .await
     .context("the ledger reader stopped")??;

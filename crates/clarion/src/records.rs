@@ -8,6 +8,7 @@
 //! describe resolves; no record holds a full recipient address or a credential.
 //! This room starts no stream and delivers nothing.
 
+pub mod confirmations;
 pub mod deadlines;
 pub mod dlq;
 pub mod ledger;

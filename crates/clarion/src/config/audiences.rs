@@ -83,6 +83,16 @@ pub struct AudienceConfig {
     /// counts it in `clarion_deadline_at_risk`. Between 0 and 1; default 0.8.
     #[serde(default)]
     pub warn_at: Option<f64>,
+    /// Ask every recipient of this audience to confirm, through every target that
+    /// serves it and has no `confirm` of its own, e.g.
+    /// `confirm = { require = "each", within = "10m" }` (docs/confirmations.md).
+    #[serde(default)]
+    pub confirm: Option<super::request::ConfirmRequest>,
+    /// The longest time from the incident's first update to this audience's first
+    /// confirmed notice (its `require` met), e.g. `"30m"`: the confirmation
+    /// deadline, judged by `clarion report` and counted like the others.
+    #[serde(default, with = "humantime_serde")]
+    pub confirmed_within: Option<Duration>,
 }
 
 /// An audience's validated deadlines.

@@ -6,9 +6,11 @@
 //! it (`targets.rs`).
 
 use super::audiences::*;
+use super::confirm::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;
+use super::request::*;
 use super::retry::*;
 use super::settings::*;
 use super::status_page::*;
@@ -66,6 +68,14 @@ pub struct RawConfig {
     /// `audiences` it serves, an optional `retry` table, and its channel's own keys.
     #[serde(default)]
     pub targets: BTreeMap<String, serde_json::Value>,
+    /// The inbound listener where recipients confirm notices and providers call
+    /// back, its tokens' secret and its state topic (docs/confirmations.md).
+    #[serde(default)]
+    pub confirm: Option<ConfirmConfig>,
+    /// Escalation policies, `[escalations.NAME]`, run by `type = "escalation"`
+    /// targets (docs/confirmations.md#escalation).
+    #[serde(default)]
+    pub escalations: BTreeMap<String, EscalationConfig>,
 }
 
 impl RawConfig {
@@ -180,7 +190,13 @@ impl RawConfig {
             .map(|(name, value)| (name.clone(), format!("{value}|{shared}")))
             .collect();
         let mut targets = Vec::new();
+        // Escalation targets are checked once the targets their steps use are.
+        let mut escalation_targets = Vec::new();
         for (name, value) in self.targets {
+            if value.get("type").and_then(|t| t.as_str()) == Some("escalation") {
+                escalation_targets.push((name, value));
+                continue;
+            }
             match validate_target(&name, value, &audiences, &default_retry, secrets) {
                 Ok(t) => targets.push(t),
                 Err(TargetError::Other(e)) => problems.push(format!("targets.{name}: {e}")),
@@ -194,6 +210,75 @@ impl RawConfig {
                     }))
                 }
             }
+        }
+        let mut confirmations = Confirmations::default();
+        match validate_escalations(
+            &self.escalations,
+            &targets,
+            &audiences,
+            self.directory.is_some(),
+        ) {
+            Ok(e) => confirmations.escalations = e,
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+        for (name, value) in escalation_targets {
+            match validate_escalation_target(
+                &name,
+                value,
+                &audiences,
+                &targets,
+                &confirmations.escalations,
+            ) {
+                Ok(t) => targets.push(t),
+                Err(e) => problems.push(format!("targets.{name}: {e:#}")),
+            }
+        }
+        if let AudiencesConfig::Table(table) = &self.audiences {
+            for (name, a) in table {
+                if let Some(r) = &a.confirm {
+                    match check_request(r) {
+                        Ok(()) => {
+                            confirmations.by_audience.insert(name.clone(), *r);
+                        }
+                        Err(e) => problems.push(format!("audiences.{name}.{e:#}")),
+                    }
+                }
+                match a.confirmed_within {
+                    Some(d) if d.is_zero() => problems.push(format!(
+                        "audiences.{name}.confirmed_within: must be more than zero"
+                    )),
+                    Some(d) => {
+                        confirmations.deadlines.insert(name.clone(), d);
+                    }
+                    None => {}
+                }
+            }
+        }
+        let asks =
+            targets.iter().any(|t| t.confirm.is_some()) || !confirmations.by_audience.is_empty();
+        match (&self.confirm, asks) {
+            (Some(c), _) => {
+                let mut topics = vec![self.kafka.topic.as_str(), self.kafka.dead_letter_topic.as_str()];
+                topics.extend(self.kafka.ledger_topic.as_deref());
+                topics.extend(self.kafka.incident_state_topic.as_deref());
+                topics.extend(self.kafka.dead_recipient_topic.as_deref());
+                match validate_listener(c, secrets, &topics) {
+                    Ok(l) => confirmations.listener = Some(l),
+                    Err(e) => problems.push(format!("{e:#}")),
+                }
+            }
+            (None, true) => problems.push(
+                "confirm: a target or audience asks for confirmation (`confirm = …`), which needs the `[confirm]` section (the listener where recipients confirm, and its secret)".to_string(),
+            ),
+            (None, false) => {}
+        }
+        if (!confirmations.by_audience.is_empty() || targets.iter().any(|t| t.confirm.is_some()))
+            && self.kafka.ledger_topic.is_none()
+        {
+            problems.push(
+                "kafka.ledger_topic: confirmations are recorded in the ledger; set it (docs/ledger.md)"
+                    .to_string(),
+            );
         }
         match problems.len() {
             0 => {}
@@ -253,6 +338,7 @@ impl RawConfig {
             statements,
             directory,
             status_page,
+            confirmations,
         })
     }
 }

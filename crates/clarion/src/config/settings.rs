@@ -1,6 +1,7 @@
 //! `Settings`: the validated configuration the daemon and the commands run with.
 
 use super::audiences::*;
+use super::confirm::*;
 use super::daemon::*;
 use super::directory::*;
 use super::kafka::*;
@@ -34,6 +35,9 @@ pub struct Settings {
     pub directory: Option<DirectorySettings>,
     /// The public status page, when `[status_page]` is set.
     pub status_page: Option<StatusPageSettings>,
+    /// Confirmation requests, the inbound listener and escalation policies
+    /// (docs/confirmations.md).
+    pub confirmations: Confirmations,
 }
 
 impl Settings {

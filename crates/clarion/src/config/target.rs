@@ -46,10 +46,14 @@ pub enum ChannelKind {
     People,
     /// An origin of the public status page (docs/status-page.md).
     StatusPage,
+    /// Not a channel: an escalation policy run for each update it takes, its
+    /// steps reaching people through other targets' channels
+    /// (docs/confirmations.md).
+    Escalation,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 7] = [
+    pub const ALL: [ChannelKind; 8] = [
         ChannelKind::Webhook,
         ChannelKind::Email,
         ChannelKind::Sms,
@@ -57,6 +61,7 @@ impl ChannelKind {
         ChannelKind::Apns,
         ChannelKind::People,
         ChannelKind::StatusPage,
+        ChannelKind::Escalation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +73,7 @@ impl ChannelKind {
             ChannelKind::Apns => "apns",
             ChannelKind::People => "people",
             ChannelKind::StatusPage => "status_page",
+            ChannelKind::Escalation => "escalation",
         }
     }
 
@@ -121,6 +127,11 @@ pub struct TargetConfig {
     /// A `type = "people"` target's audience and legs. Its own `channel` is then
     /// its first leg's, and unused: every delivery goes through a leg.
     pub people: Option<PeopleConfig>,
+    /// What this target asks of its recipients (`confirm`), when it asks them to
+    /// confirm (docs/confirmations.md).
+    pub confirm: Option<super::request::ConfirmRequest>,
+    /// A `type = "escalation"` target's policy (`[escalations.NAME]`).
+    pub escalation: Option<Arc<str>>,
 }
 
 /// A people target: the members of one directory audience, each reached on the
@@ -157,6 +168,7 @@ impl TargetConfig {
     pub fn channels(&self) -> Vec<&TargetConfig> {
         match &self.people {
             Some(p) => p.legs.iter().map(|l| &l.target).collect(),
+            None if self.kind == ChannelKind::Escalation => Vec::new(),
             None => vec![self],
         }
     }
@@ -196,8 +208,11 @@ impl TargetConfig {
             ChannelKind::Sms => clarion_render::ChannelKind::Sms,
             ChannelKind::Fcm | ChannelKind::Apns => clarion_render::ChannelKind::Push,
             // Never rendered as such: its legs render (`TargetConfig::channels`),
-            // and an origin publishes the page, which renders itself.
-            ChannelKind::People | ChannelKind::StatusPage => clarion_render::ChannelKind::Webhook,
+            // an origin publishes the page, which renders itself, and an
+            // escalation's steps' channels render as themselves.
+            ChannelKind::People | ChannelKind::StatusPage | ChannelKind::Escalation => {
+                clarion_render::ChannelKind::Webhook
+            }
         }
     }
 }

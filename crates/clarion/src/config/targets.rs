@@ -329,8 +329,17 @@ pub(super) fn validate_target_keys(
     };
     // As written, so that a missing secret is reported at its key, in a backup too.
     let written = serde_json::Value::Object(map.clone());
+    // A confirmation request (docs/confirmations.md): a people target's applies
+    // to its legs' deliveries.
+    let confirm = super::request::take_request(&mut map)?;
     if map.get("type").and_then(|t| t.as_str()) == Some("people") {
-        let target = validate_people(name, map, audiences, default_retry)?;
+        let mut target = validate_people(name, map, audiences, default_retry)?;
+        if confirm.is_some() {
+            target.confirm = confirm;
+            for leg in target.people.iter_mut().flat_map(|p| p.legs.iter_mut()) {
+                leg.target.confirm = confirm;
+            }
+        }
         return Ok((target, written));
     }
     // Split the daemon's keys from the channel's, so that each side can reject
@@ -460,9 +469,18 @@ pub(super) fn validate_target_keys(
         failover_after: common.failover_after.unwrap_or(DEFAULT_FAILOVER_AFTER),
         drill: None,
         people: None,
+        confirm: None,
+        escalation: None,
     };
     let drill = drill_config(&target, common.drill_recipients, written_channels)?;
-    Ok((TargetConfig { drill, ..target }, written))
+    Ok((
+        TargetConfig {
+            drill,
+            confirm,
+            ..target
+        },
+        written,
+    ))
 }
 
 /// The keys of a `type = "people"` target (docs/backups.md#people-targets): the
@@ -693,6 +711,8 @@ pub(super) fn validate_people(
             legs,
             per_batch: batch,
         }),
+        confirm: None,
+        escalation: None,
     })
 }
 
@@ -723,8 +743,8 @@ pub(super) fn drill_config(
         ChannelKind::Webhook => "url",
         ChannelKind::Email | ChannelKind::Sms => "recipients",
         ChannelKind::Fcm | ChannelKind::Apns => "device_tokens",
-        ChannelKind::People => bail!(
-            "drill_recipients: a people target is not drilled itself; drill the channels its legs use through ordinary targets"
+        ChannelKind::People | ChannelKind::Escalation => bail!(
+            "drill_recipients: a people or escalation target is not drilled itself; drill the channels it uses through ordinary targets"
         ),
         ChannelKind::StatusPage => bail!(
             "drill_recipients: a status page origin publishes the public page, which a drill never reaches"
@@ -782,6 +802,9 @@ pub(super) fn channel_config(kind: ChannelKind, keys: serde_json::Value) -> Resu
         ChannelKind::Apns => ChannelConfig::Apns(serde_json::from_value(keys)?),
         ChannelKind::StatusPage => ChannelConfig::StatusPage(serde_json::from_value(keys)?),
         ChannelKind::People => bail!("`people` has no channel of its own; its legs do"),
+        ChannelKind::Escalation => {
+            bail!("`escalation` has no channel of its own; its steps' channels do")
+        }
     })
 }
 

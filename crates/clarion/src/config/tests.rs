@@ -376,7 +376,7 @@ fn errors_name_the_key() {
     );
     check(
         &MINIMAL.replace("type = \"webhook\"", "type = \"pigeon\""),
-        "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`, `people`, `status_page`",
+        "test.toml: targets.StatusPage: unknown variant `pigeon`, expected one of `webhook`, `email`, `sms`, `fcm`, `apns`, `people`, `status_page`, `escalation`",
     );
     check(
         &MINIMAL.replace(

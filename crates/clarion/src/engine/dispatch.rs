@@ -31,6 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod confirm;
 mod providers;
 mod resolve;
 pub(crate) mod retry;
@@ -289,6 +290,8 @@ pub struct Dispatcher {
     replaying: bool,
     /// The status page's timelines (the events stream's dispatcher only).
     pages: Option<Arc<crate::statuspage::PageSupport>>,
+    /// Confirmation requests' state, for targets that ask (`confirm.rs`).
+    pub(crate) confirm: Option<Arc<crate::confirm::store::ConfirmHook>>,
 }
 
 /// One target's routing, as the events stream sees it: enough to know that the
@@ -363,6 +366,13 @@ pub(crate) struct Tried {
     provider: Option<usize>,
 }
 
+impl Tried {
+    /// The provider (index into `Target::providers`) of the last attempt.
+    pub(crate) fn provider(&self) -> Option<usize> {
+        self.provider
+    }
+}
+
 /// The retry budget a delivery has at one provider (`retry` applies per provider:
 /// a delivery that spends it at one moves to the next, and is given up only at
 /// the last). Kept for the whole delivery: coming back to a provider (its breaker
@@ -432,7 +442,17 @@ impl Dispatcher {
             people: None,
             replaying: false,
             pages: None,
+            confirm: None,
         }
+    }
+
+    /// Lets the target ask its recipients to confirm (docs/confirmations.md).
+    pub fn with_confirm(
+        mut self,
+        confirm: Option<Arc<crate::confirm::store::ConfirmHook>>,
+    ) -> Self {
+        self.confirm = confirm;
+        self
     }
 
     /// Marks every ledger record this dispatcher writes as `replayed`
@@ -686,6 +706,16 @@ impl Dispatcher {
             // delivery's future that large.
             return Box::pin(self.run_people(delivery, target, people, source, cancel, lane)).await;
         }
+        if target.config.kind == crate::config::ChannelKind::Escalation {
+            if let Some(prev) = after {
+                tokio::select! {
+                    _ = prev => {}
+                    _ = cancel.cancelled() => return Resolution::Abandoned,
+                }
+            }
+            let _lane = lane;
+            return Box::pin(self.open_escalation(target, &delivery, source, cancel)).await;
+        }
         // Rendering is deterministic: a template that fails now fails on every try,
         // so it is a permanent failure, dead-lettered with the template's error.
         let rendered = self.render(target, &delivery);
@@ -704,6 +734,12 @@ impl Dispatcher {
                 return self
                     .dead_letter(target, &delivery, source, None, e, Tried::default(), cancel)
                     .await;
+            }
+        }
+        if self.confirm.is_some() {
+            match Box::pin(self.open_case(target, &delivery, source, cancel)).await {
+                Ok(ways) => delivery.confirm = ways,
+                Err(_) => return Resolution::Abandoned,
             }
         }
         self.retry_loop(target, &mut delivery, source, cancel, Some(&lane), None)

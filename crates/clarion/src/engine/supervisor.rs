@@ -80,6 +80,69 @@ struct Shared<'a> {
     people: Option<Arc<crate::people::PeopleSupport>>,
     /// The status page's state, with `[status_page]`.
     pages: Option<Arc<crate::statuspage::PageSupport>>,
+    /// Confirmation requests' state and engine, with `[confirm]`.
+    confirm: Option<Confirming>,
+}
+
+/// What confirmations run with (docs/confirmations.md).
+struct Confirming {
+    store: Arc<crate::confirm::ConfirmStore>,
+    ledger: Option<crate::records::confirmations::ConfirmationLedger>,
+    engine: Arc<crate::engine::escalation::Engine>,
+}
+
+impl Confirming {
+    /// Starts following the confirmation topic, the escalation engine and the
+    /// inbound listener.
+    async fn start(
+        settings: &Settings,
+        outputs: &Outputs,
+        secrets: &dyn SecretResolver,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Confirming>> {
+        let Some(listener) = &settings.confirmations.listener else {
+            return Ok(None);
+        };
+        let store = crate::confirm::ConfirmStore::start(
+            listener,
+            &settings.kafka,
+            secrets,
+            outputs.dlq.clone(),
+            shutdown.clone(),
+        )?;
+        let ledger = settings.kafka.ledger_topic.clone().map(|t| {
+            crate::records::confirmations::ConfirmationLedger::new(outputs.dlq.clone(), t)
+        });
+        let Some(engine_ledger) = ledger.clone() else {
+            return Err(anyhow!(
+                "kafka.ledger_topic: confirmations are recorded in the ledger; set it"
+            ));
+        };
+        let engine = crate::engine::escalation::Engine::start(
+            settings,
+            store.clone(),
+            engine_ledger,
+            outputs.clone(),
+            secrets,
+            shutdown.clone(),
+        )?;
+        tokio::spawn(engine.clone().run(shutdown.clone()));
+        crate::inbound::serve(listener, store.clone(), shutdown.clone()).await?;
+        Ok(Some(Confirming {
+            store,
+            ledger,
+            engine,
+        }))
+    }
+
+    /// What a target stream's dispatcher asks confirmations with, under `settings`.
+    fn hook(&self, settings: &Settings) -> Arc<crate::confirm::store::ConfirmHook> {
+        Arc::new(crate::confirm::store::ConfirmHook {
+            store: self.store.clone(),
+            confirmations: Arc::new(settings.confirmations.clone()),
+            ledger: self.ledger.clone(),
+        })
+    }
 }
 
 /// Like [`run_with_secrets`], and applies each validated config received on
@@ -128,6 +191,7 @@ pub async fn run_reloadable(
         )),
         people: None,
         pages: None,
+        confirm: None,
     };
     shared.records = crate::records::ledger::Records::new(&settings, &shared.outputs.dlq);
     if let Some(clocks) = shared.records.deadlines.clone() {
@@ -153,6 +217,7 @@ pub async fn run_reloadable(
             shutdown.clone(),
         )?);
     }
+    shared.confirm = Confirming::start(&settings, &shared.outputs, secrets, &shutdown).await?;
     // Build every channel before anything starts: a bad target stops the start.
     let specs = specs(&settings, &shared)?;
     seed_target_groups(&shared.base, &settings, false).await;
@@ -329,7 +394,8 @@ fn specs(settings: &Settings, shared: &Shared<'_>) -> Result<Vec<(Spec, String)>
                         )
                         .with_ledger(shared.records.ledger.clone())
                         .with_deadlines(shared.records.deadlines.clone())
-                        .with_people(shared.people.clone()),
+                        .with_people(shared.people.clone())
+                        .with_confirm(shared.confirm.as_ref().map(|c| c.hook(settings))),
                     ),
                 },
                 name: name.clone(),
@@ -412,6 +478,13 @@ async fn reload(
             "[status_page] changed: it is read at start; restart the daemon to apply it"
         ));
     }
+    if format!("{:?}", current.confirmations.listener)
+        != format!("{:?}", new.confirmations.listener)
+    {
+        return Err(anyhow!(
+            "[confirm] changed: the listener and its topic are read at start; restart the daemon to apply them"
+        ));
+    }
     if source(current) != source(new) {
         return Err(anyhow!(
             "[directory] changed: it is read at start (a file's contents are read again on reload, its settings are not); restart the daemon to apply them"
@@ -420,6 +493,10 @@ async fn reload(
     // Build the new streams first: a target that cannot be built refuses the whole
     // reload, and nothing running is touched.
     let specs = specs(new, shared)?;
+    // The escalation engine's channels: built before anything changes, too.
+    if let Some(c) = &shared.confirm {
+        c.engine.reload(new, shared.secrets)?;
+    }
     // From here on the reload applies. Deadlines and health first: they change no
     // stream.
     let deadlines = shared
@@ -523,6 +600,9 @@ async fn check_topics(base: &ClientConfig, settings: &Settings) -> Result<()> {
     topics.extend(kafka.ledger_topic.clone());
     topics.extend(kafka.incident_state_topic.clone());
     topics.extend(settings.status_page.as_ref().map(|p| p.topic.clone()));
+    if let Some(c) = &settings.confirmations.listener {
+        topics.push(c.topic.clone());
+    }
     if let Some(d) = &settings.directory {
         topics.push(d.progress_topic.clone());
         if let crate::config::DirectorySource::Topic(t) = &d.source {
@@ -550,7 +630,7 @@ async fn check_topics(base: &ClientConfig, settings: &Settings) -> Result<()> {
             let required: Vec<&String> = missing.iter().filter(|t| **t != kafka.topic).collect();
             if !required.is_empty() {
                 return Err(anyhow!(
-                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic / status_page.topic / directory.topic / directory.progress_topic) before starting, or failed deliveries would have nowhere to go",
+                    "topic(s) {} not found on the brokers: create them (or fix kafka.dead_letter_topic / kafka.dead_recipient_topic / kafka.ledger_topic / kafka.incident_state_topic / status_page.topic / directory.topic / directory.progress_topic / confirm.topic) before starting, or failed deliveries would have nowhere to go",
                     required
                         .iter()
                         .map(|t| format!("`{t}`"))

@@ -291,6 +291,33 @@ pub fn register(settings: &crate::config::Settings) {
         let _ = histogram!("clarion_send_duration_seconds", "target" => target.clone(), "channel" => channel);
         let _ = histogram!("clarion_delivery_latency_seconds", "channel" => channel, "target" => target.clone());
     }
+    // Targets that ask for confirmation (docs/confirmations.md).
+    if settings.confirmations.listener.is_some() {
+        for t in &settings.targets {
+            let asks = t.confirm.is_some()
+                || t.audiences
+                    .iter()
+                    .any(|a| settings.confirmations.by_audience.contains_key(a));
+            if !asks {
+                continue;
+            }
+            let target = t.name.to_string();
+            counter!("clarion_confirmation_requests_total", "target" => target.clone()).absolute(0);
+            for met in ["true", "false"] {
+                counter!("clarion_confirmation_notices_total", "target" => target.clone(), "met" => met).absolute(0);
+            }
+            for outcome in ["confirmed", "not_confirmed", "unreachable"] {
+                counter!("clarion_confirmation_outcomes_total", "target" => target.clone(), "outcome" => outcome).absolute(0);
+            }
+            for via in ["link", "sms", "voice"] {
+                counter!("clarion_confirmations_total", "target" => target.clone(), "via" => via)
+                    .absolute(0);
+            }
+            gauge!("clarion_confirmations_open", "target" => target.clone()).set(0.0);
+            gauge!("clarion_confirmations_overdue", "target" => target.clone()).set(0.0);
+            let _ = histogram!("clarion_time_to_confirm_seconds", "target" => target.clone());
+        }
+    }
     for stream in streams {
         for name in [
             "clarion_stream_lag_records",
@@ -459,6 +486,39 @@ fn describe() {
         "clarion_drill_last_success_timestamp_seconds",
         Unit::Seconds,
         "Unix time of the last drill delivered through each provider of a target; 0: none since this process started."
+    );
+    describe_counter!(
+        "clarion_confirmation_requests_total",
+        "Notices sent that their recipients must confirm (cases opened), per target."
+    );
+    describe_counter!(
+        "clarion_confirmations_total",
+        "Recipients' first confirmations, per target, by how they came (link, sms, voice)."
+    );
+    describe_histogram!(
+        "clarion_time_to_confirm_seconds",
+        Unit::Seconds,
+        "From a notice going out to a recipient's confirmation, per target."
+    );
+    describe_counter!(
+        "clarion_confirmation_notices_total",
+        "Notices whose confirmation window closed, per target, by whether they got what they require (met)."
+    );
+    describe_counter!(
+        "clarion_confirmation_outcomes_total",
+        "Recipients of closed notices, per target, by outcome (confirmed, not_confirmed, unreachable)."
+    );
+    describe_gauge!(
+        "clarion_confirmations_open",
+        "Notices whose confirmation window is open, per target (as this replica's view has them)."
+    );
+    describe_gauge!(
+        "clarion_confirmations_overdue",
+        "Notices past their confirmation window without what they require and not closed yet, per target."
+    );
+    describe_counter!(
+        "clarion_inbound_requests_total",
+        "Requests to the inbound listener, by route (page, confirm, keypress, call_status, sms, other, any) and outcome."
     );
     describe_gauge!(
         "clarion_build_info",
@@ -908,5 +968,102 @@ impl StatusPageRendered {
             "status page rendered"
         );
         metrics::histogram!("clarion_status_page_render_seconds").record(self.took.as_secs_f64());
+    }
+}
+
+/// A notice went out that its recipients must confirm: its case was opened.
+#[derive(Debug)]
+pub struct ConfirmationRequested<'a> {
+    pub target: &'a str,
+    /// `each`, `any`, `quorum:N`.
+    pub require: &'a str,
+}
+
+impl ConfirmationRequested<'_> {
+    pub fn emit(&self) {
+        tracing::info!(target_name = %self.target, require = %self.require, "confirmation requested");
+        metrics::counter!("clarion_confirmation_requests_total", "target" => self.target.to_string())
+            .increment(1);
+    }
+}
+
+/// A recipient confirmed a notice (their first confirmation).
+#[derive(Debug)]
+pub struct ConfirmationReceived<'a> {
+    pub incident_id: &'a str,
+    pub target: &'a str,
+    /// `link`, `sms`, `voice`.
+    pub via: &'a str,
+    /// From the notice's opening to the confirmation.
+    pub took: Duration,
+    pub drill: bool,
+}
+
+impl ConfirmationReceived<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            incident_id = %self.incident_id,
+            target_name = %self.target,
+            via = %self.via,
+            took_ms = self.took.as_millis() as u64,
+            drill = self.drill,
+            "notice confirmed"
+        );
+        metrics::counter!("clarion_confirmations_total", "target" => self.target.to_string(), "via" => self.via.to_string())
+            .increment(1);
+        metrics::histogram!("clarion_time_to_confirm_seconds", "target" => self.target.to_string())
+            .record(self.took.as_secs_f64());
+    }
+}
+
+/// A notice's confirmation window closed.
+#[derive(Debug)]
+pub struct ConfirmationClosed<'a> {
+    pub incident_id: &'a str,
+    pub target: &'a str,
+    /// It got what it required.
+    pub met: bool,
+    pub confirmed: usize,
+    pub not_confirmed: usize,
+    pub unreachable: usize,
+    pub drill: bool,
+}
+
+impl ConfirmationClosed<'_> {
+    pub fn emit(&self) {
+        let (confirmed, not, unreachable) = (self.confirmed, self.not_confirmed, self.unreachable);
+        for (o, n) in [
+            ("confirmed", confirmed),
+            ("not_confirmed", not),
+            ("unreachable", unreachable),
+        ] {
+            metrics::counter!("clarion_confirmation_outcomes_total", "target" => self.target.to_string(), "outcome" => o)
+                .increment(n as u64);
+        }
+        metrics::counter!("clarion_confirmation_notices_total", "target" => self.target.to_string(), "met" => if self.met { "true" } else { "false" })
+            .increment(1);
+        if self.met || self.drill {
+            tracing::info!(incident_id = %self.incident_id, target_name = %self.target, met = self.met, confirmed, not_confirmed = not, unreachable, drill = self.drill, "confirmation window closed");
+        } else {
+            // An operator must act: someone who had to know may not.
+            tracing::error!(incident_id = %self.incident_id, target_name = %self.target, confirmed, not_confirmed = not, unreachable, "confirmation window closed without the confirmations the notice requires");
+        }
+    }
+}
+
+/// Sets the open and overdue confirmation gauges per target.
+pub fn confirmation_gauges(
+    open: &std::collections::HashMap<String, u64>,
+    overdue: &std::collections::HashMap<String, u64>,
+) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.extend(open.keys().cloned());
+    for t in seen.iter() {
+        metrics::gauge!("clarion_confirmations_open", "target" => t.clone())
+            .set(open.get(t).copied().unwrap_or(0) as f64);
+        metrics::gauge!("clarion_confirmations_overdue", "target" => t.clone())
+            .set(overdue.get(t).copied().unwrap_or(0) as f64);
     }
 }

@@ -362,9 +362,37 @@ impl DeadLetterWriter {
         abort: &CancellationToken,
         what: &'static str,
     ) -> Result<Written, Abandoned> {
+        self.write_acknowledged_at(topic, None, key, payload, headers, abort, what)
+            .await
+    }
+
+    /// [`DeadLetterWriter::write_acknowledged`] to a given partition (`None`: the
+    /// partitioner's choice by key): for a compacted topic whose records are
+    /// keyed per item but partitioned by what owns them (the confirmation state,
+    /// `confirm.topic`). `None` for a tombstone's `payload`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_acknowledged_at(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(String, Vec<u8>)],
+        abort: &CancellationToken,
+        what: &'static str,
+    ) -> Result<Written, Abandoned> {
         let headers = to_owned_headers(headers);
         match self
-            .produce(topic, Some(key), payload, headers, abort, what, false)
+            .produce_to(
+                topic,
+                partition,
+                Some(key),
+                Some(payload),
+                headers,
+                abort,
+                what,
+                false,
+            )
             .await
         {
             Ok(()) => Ok(Written::Yes),
@@ -413,6 +441,34 @@ impl DeadLetterWriter {
         }
     }
 
+    /// Writes a tombstone (a record without a value) for `key` at `partition`,
+    /// acknowledged: compaction then removes the key.
+    pub async fn write_tombstone_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        abort: &CancellationToken,
+        what: &'static str,
+    ) -> Result<(), Abandoned> {
+        match self
+            .produce_to(
+                topic,
+                Some(partition),
+                Some(key),
+                None,
+                OwnedHeaders::new(),
+                abort,
+                what,
+                false,
+            )
+            .await
+        {
+            Err(Failure::Abandoned) => Err(Abandoned),
+            _ => Ok(()),
+        }
+    }
+
     /// Produces one record, retrying transient errors until the broker acknowledges
     /// it or `abort`. A too-large record is handed back to the caller at once; other
     /// permanent errors are retried (`give_up_permanent == false`) or handed back.
@@ -433,15 +489,50 @@ impl DeadLetterWriter {
         what: &'static str,
         give_up_permanent: bool,
     ) -> futures::future::BoxFuture<'a, Result<(), Failure>> {
-        Box::pin(self.produce_inline(topic, key, payload, headers, abort, what, give_up_permanent))
+        self.produce_to(
+            topic,
+            None,
+            key,
+            Some(payload),
+            headers,
+            abort,
+            what,
+            give_up_permanent,
+        )
+    }
+
+    /// [`DeadLetterWriter::produce`] to a given partition, or a tombstone.
+    #[allow(clippy::too_many_arguments)]
+    fn produce_to<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: Option<i32>,
+        key: Option<&'a [u8]>,
+        payload: Option<&'a [u8]>,
+        headers: OwnedHeaders,
+        abort: &'a CancellationToken,
+        what: &'static str,
+        give_up_permanent: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(), Failure>> {
+        Box::pin(self.produce_inline(
+            topic,
+            partition,
+            key,
+            payload,
+            headers,
+            abort,
+            what,
+            give_up_permanent,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn produce_inline(
         &self,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: OwnedHeaders,
         abort: &CancellationToken,
         what: &'static str,
@@ -449,11 +540,16 @@ impl DeadLetterWriter {
     ) -> Result<(), Failure> {
         let mut wait = Duration::from_millis(200);
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-                .payload(payload)
-                .headers(headers.clone());
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).headers(headers.clone());
+            if let Some(p) = payload {
+                record = record.payload(p);
+            }
             if let Some(k) = key {
                 record = record.key(k);
+            }
+            if let Some(p) = partition {
+                record = record.partition(p);
             }
             let send = self
                 .producer

@@ -549,6 +549,12 @@ pub fn read_incident(
 /// One ledger value: the record, `None` for a value that is not a record this
 /// clarion can read (logged, skipped), or the unknown schema version it has.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Option<LedgerRecord>, u64> {
+    // Confirmation records share the topic; `records::confirmations` reads them.
+    if serde_json::from_slice::<serde_json::Value>(bytes)
+        .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("confirmation"))
+    {
+        return Ok(None);
+    }
     match serde_json::from_slice::<LedgerRecord>(bytes) {
         Ok(r) if READABLE_VERSIONS.contains(&r.schema_version) => Ok(Some(r)),
         Ok(r) => Err(u64::from(r.schema_version)),

@@ -204,6 +204,24 @@ impl Dispatcher {
                 return Resolution::Abandoned;
             }
         }
+        // A recipient of a confirmation request whose delivery ended: asked, and
+        // reached or not (docs/confirmations.md).
+        if d.confirm.is_some()
+            && superseded_by.is_none()
+            && (recipient.is_some() || target.config.kind == crate::config::ChannelKind::Webhook)
+            && Box::pin(self.record_asked(
+                target,
+                d,
+                recipient.as_deref(),
+                tried.provider.map(|i| &*target.providers[i].name),
+                error.is_none(),
+                cancel,
+            ))
+            .await
+                == Resolution::Abandoned
+        {
+            return Resolution::Abandoned;
+        }
         if outcome == "delivered" && d.update.drill {
             if let Some(i) = tried.provider {
                 crate::ops::telemetry::drill_succeeded(

@@ -111,6 +111,8 @@ fn dispatcher(
         failover_after: crate::config::DEFAULT_FAILOVER_AFTER,
         drill: None,
         people: None,
+        confirm: None,
+        escalation: None,
     };
     let templates = clarion_render::TemplateSet::build(&Default::default(), Vec::new())
         .expect("built-in templates");

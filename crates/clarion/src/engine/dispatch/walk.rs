@@ -40,7 +40,7 @@ impl Dispatcher {
     /// incident's lane until the walk ends).
     pub(crate) async fn run_people(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         target: &Target,
         people: &crate::config::PeopleConfig,
         source: &Source,
@@ -83,6 +83,14 @@ impl Dispatcher {
         }
         if !support.ready(cancel).await {
             return Resolution::Abandoned;
+        }
+        // A people target that asks for confirmation: one case for the update,
+        // each person's way handed to every leg's delivery (docs/confirmations.md).
+        if self.confirm.is_some() {
+            match self.open_case(target, &delivery, source, cancel).await {
+                Ok(ways) => delivery.confirm = ways,
+                Err(_) => return Resolution::Abandoned,
+            }
         }
         let key = format!("{}/{}", target.config.name, delivery.update.update_id);
         let start = support.walked(&key);
@@ -238,6 +246,7 @@ impl Dispatcher {
             )
             .with_direct(addresses);
             d.content = contents[i].clone();
+            d.confirm = delivery.confirm.clone();
             let mut sink = LegSink::default();
             abandoned(
                 self.retry_loop(&leg.target, &mut d, source, cancel, None, Some(&mut sink))
